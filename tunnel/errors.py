@@ -1,0 +1,170 @@
+"""Every error tunnel raises, in one tree.
+
+::
+
+    TunnelError                      status + reason to answer with (if any)
+    ├── ConfigError                  file, line, what was expected (never reaches a client)
+    ├── ClientError                  the client did wrong: 4xx
+    │   ├── BadRequest               400
+    │   ├── Forbidden                403
+    │   ├── NotFound                 404
+    │   ├── MethodNotAllowed         405
+    │   ├── RequestTimeout           408
+    │   ├── URITooLong               414
+    │   ├── UpgradeRequired          426 (carries Sec-WebSocket-Version: 13)
+    │   └── HeaderFieldsTooLarge     431
+    └── UpstreamError                the backend (or we, towards it) failed: 5xx
+        ├── BackendDNSError          500
+        ├── BadGateway               502 (closed before a head, bad head, bad 101, TLS)
+        ├── ServiceUnavailable       503 (refused, connect timeout, worker in error,
+        │                                 no usable balancer member, sync pool full)
+        └── GatewayTimeout           504 (response head or send timed out)
+
+Rules (STYLE.md "Errors"): an error a peer can cause carries the HTTP status and a
+short reason to answer with; the front end maps them to a response in one place
+(``server.py``) and logs the detail.  ``ClientError`` means the peer did wrong,
+``UpstreamError`` the backend side did; anything else reaching the front end is our
+bug and answers 500 with the traceback logged, never sent.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = [
+    "TunnelError",
+    "ConfigError",
+    "ClientError",
+    "BadRequest",
+    "Forbidden",
+    "NotFound",
+    "MethodNotAllowed",
+    "RequestTimeout",
+    "URITooLong",
+    "UpgradeRequired",
+    "HeaderFieldsTooLarge",
+    "UpstreamError",
+    "BackendDNSError",
+    "BadGateway",
+    "ServiceUnavailable",
+    "GatewayTimeout",
+]
+
+
+class TunnelError(Exception):
+    """Base of every tunnel error.
+
+    Attributes:
+        status: the HTTP status to answer with, or 0 when none applies.
+        reason: a short, client-safe reason (one line, no internal detail).
+        headers: extra response headers that go with the answer.
+    """
+
+    status: int = 500
+    default_reason: str = "Internal Server Error"
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        detail: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.reason = reason or self.default_reason
+        #: longer text for the error log only (backend address, errno, ...).
+        self.detail = detail
+        self.headers = list(headers)
+        super().__init__(self.reason if detail is None else f"{self.reason} ({detail})")
+
+
+class ConfigError(TunnelError):
+    """A configuration file or option is wrong.
+
+    ``str()`` reads ``FILE:LINE: MESSAGE`` so a user can jump to it.
+    """
+
+    status = 0
+
+    def __init__(self, message: str, *, file: str = "<config>", line: int = 0) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        TunnelError.__init__(self, message)
+        Exception.__init__(self, f"{file}:{line}: {message}" if line else f"{file}: {message}")
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.args[0]
+
+
+class ClientError(TunnelError):
+    status = 400
+    default_reason = "Bad Request"
+
+
+class BadRequest(ClientError):
+    status = 400
+    default_reason = "Bad Request"
+
+
+class Forbidden(ClientError):
+    status = 403
+    default_reason = "Forbidden"
+
+
+class NotFound(ClientError):
+    status = 404
+    default_reason = "Not Found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    default_reason = "Method Not Allowed"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    default_reason = "Request Timeout"
+
+
+class URITooLong(ClientError):
+    status = 414
+    default_reason = "URI Too Long"
+
+
+class UpgradeRequired(ClientError):
+    status = 426
+    default_reason = "Upgrade Required"
+
+    def __init__(self, reason: str | None = None, **kw) -> None:  # type: ignore[no-untyped-def]
+        kw.setdefault("headers", [("Sec-WebSocket-Version", "13")])
+        super().__init__(reason, **kw)
+
+
+class HeaderFieldsTooLarge(ClientError):
+    status = 431
+    default_reason = "Request Header Fields Too Large"
+
+
+class UpstreamError(TunnelError):
+    status = 502
+    default_reason = "Bad Gateway"
+
+
+class BackendDNSError(UpstreamError):
+    status = 500
+    default_reason = "Backend host name could not be resolved"
+
+
+class BadGateway(UpstreamError):
+    status = 502
+    default_reason = "Bad Gateway"
+
+
+class ServiceUnavailable(UpstreamError):
+    status = 503
+    default_reason = "Service Unavailable"
+
+
+class GatewayTimeout(UpstreamError):
+    status = 504
+    default_reason = "Gateway Timeout"
