@@ -1,0 +1,127 @@
+"""The async driver: a tunnel's two sockets on the engine's loop, driving a `relay.Pump`.
+
+All async tunnels share the loop's one selector and one scratch buffer. The driver only
+forwards readiness to the pump and mirrors the pump's wanted events into the selector
+(``Loop.modify`` is a no-op when nothing changed, so a busy tunnel makes no selector
+calls at all). Idle expiry is checked lazily: one timer per tunnel, re-armed from the
+last activity stamp when it fires, never touched per event (R38).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .loop import Loop, Timer
+from .relay import Pump
+
+__all__ = ["AsyncTunnel"]
+
+
+class AsyncTunnel:
+    """Run ``pump`` on ``loop`` until it is done; then close both ends and call ``on_close``.
+
+    Args:
+        loop: the engine's loop; ``start`` must run in its thread.
+        pump: the tunnel's pump (fresh, or handed over by the sync driver).
+        scratch: the loop's shared scratch buffer.
+        idle_timeout: seconds without a byte moving either way before the tunnel is
+            closed; 0 for none.
+        on_close: called once with the pump when the tunnel has ended.
+    """
+
+    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "on_close", "_timer", "_cfd", "_bfd")
+
+    def __init__(
+        self,
+        loop: Loop,
+        pump: Pump,
+        scratch: memoryview,
+        *,
+        idle_timeout: float = 0.0,
+        on_close: Optional[Callable[[Pump], None]] = None,
+    ) -> None:
+        self.loop = loop
+        self.pump = pump
+        self.scratch = scratch
+        self.idle_timeout = idle_timeout
+        self.on_close = on_close
+        self._timer: Optional[Timer] = None
+        self._cfd = pump.client.fileno()
+        self._bfd = pump.backend.fileno()
+
+    def start(self, *, fresh: bool = True) -> None:
+        """Register both ends. ``fresh`` False: a handed-over pump (no early data to send)."""
+        loop, pump = self.loop, self.pump
+        pump.last_activity = loop.time()
+        if fresh:
+            pump.start()
+        cmask, bmask = pump.interest()
+        loop.register(self._cfd, cmask, self._on_client)
+        loop.register(self._bfd, bmask, self._on_backend)
+        if self.idle_timeout > 0:
+            self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
+        self._after()
+
+    def abort(self, reason: str) -> None:
+        """End the tunnel now (engine shutdown). Loop thread only."""
+        self.pump.abort(reason)
+        self._after()
+
+    def _on_client(self, mask: int) -> None:
+        pump = self.pump
+        pump.on_event(True, mask, self.scratch)
+        pump.last_activity = self.loop.now
+        self._after()
+
+    def _on_backend(self, mask: int) -> None:
+        pump = self.pump
+        pump.on_event(False, mask, self.scratch)
+        pump.last_activity = self.loop.now
+        self._after()
+
+    def _after(self) -> None:
+        pump = self.pump
+        if pump.done:
+            self._finish()
+            return
+        cmask, bmask = pump.interest()
+        loop = self.loop
+        loop.modify(self._cfd, cmask)
+        loop.modify(self._bfd, bmask)
+        if pump.more:  # a TLS source may hold decrypted bytes no poll reports
+            loop.call_soon(self._poke)
+        elif pump.budget is not None and pump.budget.exhausted and not (cmask or bmask):
+            loop.call_later(0.05, self._after)  # paused by the global cap: look again soon
+
+    def _poke(self) -> None:
+        if not self.pump.done:
+            self.pump.on_event(True, 1, self.scratch)
+            self.pump.on_event(False, 1, self.scratch)
+            self._after()
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        pump = self.pump
+        if pump.done:
+            return
+        deadline = pump.last_activity + self.idle_timeout
+        if self.loop.time() >= deadline:
+            pump.abort("idle timeout")
+            self._finish()
+        else:
+            self._timer = self.loop.call_at(deadline, self._check_idle)
+
+    def _finish(self) -> None:
+        loop = self.loop
+        loop.unregister(self._cfd)
+        loop.unregister(self._bfd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pump.close()
+        if self.on_close is not None:
+            cb, self.on_close = self.on_close, None
+            cb(self.pump)
+
+    def __repr__(self) -> str:
+        return f"<AsyncTunnel fds={self._cfd},{self._bfd} {self.pump!r}>"

@@ -1,0 +1,407 @@
+"""A small selectors event loop that knows nothing of HTTP.
+
+Rules:
+
+* One thread runs the loop (``run``); every other method except ``call_soon_threadsafe``
+  and ``stop`` must be called from that thread.
+* A file object is registered with a mask (``EVENT_READ | EVENT_WRITE``) and one callback
+  that receives the ready mask. Callers modify interest only when it changes: the
+  selector is asked to ``modify`` only when the new mask differs from the one it has.
+* Timers live in a heap of ``Timer`` handles; a cancelled timer stays in the heap until
+  its time comes (cheap cancel, like asyncio) unless the heap fills with cancelled ones.
+* ``now`` is read once per iteration (after the wait returns), so the many callbacks of
+  one iteration share one clock read: cheap enough to stamp activity on every event.
+* Other threads schedule work with ``call_soon_threadsafe``; a socketpair wakes the wait.
+
+Also here: a tiny generator-task runner (``spawn``). A task is a generator that yields
+``Wait`` requests (a socket, read or write, an optional deadline); the loop resumes it when
+the socket is ready, or throws ``TimeoutError`` into it at the deadline. The same generator
+can be driven without a loop by ``run_blocking`` (poll in the calling thread), so the
+front end's handshake code serves both an engine with a loop and a host thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import select
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Generator, Optional
+
+__all__ = ["Loop", "Timer", "Wait", "Task", "run_blocking", "EVENT_READ", "EVENT_WRITE"]
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+log = logging.getLogger("tunnel.loop")
+
+#: Longest a loop sleeps with nothing to do; bounds how late a missed wake-up is noticed.
+MAX_WAIT = 3600.0
+#: Rebuild the timer heap when more than this share of it is cancelled timers.
+CANCELLED_COMPACT_RATIO = 0.5
+
+
+class Timer:
+    """A handle on a scheduled call. ``cancel()`` is idempotent."""
+
+    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: "Loop") -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+        self._loop = loop
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._cancelled_timers += 1
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.when < other.when
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else f"at {self.when:.3f}"
+        return f"<Timer {getattr(self.callback, '__qualname__', self.callback)} {state}>"
+
+
+class Wait:
+    """What a task yields: resume me when ``sock`` is ready for ``events`` or at ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value or None for no deadline. A ``Wait`` with
+    no socket is a pure sleep until the deadline.
+    """
+
+    __slots__ = ("sock", "events", "deadline")
+
+    def __init__(self, sock: Optional[socket.socket], events: int, deadline: Optional[float]) -> None:
+        self.sock = sock
+        self.events = events
+        self.deadline = deadline
+
+    @classmethod
+    def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
+        return cls(sock, EVENT_READ, deadline)
+
+    @classmethod
+    def write(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
+        return cls(sock, EVENT_WRITE, deadline)
+
+
+TaskGen = Generator[Wait, None, Any]
+
+
+class Loop:
+    """The selectors event loop. See the module docstring for the rules."""
+
+    def __init__(self, selector: Optional[selectors.BaseSelector] = None) -> None:
+        self._selector = selector or selectors.DefaultSelector()
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        self._masks: dict[int, int] = {}
+        self._timers: list[Timer] = []
+        self._cancelled_timers = 0
+        self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._running = False
+        self._closed = False
+        self.thread_id: Optional[int] = None
+        self.now = time.monotonic()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_pending = False
+        self.register(self._wake_r, EVENT_READ, self._on_wake)
+
+    # -- registration --------------------------------------------------------------
+    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+        """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready."""
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self._callbacks[fd] = callback
+        self._masks[fd] = events
+        if events:
+            self._selector.register(fd, events)
+
+    def modify(self, fileobj: Any, events: int) -> None:
+        """Change the interest of a registered file; a no-op when it is unchanged."""
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        old = self._masks[fd]
+        if old == events:
+            return
+        self._masks[fd] = events
+        if not old:
+            self._selector.register(fd, events)
+        elif not events:
+            self._selector.unregister(fd)
+        else:
+            self._selector.modify(fd, events)
+
+    def unregister(self, fileobj: Any) -> None:
+        """Stop watching ``fileobj``. Unknown files are ignored (idempotent close paths)."""
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd < 0:
+            return
+        self._callbacks.pop(fd, None)
+        if self._masks.pop(fd, 0):
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+
+    def is_registered(self, fileobj: Any) -> bool:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return fd in self._callbacks
+
+    # -- scheduling ------------------------------------------------------------------
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(when, callback, args, self)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback, *args)
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Schedule from any thread; wakes the loop if it is waiting."""
+        self._ready.append((callback, args))  # deque.append is atomic
+        if threading.get_ident() != self.thread_id:
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_pending or self._closed:
+                return
+            self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full: the loop is going to wake anyway
+        except OSError:
+            pass  # closed during shutdown
+
+    def _on_wake(self, mask: int) -> None:
+        with self._lock:
+            self._wake_pending = False
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread_id
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # -- tasks -------------------------------------------------------------------------
+    def spawn(self, gen: TaskGen, *, name: str = "task") -> "Task":
+        """Run generator task ``gen`` on this loop (starts on the next iteration)."""
+        task = Task(self, gen, name)
+        self.call_soon(task._step, None)
+        return task
+
+    # -- running -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``run`` to return after the current iteration. Thread-safe."""
+        self._stopping = True
+        if threading.get_ident() != self.thread_id:
+            self._wake()
+
+    def run(self) -> None:
+        """Run until ``stop()``. Exceptions from callbacks are logged, never fatal."""
+        if self._running:
+            raise RuntimeError("loop is already running")
+        self._running = True
+        self._stopping = False
+        self.thread_id = threading.get_ident()
+        select_ = self._selector.select
+        callbacks = self._callbacks
+        ready = self._ready
+        timers = self._timers
+        try:
+            while not self._stopping:
+                if ready:
+                    timeout: Optional[float] = 0.0
+                elif timers:
+                    timeout = min(max(0.0, timers[0].when - time.monotonic()), MAX_WAIT)
+                else:
+                    timeout = MAX_WAIT
+                try:
+                    events = select_(timeout)
+                except InterruptedError:
+                    events = []
+                self.now = now = time.monotonic()
+                for key, mask in events:
+                    cb = callbacks.get(key.fd)
+                    if cb is None:
+                        continue
+                    try:
+                        cb(mask)
+                    except Exception:
+                        log.exception("callback for fd %d failed", key.fd)
+                while timers and timers[0].when <= now:
+                    timer = heapq.heappop(timers)
+                    if timer.cancelled:
+                        self._cancelled_timers -= 1
+                        continue
+                    timer.cancelled = True  # a fired timer can no longer be cancelled
+                    ready.append((timer.callback, timer.args))
+                if self._cancelled_timers > 64 and self._cancelled_timers > len(timers) * CANCELLED_COMPACT_RATIO:
+                    self._timers[:] = [t for t in timers if not t.cancelled]
+                    heapq.heapify(self._timers)
+                    self._cancelled_timers = 0
+                for _ in range(len(ready)):
+                    cb, args = ready.popleft()
+                    try:
+                        cb(*args)
+                    except Exception:
+                        log.exception("scheduled callback %r failed", cb)
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        """Release the selector and the wake-up pair. Registered files are not closed."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+        self.unregister(self._wake_r)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Loop fds={len(self._callbacks) - 1} timers={len(self._timers)} "
+            f"running={self._running}>"
+        )
+
+
+class Task:
+    """A generator task on a loop: see ``Loop.spawn`` and the module docstring."""
+
+    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_sock", "_timer", "_on_done")
+
+    def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
+        self.loop = loop
+        self.gen = gen
+        self.name = name
+        self.done = False
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self._sock: Optional[socket.socket] = None
+        self._timer: Optional[Timer] = None
+        self._on_done: Optional[Callable[["Task"], None]] = None
+
+    def add_done_callback(self, fn: Callable[["Task"], None]) -> None:
+        if self.done:
+            fn(self)
+        else:
+            self._on_done = fn
+
+    def cancel(self) -> None:
+        """Throw ``GeneratorExit`` into the task (its ``finally`` blocks run)."""
+        if self.done:
+            return
+        self._clear_wait()
+        try:
+            self.gen.close()
+        except Exception as exc:  # pragma: no cover - a finally block failed
+            log.exception("task %s failed while cancelled", self.name)
+            self.error = exc
+        self._finish()
+
+    def _clear_wait(self) -> None:
+        if self._sock is not None:
+            self.loop.unregister(self._sock)
+            self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_ready(self, mask: int) -> None:
+        self._step(None)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._step(TimeoutError("deadline passed"))
+
+    def _step(self, exc: Optional[BaseException]) -> None:
+        if self.done:
+            return
+        self._clear_wait()
+        try:
+            wait = self.gen.throw(exc) if exc is not None else self.gen.send(None)
+        except StopIteration as stop:
+            self.result = stop.value
+            self._finish()
+            return
+        except Exception as err:
+            log.exception("task %s failed", self.name)
+            self.error = err
+            self._finish()
+            return
+        if wait.sock is not None:
+            self._sock = wait.sock
+            self.loop.register(wait.sock, wait.events, self._on_ready)
+        if wait.deadline is not None:
+            self._timer = self.loop.call_at(wait.deadline, self._on_deadline)
+        elif wait.sock is None:
+            self.loop.call_soon(self._step, None)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.gen = None  # type: ignore[assignment]
+        if self._on_done is not None:
+            fn, self._on_done = self._on_done, None
+            fn(self)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} {'done' if self.done else 'waiting'}>"
+
+
+def run_blocking(gen: TaskGen) -> Any:
+    """Drive a generator task in the calling thread, waiting with ``poll``.
+
+    Returns the generator's return value; its exceptions propagate.
+    """
+    poller = select.poll()
+    exc: Optional[BaseException] = None
+    while True:
+        try:
+            wait = gen.throw(exc) if exc is not None else gen.send(None)
+        except StopIteration as stop:
+            return stop.value
+        exc = None
+        timeout_ms: Optional[int] = None
+        if wait.deadline is not None:
+            timeout_ms = max(0, int((wait.deadline - time.monotonic()) * 1000) + 1)
+        if wait.sock is None:
+            if timeout_ms:
+                time.sleep(timeout_ms / 1000)
+            continue
+        flags = (select.POLLIN if wait.events & EVENT_READ else 0) | (
+            select.POLLOUT if wait.events & EVENT_WRITE else 0
+        )
+        fd = wait.sock.fileno()
+        poller.register(fd, flags)
+        try:
+            ready = poller.poll(timeout_ms)
+        finally:
+            poller.unregister(fd)
+        if not ready and wait.deadline is not None and time.monotonic() >= wait.deadline:
+            exc = TimeoutError("deadline passed")
+

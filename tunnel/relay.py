@@ -1,0 +1,382 @@
+"""The pump of one tunnel: two flows of bytes, their buffers, backpressure and half-close.
+
+The pump decides everything about moving bytes and leaves waiting to its drivers
+(``async_tunnel.py`` on the loop, ``sync_tunnel.py`` in a thread): a driver tells it
+which end is ready (``on_event``) and asks it which ends it wants to hear about
+(``interest``). It never waits, never sleeps and never touches a selector, so a test can
+drive it with in-memory endpoints as well as with sockets.
+
+An *endpoint* is anything with ``recv_into(buffer) -> int``, ``send(buffer) -> int``,
+``shutdown(how)``, ``fileno()`` and ``close()`` that raises ``BlockingIOError`` (or
+``ssl.SSLWantReadError`` / ``SSLWantWriteError``) instead of blocking: a non-blocking
+socket is one.
+
+Rules (HTTPD-BEHAVIOUR.md R24-R30, DESIGN.md §4):
+
+* Reads go into a scratch buffer the driver owns and shares among all its tunnels; a
+  chunk is sent at once from a memoryview of it, and only what the peer did not accept
+  is copied into the flow's ``pending`` bytearray. An idle flow holds no buffer.
+* While a flow's pending bytes are at or above ``high_water`` its source is not read:
+  memory per tunnel is bounded whatever the peers do. The same holds for a shared
+  ``Budget`` across all tunnels (``TunnelBufferLimit``).
+* Each readiness event reads at most ``READ_BUDGET`` chunks, so one busy tunnel cannot
+  starve the others on a shared loop (R28).
+* Half-close is data too: EOF from a source becomes ``shutdown(SHUT_WR)`` towards its
+  destination once the flow's pending bytes are flushed; the other flow goes on.
+* Any error other than would-block ends the whole tunnel (``abort``).
+
+Each flow's half-close state moves by this table (``TRANSITIONS``); a missing key is a
+bug reported with both names::
+
+    OPEN      --eof-->      EOF_READ   (pending bytes still to flush)
+    OPEN      --eof_flushed--> SHUT_WR (nothing pending: shut at once)
+    EOF_READ  --flushed-->  SHUT_WR
+    any       --error-->    CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import ssl
+from typing import Any, Optional
+
+__all__ = [
+    "Pump",
+    "Flow",
+    "FlowState",
+    "Budget",
+    "SCRATCH_SIZE",
+    "HIGH_WATER",
+    "READ_BUDGET",
+    "new_scratch",
+    "shutdown_write",
+]
+
+#: Size of the scratch buffer each driver owns: 256 KiB measured best on loopback
+#: (fewer calls per byte; Python pays per call, not per byte). DESIGN.md §4.
+SCRATCH_SIZE = 256 * 1024
+#: Pending bytes at which a flow's source stops being read. One scratch-full: a
+#: tunnel never buffers more than this (plus one chunk) per direction.
+HIGH_WATER = 256 * 1024
+#: Most reads per readiness event (fairness on a shared loop, R28).
+READ_BUDGET = 8
+
+EVENT_READ = 1  # the same values as selectors.EVENT_READ / EVENT_WRITE
+EVENT_WRITE = 2
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class FlowState(enum.Enum):
+    OPEN = "open"  # reading from the source, sending to the destination
+    EOF_READ = "eof-read"  # the source ended; pending bytes still to send
+    SHUT_WR = "shut-wr"  # everything sent, destination's write side shut
+    CLOSED = "closed"  # ended by an error
+
+
+class _Event(enum.Enum):
+    EOF = "eof"  # the source returned b"" with bytes still pending
+    EOF_FLUSHED = "eof-flushed"  # the source returned b"" with nothing pending
+    FLUSHED = "flushed"  # the last pending byte after EOF went out
+    ERROR = "error"
+
+
+TRANSITIONS: dict[tuple[FlowState, _Event], FlowState] = {
+    (FlowState.OPEN, _Event.EOF): FlowState.EOF_READ,
+    (FlowState.OPEN, _Event.EOF_FLUSHED): FlowState.SHUT_WR,
+    (FlowState.EOF_READ, _Event.FLUSHED): FlowState.SHUT_WR,
+    (FlowState.OPEN, _Event.ERROR): FlowState.CLOSED,
+    (FlowState.EOF_READ, _Event.ERROR): FlowState.CLOSED,
+    (FlowState.SHUT_WR, _Event.ERROR): FlowState.CLOSED,
+    (FlowState.CLOSED, _Event.ERROR): FlowState.CLOSED,
+}
+
+
+class RelayStateError(RuntimeError):
+    """A transition the table does not allow: a bug in the pump, never a peer's fault."""
+
+
+def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
+    """A scratch buffer for one driver (one loop, or one sync thread)."""
+    return memoryview(bytearray(size))
+
+
+def shutdown_write(sock: Any) -> None:
+    """Shut the write side of ``sock``; for a TLS socket, send close_notify first.
+
+    ``ssl.SSLSocket.shutdown`` would drop the TLS state (and with it the direction that
+    still flows), so for TLS we send close_notify through the SSL object and shut the TCP
+    write side underneath it, leaving reads working.
+    """
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is not None:
+        try:
+            sslobj.shutdown()
+        except (ssl.SSLError, OSError, ValueError):
+            pass  # close_notify is sent before want-read; a dead peer is found on next I/O
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    else:
+        sock.shutdown(socket.SHUT_WR)
+
+
+class Budget:
+    """Bytes buffered across many tunnels, against one limit (``TunnelBufferLimit``).
+
+    Not locked: the async driver's tunnels share a loop thread; sync threads adding and
+    removing at once can make ``used`` drift by a few chunks, which only shifts when reads
+    pause — never correctness. ``limit`` 0 means no limit.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit > 0 and self.used >= self.limit
+
+
+class Flow:
+    """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
+
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls")
+
+    def __init__(self, name: str, src: Any, dst: Any) -> None:
+        self.name = name
+        self.src = src
+        self.dst = dst
+        #: bytes read from src that dst has not accepted yet (None when none).
+        self.pending: Optional[bytearray] = None
+        self.state = FlowState.OPEN
+        #: bytes read from the source (all of them reach dst unless the tunnel aborts).
+        self.count = 0
+        self.src_tls = isinstance(src, ssl.SSLSocket)
+
+    @property
+    def pending_len(self) -> int:
+        return len(self.pending) if self.pending is not None else 0
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name} {self.state.value} read={self.count} pending={self.pending_len}>"
+
+
+class Pump:
+    """The state of one tunnel between a client and a backend endpoint.
+
+    Args:
+        client: the client's endpoint (non-blocking).
+        backend: the backend's endpoint (non-blocking).
+        high_water: pending bytes per flow above which its source is not read.
+        to_backend: bytes already read from the client that belong to the tunnel (those
+            that followed the request head) — sent first.
+        to_client: bytes already read from the backend after its 101 head — sent first.
+        budget: a shared `Budget`, or None.
+    """
+
+    __slots__ = (
+        "client",
+        "backend",
+        "c2b",
+        "b2c",
+        "high_water",
+        "budget",
+        "done",
+        "reason",
+        "last_activity",
+        "more",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        backend: Any,
+        *,
+        high_water: int = HIGH_WATER,
+        to_backend: bytes = b"",
+        to_client: bytes = b"",
+        budget: Optional[Budget] = None,
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.c2b = Flow("client->backend", client, backend)
+        self.b2c = Flow("backend->client", backend, client)
+        self.high_water = high_water
+        self.budget = budget
+        self.done = False
+        #: why the tunnel ended: "eof" (both sides finished), "idle timeout", "error: ...".
+        self.reason = ""
+        #: the driver stamps its clock here on every event (idle timeout).
+        self.last_activity = 0.0
+        #: True when a read stopped on its budget with a TLS source that may hold
+        #: decrypted bytes no poll will report: the driver must call again soon.
+        self.more = False
+        for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
+            if data:
+                flow.pending = bytearray(data)
+                if budget is not None:
+                    budget.used += len(data)
+
+    # -- what the driver calls ---------------------------------------------------------
+    def start(self) -> None:
+        """Send the bytes that came with the heads (early data, R25)."""
+        for flow in (self.c2b, self.b2c):
+            if flow.pending is not None:
+                self._flush(flow)
+
+    def on_event(self, is_client: bool, mask: int, scratch: memoryview) -> None:
+        """An end is ready: ``is_client`` says which, ``mask`` for what."""
+        if self.done:
+            return
+        if is_client:
+            outgoing, incoming = self.c2b, self.b2c
+        else:
+            outgoing, incoming = self.b2c, self.c2b
+        if mask & EVENT_WRITE and incoming.pending is not None:
+            self._flush(incoming)
+        if mask & EVENT_READ and not self.done and outgoing.state is FlowState.OPEN:
+            self._read(outgoing, scratch)
+
+    def interest(self) -> tuple[int, int]:
+        """The events (client, backend) the driver should wait for. (0, 0) when done."""
+        if self.done:
+            return 0, 0
+        return self._mask(self.c2b, self.b2c), self._mask(self.b2c, self.c2b)
+
+    def abort(self, reason: str) -> None:
+        """End the tunnel now (error, idle timeout, shutdown). Buffers are dropped."""
+        if self.done:
+            return
+        for flow in (self.c2b, self.b2c):
+            if flow.state is not FlowState.SHUT_WR:
+                flow.state = self._move(flow.state, _Event.ERROR)
+            self._drop(flow)
+        self.done = True
+        self.reason = reason
+
+    def close(self) -> None:
+        """Close both endpoints (idempotent). Call once the pump is done."""
+        for end in (self.client, self.backend):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+    @property
+    def buffered(self) -> int:
+        return self.c2b.pending_len + self.b2c.pending_len
+
+    # -- internals ---------------------------------------------------------------------
+    def _mask(self, outgoing: Flow, incoming: Flow) -> int:
+        mask = 0
+        if outgoing.state is FlowState.OPEN and (
+            outgoing.pending is None or len(outgoing.pending) < self.high_water
+        ):
+            budget = self.budget
+            if budget is None or not budget.exhausted or outgoing.pending is None:
+                mask = EVENT_READ
+        if incoming.pending is not None:
+            mask |= EVENT_WRITE
+        return mask
+
+    @staticmethod
+    def _move(state: FlowState, event: _Event) -> FlowState:
+        try:
+            return TRANSITIONS[state, event]
+        except KeyError:
+            raise RelayStateError(f"no transition from {state.value} on {event.value}") from None
+
+    def _read(self, flow: Flow, scratch: memoryview) -> None:
+        src_recv = flow.src.recv_into
+        size = len(scratch)
+        self.more = False
+        for _ in range(READ_BUDGET):
+            try:
+                n = src_recv(scratch)
+            except _WOULD_BLOCK:
+                return
+            except (OSError, ValueError) as exc:
+                self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
+                return
+            if n == 0:
+                self._eof(flow)
+                return
+            flow.count += n
+            pending = flow.pending
+            if pending is not None:
+                pending += scratch[:n]
+                if self.budget is not None:
+                    self.budget.used += n
+            else:
+                try:
+                    sent = flow.dst.send(scratch[:n])
+                except _WOULD_BLOCK:
+                    sent = 0
+                except (OSError, ValueError) as exc:
+                    self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+                    return
+                if sent < n:
+                    flow.pending = pending = bytearray(scratch[sent:n])
+                    if self.budget is not None:
+                        self.budget.used += n - sent
+            if pending is not None and len(pending) >= self.high_water:
+                return
+            if n < size and not flow.src_tls:
+                return  # a short read: the kernel buffer is most likely empty
+        self.more = flow.src_tls
+
+    def _flush(self, flow: Flow) -> None:
+        pending = flow.pending
+        assert pending is not None
+        try:
+            sent = flow.dst.send(pending)
+        except _WOULD_BLOCK:
+            return
+        except (OSError, ValueError) as exc:
+            self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+            return
+        if self.budget is not None:
+            self.budget.used -= sent
+        if sent < len(pending):
+            del pending[:sent]  # cheap: bytearray keeps an offset for front deletes
+            return
+        flow.pending = None
+        if flow.state is FlowState.EOF_READ:
+            self._shut(flow, _Event.FLUSHED)
+
+    def _eof(self, flow: Flow) -> None:
+        if flow.pending is not None:
+            flow.state = self._move(flow.state, _Event.EOF)
+        else:
+            self._shut(flow, _Event.EOF_FLUSHED)
+
+    def _shut(self, flow: Flow, event: _Event) -> None:
+        try:
+            shutdown_write(flow.dst)
+        except OSError as exc:
+            # ENOTCONN: the peer is already gone; the other flow finds out on its next I/O.
+            if getattr(exc, "errno", None) != 107:
+                self.abort(f"error: shutdown {flow.name.split('->')[1]}: {_describe(exc)}")
+                return
+        flow.state = self._move(flow.state, event)
+        other = self.b2c if flow is self.c2b else self.c2b
+        if other.state is FlowState.SHUT_WR:
+            self.done = True
+            self.reason = "eof"
+
+    def _drop(self, flow: Flow) -> None:
+        if flow.pending is not None and self.budget is not None:
+            self.budget.used -= len(flow.pending)
+        flow.pending = None
+
+    def __repr__(self) -> str:
+        return f"<Pump {self.c2b!r} {self.b2c!r}{' done: ' + self.reason if self.done else ''}>"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, log-friendly cause: "connection reset by peer" rather than a repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

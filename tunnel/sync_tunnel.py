@@ -1,0 +1,215 @@
+"""The sync driver: a thread per tunnel, blocking in ``poll`` on the tunnel's two sockets.
+
+It drives the same `relay.Pump` as the async driver, so buffering, backpressure and
+half-close behave identically; only the waiting differs. Threads come from a bounded
+`ThreadPool`: when every thread is busy a new tunnel is refused (503), never queued
+(HTTPD-BEHAVIOUR.md R34).
+
+``run_sync`` can stop at a hand-over time (``ProxyWebsocketAsyncDelay``): it then returns
+with the pump still open, and the caller hands the same pump to the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import threading
+import time
+from typing import Callable, Optional
+
+from .relay import EVENT_READ, EVENT_WRITE, Pump, new_scratch
+
+__all__ = ["run_sync", "ThreadPool"]
+
+log = logging.getLogger("tunnel.sync")
+
+#: How long an idle pool thread waits for work before it exits.
+THREAD_IDLE_EXIT = 30.0
+#: Poll cap while the global buffer cap pauses every flow of a tunnel.
+BUDGET_RECHECK = 0.05
+
+_POLL_READ = select.POLLIN | select.POLLPRI
+_POLL_ERR = select.POLLERR | select.POLLHUP
+_local = threading.local()
+
+
+def thread_scratch() -> memoryview:
+    """The calling thread's scratch buffer (one per sync thread, reused by its tunnels)."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = new_scratch()
+    return scratch
+
+
+def _to_poll(mask: int) -> int:
+    return (select.POLLIN if mask & EVENT_READ else 0) | (select.POLLOUT if mask & EVENT_WRITE else 0)
+
+
+def run_sync(
+    pump: Pump,
+    *,
+    idle_timeout: float = 0.0,
+    handover_at: Optional[float] = None,
+    fresh: bool = True,
+    stopping: Optional[threading.Event] = None,
+) -> bool:
+    """Relay until the pump is done (True) or ``handover_at`` passes (False).
+
+    Args:
+        pump: the tunnel's pump.
+        idle_timeout: seconds with no byte moving either way before the tunnel is
+            aborted with reason "idle timeout"; 0 for none.
+        handover_at: a ``time.monotonic()`` value at which to return with the pump open.
+        fresh: False when the pump was already started elsewhere.
+        stopping: set by the engine at shutdown; the tunnel is aborted when seen.
+
+    Returns:
+        True when the tunnel ended (the caller closes it), False at the hand-over time.
+    """
+    scratch = thread_scratch()
+    cfd, bfd = pump.client.fileno(), pump.backend.fileno()
+    poller = select.poll()
+    registered = {cfd: -1, bfd: -1}
+    now = time.monotonic()
+    pump.last_activity = now
+    if fresh:
+        pump.start()
+    while not pump.done:
+        cmask, bmask = pump.interest()
+        for fd, mask in ((cfd, cmask), (bfd, bmask)):
+            if registered[fd] != mask:
+                poller.register(fd, _to_poll(mask))  # register() modifies when present
+                registered[fd] = mask
+        wait = None
+        if idle_timeout > 0:
+            wait = pump.last_activity + idle_timeout - now
+        if handover_at is not None:
+            left = handover_at - now
+            wait = left if wait is None else min(wait, left)
+        if pump.more:
+            wait = 0.0
+        elif not (cmask or bmask) or stopping is not None:
+            # Paused by the global cap, or watching for shutdown: look again soon.
+            wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
+        timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
+        try:
+            events = poller.poll(timeout_ms)
+        except InterruptedError:
+            events = []
+        now = time.monotonic()
+        if stopping is not None and stopping.is_set():
+            pump.abort("shutdown")
+            break
+        if events:
+            for fd, ev in events:
+                if ev & select.POLLNVAL:
+                    pump.abort("error: socket closed under the tunnel")
+                    break
+                mask = (EVENT_READ if ev & _POLL_READ else 0) | (EVENT_WRITE if ev & select.POLLOUT else 0)
+                if ev & _POLL_ERR:
+                    mask = EVENT_READ | EVENT_WRITE  # the next I/O reports the cause (R30)
+                pump.on_event(fd == cfd, mask, scratch)
+            pump.last_activity = now
+        elif pump.more:
+            pump.on_event(True, EVENT_READ, scratch)
+            pump.on_event(False, EVENT_READ, scratch)
+        if pump.done:
+            break
+        if handover_at is not None and now >= handover_at:
+            return False
+        if idle_timeout > 0 and now - pump.last_activity >= idle_timeout:
+            pump.abort("idle timeout")
+    return True
+
+
+class PoolFull(Exception):
+    """Every thread of the pool is busy."""
+
+
+class ThreadPool:
+    """At most ``max_threads`` threads; idle ones wait for work, then exit.
+
+    ``submit`` never queues behind busy threads: it raises ``PoolFull`` instead.
+    """
+
+    def __init__(self, max_threads: int, *, name: str = "tunnel-sync") -> None:
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self.max_threads = max_threads
+        self.name = name
+        self._lock = threading.Lock()
+        self._work: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._busy = 0
+        self._closed = False
+        self._all_idle = threading.Condition(self._lock)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a pool thread.
+
+        Raises:
+            PoolFull: every thread is busy and the pool is at its size.
+            RuntimeError: the pool is shut down.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("thread pool is shut down")
+            if self._idle > 0:
+                self._idle -= 1
+            elif self._threads < self.max_threads:
+                self._threads += 1
+                threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
+            else:
+                raise PoolFull(f"all {self.max_threads} tunnel threads are busy")
+            self._busy += 1
+            self._work.put(fn)
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                fn = self._work.get(timeout=THREAD_IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # nobody has claimed us: leave
+                        self._idle -= 1
+                        self._threads -= 1
+                        self._all_idle.notify_all()
+                        return
+                continue  # a submit claimed us just now: its work is on the way
+            if fn is None:
+                with self._lock:
+                    self._threads -= 1
+                    self._all_idle.notify_all()
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("sync tunnel thread failed")
+            with self._lock:
+                self._busy -= 1
+                self._idle += 1
+                self._all_idle.notify_all()
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Stop idle threads, wait up to ``timeout`` for busy ones. True if all exited."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            for _ in range(self._threads):
+                self._work.put(None)
+            while self._threads > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._all_idle.wait(left)
+        return True
