@@ -178,6 +178,10 @@ class Loop:
         if threading.get_ident() != self.thread_id:
             self._wake()
 
+    def wakeup(self) -> None:
+        """Make a waiting ``run`` return from its wait (also from a signal handler)."""
+        self._wake()
+
     def _wake(self) -> None:
         with self._lock:
             if self._wake_pending or self._closed:

@@ -154,8 +154,8 @@ class ThreadPool:
     def threads(self) -> int:
         return self._threads
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on a pool thread.
+    def reserve(self) -> None:
+        """Claim a thread for a tunnel about to start (before its 101 is sent).
 
         Raises:
             PoolFull: every thread is busy and the pool is at its size.
@@ -164,14 +164,24 @@ class ThreadPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("thread pool is shut down")
-            if self._idle > 0:
-                self._idle -= 1
-            elif self._threads < self.max_threads:
-                self._threads += 1
-                threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
-            else:
+            if self._busy >= self.max_threads:
                 raise PoolFull(f"all {self.max_threads} tunnel threads are busy")
             self._busy += 1
+
+    def release(self) -> None:
+        """Give back a reservation that will not be used (the handshake failed)."""
+        with self._lock:
+            self._busy -= 1
+            self._all_idle.notify_all()
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a pool thread, under a reservation made with ``reserve``."""
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+            else:
+                self._threads += 1
+                threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
             self._work.put(fn)
 
     def _worker(self) -> None:
@@ -188,6 +198,7 @@ class ThreadPool:
                 continue  # a submit claimed us just now: its work is on the way
             if fn is None:
                 with self._lock:
+                    self._idle = max(0, self._idle - 1)
                     self._threads -= 1
                     self._all_idle.notify_all()
                 return
@@ -205,6 +216,11 @@ class ThreadPool:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._closed = True
+            while self._busy > 0:  # busy threads end when their tunnels are aborted
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._all_idle.wait(left)
             for _ in range(self._threads):
                 self._work.put(None)
             while self._threads > 0:

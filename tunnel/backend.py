@@ -1,0 +1,181 @@
+"""Connecting to backends, and the small blocking-free socket helpers the front end uses.
+
+Every function here that waits is a generator task step (see ``loop.Wait``): it yields
+``Wait`` objects and gets ``TimeoutError`` thrown in at its deadline, so the same code runs
+on the engine's loop and, through ``loop.run_blocking``, in a host's thread.
+
+Failure statuses (HTTPD-BEHAVIOUR.md §3 table): DNS failure 500, refused or timed out
+connect 503, TLS handshake failure 502.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import ssl
+from typing import Generator, Optional
+
+from .config import ProxyTLS, Target
+from .errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
+from .loop import Wait
+
+__all__ = ["connect", "recv", "sendall", "tune", "client_context", "WOULD_BLOCK"]
+
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+#: Bytes asked for per recv during handshakes (heads are small; bodies stream).
+RECV_SIZE = 64 * 1024
+#: TCP keepalive on every leg finds dead peers of quiet tunnels (R37 tunnel line):
+#: first probe after this many idle seconds, then every KEEPALIVE_INTERVAL, 4 probes.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 15
+
+Step = Generator[Wait, None, object]
+
+
+def tune(sock: socket.socket) -> None:
+    """Non-blocking, TCP_NODELAY (R27) and keepalive (R37) on a stream socket."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+        except OSError:
+            pass
+
+
+def recv(sock: socket.socket, deadline: Optional[float], size: int = RECV_SIZE) -> Generator[Wait, None, bytes]:
+    """Read at least one byte (b"" at EOF) by ``deadline``; TimeoutError after it."""
+    while True:
+        try:
+            return sock.recv(size)
+        except ssl.SSLWantWriteError:
+            yield Wait.write(sock, deadline)
+        except WOULD_BLOCK:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                continue
+            yield Wait.read(sock, deadline)
+
+
+def sendall(sock: socket.socket, data: bytes, deadline: Optional[float]) -> Generator[Wait, None, None]:
+    """Send every byte of ``data`` by ``deadline``; TimeoutError after it."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except ssl.SSLWantReadError:
+            yield Wait.read(sock, deadline)
+            continue
+        except WOULD_BLOCK:
+            yield Wait.write(sock, deadline)
+            continue
+        view = view[sent:]
+
+
+def _addresses(target: Target) -> list[tuple]:
+    if target.unix_path:
+        return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, "", target.unix_path)]
+    try:
+        ip = ipaddress.ip_address(target.host.strip("[]"))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 0, "", (str(ip), target.port))]
+    # A name: resolved in the calling thread. Configured backends are few and are
+    # usually names from /etc/hosts or a local resolver, answered at once.
+    try:
+        return socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BackendDNSError(
+            "backend host name could not be resolved", detail=f"{target.host}: {exc}"
+        ) from exc
+
+
+def client_context(tls: ProxyTLS) -> ssl.SSLContext:
+    """The SSLContext for backend TLS legs, from the SSLProxy* directives."""
+    ctx = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
+    ctx.check_hostname = tls.verify and tls.check_peer_name
+    if not tls.verify:
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.machine_certificate_file:
+        ctx.load_cert_chain(tls.machine_certificate_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def connect(
+    target: Target,
+    deadline: float,
+    *,
+    ssl_context: Optional[ssl.SSLContext] = None,
+    tls_deadline: Optional[float] = None,
+) -> Generator[Wait, None, socket.socket]:
+    """Open a fresh, non-blocking connection to ``target`` (never pooled, R18).
+
+    Every address is tried in turn until ``deadline``.
+
+    Raises:
+        BackendDNSError: the host name does not resolve (500).
+        ServiceUnavailable: every address refused, or the deadline passed (503).
+        BadGateway: the TLS handshake failed (502).
+    """
+    last_error = "no address"
+    for family, type_, proto, _, address in _addresses(target):
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(address)
+            if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                try:
+                    yield Wait.write(sock, deadline)
+                except TimeoutError:
+                    raise ServiceUnavailable(
+                        "backend connect timed out", detail=f"{target}: no answer before the connect deadline"
+                    ) from None
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                last_error = f"{address}: {errno.errorcode.get(err, err)} ({errno_text(err)})"
+                sock.close()
+                continue
+            tune(sock)
+            if target.tls:
+                sock = yield from _tls_handshake(sock, target, ssl_context, tls_deadline or deadline)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+    raise ServiceUnavailable("backend refused the connection", detail=f"{target}: {last_error}")
+
+
+def errno_text(err: int) -> str:
+    return os.strerror(err).lower()
+
+
+def _tls_handshake(
+    raw: socket.socket, target: Target, ctx: Optional[ssl.SSLContext], deadline: float
+) -> Generator[Wait, None, socket.socket]:
+    if ctx is None:
+        raise BadGateway("TLS to the backend is not configured", detail=str(target))
+    sock = ctx.wrap_socket(raw, server_hostname=target.host, do_handshake_on_connect=False)
+    while True:
+        try:
+            sock.do_handshake()
+            return sock
+        except ssl.SSLWantReadError:
+            wait = Wait.read(sock, deadline)
+        except ssl.SSLWantWriteError:
+            wait = Wait.write(sock, deadline)
+        except ssl.SSLCertVerificationError as exc:
+            raise BadGateway("backend TLS certificate rejected", detail=f"{target}: {exc.verify_message}") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise BadGateway("TLS handshake with the backend failed", detail=f"{target}: {exc}") from exc
+        try:
+            yield wait
+        except TimeoutError:
+            raise GatewayTimeout("TLS handshake with the backend timed out", detail=str(target)) from None

@@ -1,0 +1,205 @@
+"""The ``tunnel`` command line (click): serve, demo, configtest."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from ._version import __version__
+from .config import Config, ConfigError
+from .engine import Engine
+
+__all__ = ["main", "cli"]
+
+#: httpd's LogLevel names mapped onto Python's logging levels.
+LOG_LEVELS = {
+    "emerg": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "notice": logging.INFO,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+
+
+def setup_logging(config: Config, override: Optional[str]) -> None:
+    """Route the ``tunnel`` loggers to ErrorLog (default stderr) at LogLevel."""
+    level_name = (override or config.log.level or "warn").lower()
+    if level_name.startswith("trace"):
+        level_name = "debug"
+    level = LOG_LEVELS.get(level_name, logging.WARNING)
+    root = logging.getLogger("tunnel")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if config.log.error_log:
+        handler: logging.Handler = logging.FileHandler(config.log.error_log)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _config_text(listen: Sequence[str], passes: Sequence[str], extra: Sequence[str]) -> str:
+    lines = [f"Listen {addr}" for addr in listen]
+    for item in passes:
+        path, sep, url = item.partition("=")
+        if not sep or not path or not url:
+            raise click.BadParameter(f"expected PATH=URL, got {item!r}", param_hint="--pass")
+        lines.append(f"ProxyPass {path} {url}")
+    lines.extend(extra)
+    return "\n".join(lines) + "\n"
+
+
+def _load(config_file: Optional[str], listen: Sequence[str], passes: Sequence[str], extra: Sequence[str]) -> Config:
+    if config_file:
+        config = Config.from_file(config_file)
+        if listen or passes:
+            add = Config.from_text(_config_text(listen, passes, extra), filename="<command line>")
+            config = config.replace(listeners=config.listeners + add.listeners)
+        return config
+    if not listen:
+        listen = ["127.0.0.1:8080"]
+    return Config.from_text(_config_text(listen, passes, extra), filename="<command line>")
+
+
+def run_engine(engine: Engine) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly (exit status 0)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("tunnel").info("signal %d: stopping", signum)
+        engine.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        engine.serve_forever()
+    finally:
+        engine.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tunnel")
+def cli() -> None:
+    """tunnel: a WebSocket reverse proxy with httpd's mod_proxy_wstunnel semantics."""
+
+
+@cli.command()
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="httpd-style configuration file.")
+@click.option("--listen", "-l", multiple=True, metavar="ADDR", help="Listen address, e.g. 127.0.0.1:8080 or [::1]:8080.")
+@click.option("--pass", "passes", multiple=True, metavar="PATH=URL", help="A ProxyPass rule, e.g. /chat/=ws://127.0.0.1:9000/.")
+@click.option("--async/--sync", "use_async", default=None, help="ProxyWebsocketAsync On/Off (default: the file's, else Off).")
+@click.option("--max-threads", type=click.IntRange(1), default=None, help="MaxTunnelThreads: sync tunnel threads.")
+@click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default=None, help="Override LogLevel.")
+def serve(
+    config_file: Optional[str],
+    listen: tuple[str, ...],
+    passes: tuple[str, ...],
+    use_async: Optional[bool],
+    max_threads: Optional[int],
+    log_level: Optional[str],
+) -> None:
+    """Run the proxy from a configuration file or from --listen/--pass."""
+    extra = []
+    if use_async is not None and not config_file:
+        extra.append(f"ProxyWebsocketAsync {'On' if use_async else 'Off'}")
+    if max_threads and not config_file:
+        extra.append(f"MaxTunnelThreads {max_threads}")
+    try:
+        config = _load(config_file, listen, passes, extra)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if config_file and use_async is not None:
+        config = config.replace(scope=config.scope.__class__(**{**config.scope.__dict__, "websocket_async": use_async}))
+    if config_file and max_threads:
+        config = config.replace(max_tunnel_threads=max_threads)
+    if not config.listeners:
+        raise click.ClickException(f"{config.source}: no Listen directive: nothing to serve")
+    setup_logging(config, log_level)
+    for warning in config.warnings:
+        logging.getLogger("tunnel").warning("%s", warning)
+    engine = Engine(config)
+    try:
+        run_engine(engine)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.option("--listen", "-l", default="127.0.0.1:8080", show_default=True, metavar="ADDR", help="Proxy listen address.")
+@click.option("--async/--sync", "use_async", default=True, help="Tunnel strategy for the demo route.")
+@click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default="info", show_default=True)
+def demo(listen: str, use_async: bool, log_level: str) -> None:
+    """The proxy plus the built-in echo backend: a page and a WebSocket on one path."""
+    from importlib.resources import files
+
+    from .echo import EchoServer
+
+    page = files("tunnel").joinpath("demo.html").read_bytes()
+    backend = EchoServer("127.0.0.1", 0, page=page).start()
+    host, port = backend.address[:2]
+    text = "\n".join(
+        [
+            f"Listen {listen}",
+            f"ProxyWebsocketAsync {'On' if use_async else 'Off'}",
+            "# ws and http on one path: an upgrade goes to the ws route, a plain GET to the http one",
+            f"ProxyPass / ws://{host}:{port}/",
+            f"ProxyPass / http://{host}:{port}/",
+            "",
+        ]
+    )
+    try:
+        config = Config.from_text(text, filename="<demo>")
+        setup_logging(config, log_level)
+        engine = Engine(config)
+        engine.start()
+    except (ConfigError, OSError) as exc:
+        backend.stop()
+        raise click.ClickException(str(exc)) from None
+    addr_host, addr_port = engine.addresses[0]
+    shown = f"[{addr_host}]" if ":" in addr_host else addr_host
+    click.echo(f"tunnel demo: echo backend on {host}:{port}, proxy on {shown}:{addr_port}")
+    click.echo(f"  browser:   http://{shown}:{addr_port}/")
+    click.echo(f"  websocket: python -m websockets ws://{shown}:{addr_port}/echo")
+    click.echo("Ctrl-C stops.", err=False)
+    sys.stdout.flush()
+    stopped = __import__("threading").Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopped.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    while not stopped.wait(0.5):
+        pass
+    engine.stop()
+    backend.stop()
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+def configtest(config_file: str) -> None:
+    """Check a configuration file and print the routes it would use."""
+    from .config import summary
+
+    try:
+        config = Config.from_file(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary(config))
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo("Syntax OK")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``tunnel`` console script and ``python -m tunnel``."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="tunnel")

@@ -1,0 +1,416 @@
+"""The engine: one configuration, one loop (when it owns one), the sync pool, the tunnels.
+
+``Engine`` is the library's entry point (DESIGN.md §6). It owns:
+
+* the loop and its listeners when it serves (``serve_forever`` / ``running``); the host
+  can then poll (``HostCapabilities(can_poll=True)``) and async tunnels are possible;
+* the bounded thread pool of sync tunnels (``MaxTunnelThreads``);
+* the balancers' runtime state, the worker error states (``retry=``), the access log,
+  the shared buffer budget (``TunnelBufferLimit``) and the counters users read in
+  ``stats``.
+
+``handle(sock)`` adopts a client connection from any thread: with the loop running it
+joins the loop; without, the calling thread does the handshake and the (sync) tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from typing import Any, Iterator, Optional
+
+from .accesslog import AccessLog, Entry
+from .async_tunnel import AsyncTunnel
+from .backend import client_context
+from .balancer import Balancers
+from .config import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
+from .errors import ServiceUnavailable
+from .loop import Loop, Task, run_blocking
+from .relay import Budget, Pump, new_scratch
+from .server import Acceptor, Exchange, TunnelStart, open_listener, serve_client
+from .strategies import LOOP_HOST, THREAD_HOST, HostCapabilities, select_strategy
+from .sync_tunnel import PoolFull, ThreadPool, run_sync
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("tunnel.engine")
+errlog = logging.getLogger("tunnel.error")
+
+#: How long ``stop`` waits for live tunnels and threads to end (W2: bounded drain).
+STOP_TIMEOUT = 5.0
+
+
+class Engine:
+    """A WebSocket tunnel engine for one `Config`.
+
+    Args:
+        config: the configuration (``Config.from_file`` / ``Config.from_text``).
+        host: force the host's capabilities (tests); by default the engine can poll
+            while its own loop runs, and cannot otherwise.
+        server_name: the name for X-Forwarded-Server when no ServerName is set.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        host: Optional[HostCapabilities] = None,
+        server_name: Optional[str] = None,
+    ) -> None:
+        self.config = config
+        self.server_name = server_name or socket.gethostname()
+        self.pool = ThreadPool(config.max_tunnel_threads)
+        self.balancers = Balancers(config.balancers)
+        self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
+        self.access_log = AccessLog(config.log.custom_logs)
+        #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
+        self.stats: Counter[str] = Counter()
+        self._forced_host = host
+        self._loop: Optional[Loop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._scratch = new_scratch()
+        self._acceptors: list[Acceptor] = []
+        self._tasks: set[Task] = set()
+        self._tunnels: set[AsyncTunnel] = set()
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: Optional[BaseException] = None
+        self._worker_errors: dict[Target, float] = {}
+        self._ssl_contexts: dict[ProxyTLS, ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+        #: the bound addresses, in Listen order (useful with port 0).
+        self.addresses: list[tuple[str, int]] = []
+
+    # -- capabilities and strategy -------------------------------------------------------
+    @property
+    def host(self) -> HostCapabilities:
+        if self._forced_host is not None:
+            return self._forced_host
+        loop = self._loop
+        return LOOP_HOST if loop is not None and loop.running else THREAD_HOST
+
+    @property
+    def loop(self) -> Optional[Loop]:
+        return self._loop
+
+    def strategy_for(self, scope: Scope) -> str:
+        return select_strategy(scope, self.host)
+
+    def needs_thread(self, scope: Scope, strategy: str) -> bool:
+        """Does a tunnel need a pool thread? Not in a host's own thread (no loop)."""
+        if self._loop is None or not self._loop.running:
+            return False
+        return strategy == "sync" or scope.websocket_async_delay > 0
+
+    def reserve_thread(self, ex: Exchange) -> bool:
+        """Reserve a sync thread before the backend is contacted.
+
+        Raises:
+            ServiceUnavailable: the pool is full and the tunnel must be sync.
+        """
+        try:
+            self.pool.reserve()
+            return True
+        except PoolFull as exc:
+            self.stats["tunnels.refused_pool_full"] += 1
+            errlog.error("refusing tunnel from %s: %s (MaxTunnelThreads %d)", ex.peer[0], exc, self.pool.max_threads)
+            raise ServiceUnavailable("no tunnel thread available", detail=str(exc)) from None
+        except RuntimeError:
+            raise ServiceUnavailable("server is shutting down") from None
+
+    # -- backend helpers ---------------------------------------------------------------
+    def backend_ssl(self, scope: Scope) -> Optional[ssl.SSLContext]:
+        tls = scope.proxy_tls
+        if not tls.engine:
+            return None
+        with self._lock:
+            ctx = self._ssl_contexts.get(tls)
+            if ctx is None:
+                ctx = self._ssl_contexts[tls] = client_context(tls)
+        return ctx
+
+    def check_worker(self, target: Target, rule: ProxyRule) -> None:
+        """503 at once while a worker is in error state (R18)."""
+        until = self._worker_errors.get(target)
+        if until is not None:
+            if time.monotonic() < until:
+                raise ServiceUnavailable(
+                    "backend is in error state", detail=f"{target}: retry in {until - time.monotonic():.1f}s"
+                )
+            self._worker_errors.pop(target, None)
+
+    def worker_failed(self, target: Target, rule: ProxyRule) -> None:
+        retry = rule.retry if rule.retry is not None else 60.0
+        if retry > 0:
+            self._worker_errors[target] = time.monotonic() + retry
+            errlog.error("worker %s in error state for %.0fs (retry=)", target, retry)
+
+    def new_pump(self, client: socket.socket, backend: socket.socket, *, to_backend: bytes, to_client: bytes) -> Pump:
+        return Pump(client, backend, to_backend=to_backend, to_client=to_client, budget=self.budget)
+
+    # -- serving -----------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Bind the listeners and run the loop in this thread until ``stop()``."""
+        loop = Loop()
+        try:
+            for listener in self.config.listeners:
+                sock = open_listener(listener)
+                addr = sock.getsockname()
+                self.addresses.append((addr[0], addr[1]))
+                bound = Listener(listener.host, addr[1], listener.tls, listener.file, listener.line)
+                self._acceptors.append(Acceptor(self, loop, sock, bound))
+                log.info("listening on %s", bound.display)
+        except BaseException as exc:
+            for acc in self._acceptors:
+                acc.close()
+            self._acceptors.clear()
+            loop.close()
+            self._start_error = exc
+            self._ready.set()
+            raise
+        self._loop = loop
+        loop.call_soon(self._ready.set)
+        try:
+            loop.run()
+        finally:
+            self._teardown(loop)
+
+    def start(self) -> "Engine":
+        """Serve on a background thread; returns once the listeners are bound."""
+        self._thread = threading.Thread(target=self._serve_quietly, name="tunnel-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            raise self._start_error
+        return self
+
+    def _serve_quietly(self) -> None:
+        try:
+            self.serve_forever()
+        except BaseException:
+            if not self._ready.is_set() or self._start_error is None:
+                log.exception("engine loop failed")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Engine"]:
+        """``with engine.running():`` serve on a background thread, stop on exit."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop: safe from any thread and from a signal handler."""
+        self._stopping.set()
+        loop = self._loop
+        if loop is not None and loop.running:
+            loop.call_soon_threadsafe(self._shutdown_in_loop)
+            loop.wakeup()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop accepting, end live tunnels, wait for threads (bounded). Idempotent."""
+        self.request_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.pool.shutdown(timeout)
+        self.access_log.close()
+
+    def _shutdown_in_loop(self) -> None:
+        assert self._loop is not None
+        for acc in self._acceptors:
+            acc.close()
+        self._acceptors.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for tunnel in list(self._tunnels):
+            tunnel.abort("shutdown")
+        self._loop.stop()
+
+    def _teardown(self, loop: Loop) -> None:
+        for acc in self._acceptors:
+            acc.close()
+        self._acceptors.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for tunnel in list(self._tunnels):
+            tunnel.abort("shutdown")
+        # Run callbacks queued by the aborts (hand-overs arriving late are closed there).
+        self._loop = None
+        loop.close()
+
+    # -- connections -------------------------------------------------------------------
+    def adopt(self, sock: socket.socket, peer: Any, listener: Optional[Listener], leading: bytes = b"") -> None:
+        """Serve an accepted client connection on the loop (loop thread only)."""
+        loop = self._loop
+        if loop is None or self._stopping.is_set():
+            sock.close()
+            return
+        task = loop.spawn(serve_client(self, sock, peer, listener, leading), name=f"client {peer}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: Task) -> None:
+        self._tasks.discard(task)
+        if isinstance(task.result, TunnelStart):
+            self._start_tunnel(task.result)
+
+    def handle(self, sock: socket.socket, leading: bytes = b"", *, peer: Any = None) -> None:
+        """Adopt a connected client socket whose request head is not read yet.
+
+        ``leading`` holds bytes already read from it (e.g. a head a host parsed). Callable
+        from any thread. With the loop running the connection joins it and this returns
+        at once; with no loop, the calling thread serves the handshake and then the tunnel
+        (sync) and returns when the connection ends.
+        """
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = ("unknown", 0)
+        loop = self._loop
+        if loop is not None and loop.running and not self._stopping.is_set():
+            loop.call_soon_threadsafe(self.adopt, sock, peer, None, leading)
+            return
+        start = run_blocking(serve_client(self, sock, peer, None, leading))
+        if isinstance(start, TunnelStart):
+            self._note_start(start, "sync")
+            run_sync(start.pump, idle_timeout=start.scope.websocket_idle_timeout, stopping=self._stopping)
+            self._tunnel_closed(start)
+
+    # -- tunnels -----------------------------------------------------------------------
+    def _note_start(self, ts: TunnelStart, strategy: str) -> None:
+        self.stats[f"tunnels.{strategy}"] += 1
+        self.stats["tunnels.open"] += 1
+        ts.exchange.notes["strategy"] = strategy
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "tunnel %s -> %s: strategy %s (ProxyWebsocketAsync %s, host can_poll %s)",
+                ts.exchange.peer[0],
+                ts.exchange.notes.get("backend", "?"),
+                strategy,
+                "On" if ts.scope.websocket_async else "Off",
+                self.host.can_poll,
+            )
+
+    def _start_tunnel(self, ts: TunnelStart) -> None:
+        """Start a tunnel whose 101 has gone out (loop thread)."""
+        scope = ts.scope
+        self._note_start(ts, ts.strategy)
+        if ts.strategy == "async" and not ts.reserved:
+            self._start_async(ts, fresh=True)
+            return
+        handover_at = None
+        if ts.strategy == "async":
+            handover_at = time.monotonic() + scope.websocket_async_delay
+        self.pool.run(lambda: self._run_sync(ts, handover_at))
+
+    def _start_async(self, ts: TunnelStart, *, fresh: bool) -> None:
+        loop = self._loop
+        if loop is None or self._stopping.is_set():
+            ts.pump.abort("shutdown")
+            ts.pump.close()
+            self._tunnel_closed(ts)
+            return
+        tunnel = AsyncTunnel(
+            loop,
+            ts.pump,
+            self._scratch,
+            idle_timeout=ts.scope.websocket_idle_timeout,
+            on_close=lambda pump: self._async_closed(tunnel, ts),
+        )
+        self._tunnels.add(tunnel)
+        tunnel.start(fresh=fresh)
+
+    def _async_closed(self, tunnel: AsyncTunnel, ts: TunnelStart) -> None:
+        self._tunnels.discard(tunnel)
+        self._tunnel_closed(ts)
+
+    def _run_sync(self, ts: TunnelStart, handover_at: Optional[float]) -> None:
+        try:
+            done = run_sync(
+                ts.pump,
+                idle_timeout=ts.scope.websocket_idle_timeout,
+                handover_at=handover_at,
+                stopping=self._stopping,
+            )
+        except BaseException:
+            ts.pump.abort("error: internal")
+            done = True
+            errlog.exception("sync tunnel failed")
+        if done:
+            ts.pump.close()
+            self._tunnel_closed(ts)
+            return
+        loop = self._loop
+        self.stats["tunnels.handed_over"] += 1
+        ts.exchange.notes["strategy"] = "sync->async"
+        if loop is None or not loop.running:
+            ts.pump.abort("shutdown")
+            ts.pump.close()
+            self._tunnel_closed(ts)
+            return
+        loop.call_soon_threadsafe(self._start_async, ts, fresh=False)
+
+    def _tunnel_closed(self, ts: TunnelStart) -> None:
+        pump = ts.pump
+        ex = ts.exchange
+        with self._lock:
+            self.stats["tunnels.open"] -= 1
+            self.stats["tunnels.closed"] += 1
+        if ts.balancer is not None and ts.member is not None:
+            ts.balancer.add_traffic(ts.member, pump.c2b.count, pump.b2c.count)
+            ts.balancer.release(ts.member)
+        ex.bytes_in += pump.c2b.count
+        ex.bytes_out += pump.b2c.count
+        ex.body_bytes = pump.b2c.count
+        ex.notes["close_reason"] = pump.reason
+        ex.notes["to_backend"] = str(pump.c2b.count)
+        ex.notes["to_client"] = str(pump.b2c.count)
+        log.info(
+            "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
+            ex.peer[0],
+            ex.notes.get("backend", "?"),
+            pump.reason,
+            pump.c2b.count,
+            pump.b2c.count,
+            time.monotonic() - ex.started,
+            ex.notes.get("strategy", "?"),
+        )
+        self.log_exchange(ex)
+
+    def log_exchange(self, ex: Exchange) -> None:
+        """Write the access-log entry of a finished request or tunnel."""
+        if not self.access_log.enabled:
+            return
+        head = ex.head
+        self.access_log.write(
+            Entry(
+                remote_host=str(ex.peer[0]),
+                request_line=head.request_line if head else "-",
+                method=head.method if head else "-",
+                path=head.target if head else "-",
+                protocol=f"HTTP/{head.http_version}" if head else "-",
+                status=ex.status,
+                request_headers=dict((k.lower(), v) for k, v in head.headers) if head else {},
+                response_headers=dict((k.lower(), v) for k, v in ex.response_headers),
+                bytes_in=ex.bytes_in,
+                bytes_out=ex.bytes_out,
+                body_bytes=ex.body_bytes,
+                start=ex.start,
+                duration=time.monotonic() - ex.started,
+                notes=ex.notes,
+                server_port=ex.listener.port if ex.listener else 0,
+                vhost=ex.vhost,
+                tunnel=ex.tunnel,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"

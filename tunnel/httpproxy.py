@@ -1,0 +1,162 @@
+"""Plain HTTP/1.1 forwarding with h11 on both sides, streamed, as generator task steps.
+
+Used for ``http://`` routes, for non-upgrade requests on ws routes under
+``ProxyWebsocketFallbackToProxyHttp On`` (R17), and to relay a backend's non-101 answer
+to an upgrade request (R20: the client connection then stays HTTP, R48).
+
+Bodies stream in both directions chunk by chunk (never buffered whole); h11 re-frames
+them (Content-Length kept, chunked otherwise). Every backend connection carries one
+request and is closed after it (no pool: simple, and what httpd does for upgrades).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Generator, Optional
+
+import h11
+
+from .backend import recv, sendall
+from .errors import BadGateway, BadRequest, GatewayTimeout, RequestTimeout
+from .handshake import HOP_BY_HOP, BackendHandshake, FrontEnd, ResponseHead
+from .loop import Wait
+
+__all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client"]
+
+Step = Generator[Wait, None, object]
+
+
+def send_to_client(sock: socket.socket, front: FrontEnd, event: object, deadline: Optional[float]) -> Generator[Wait, None, int]:
+    """Serialise one h11 event on the client connection and send it. Returns bytes sent."""
+    data = front.conn.send(event)  # type: ignore[arg-type]
+    if data:
+        yield from sendall(sock, data, deadline)
+    return len(data or b"")
+
+
+def _client_event(sock: socket.socket, front: FrontEnd, deadline: float) -> Generator[Wait, None, object]:
+    """The next h11 event of the client's request body, reading as needed."""
+    conn = front.conn
+    while True:
+        if front.buffer:
+            conn.receive_data(bytes(front.buffer))
+            front.buffer.clear()
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(f"malformed request body: {exc}") from exc
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = yield from recv(sock, deadline)
+        except TimeoutError:
+            raise RequestTimeout("request body not received in time") from None
+        conn.receive_data(data)
+
+
+def send_request_body(
+    client: socket.socket,
+    front: FrontEnd,
+    backend: socket.socket,
+    hs: BackendHandshake,
+    *,
+    timeout: float,
+    clock,
+) -> Generator[Wait, None, int]:
+    """Stream the client's request body to the backend. Returns body bytes sent."""
+    conn = front.conn
+    if conn.they_are_waiting_for_100_continue:
+        yield from send_to_client(client, front, h11.InformationalResponse(status_code=100, headers=[]), clock() + timeout)
+    total = 0
+    while True:
+        event = yield from _client_event(client, front, clock() + timeout)
+        if isinstance(event, h11.Data):
+            total += len(event.data)
+            out = hs.conn.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            out = hs.conn.send(h11.EndOfMessage())
+        else:
+            return total  # PAUSED (an upgrade request's end) or ConnectionClosed
+        if out:
+            try:
+                yield from sendall(backend, out, clock() + timeout)
+            except TimeoutError:
+                raise GatewayTimeout("backend did not take the request body in time") from None
+            except OSError as exc:
+                raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
+        if isinstance(event, h11.EndOfMessage):
+            return total
+
+
+def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: float, limit: int = 1 << 20) -> Generator[Wait, None, bool]:
+    """Read and drop the rest of a request we answered ourselves.
+
+    Returns True when the connection can carry another request.
+    """
+    conn = front.conn
+    if conn.their_state is not h11.SEND_BODY:
+        return conn.their_state is h11.DONE
+    dropped = 0
+    while dropped <= limit:
+        try:
+            event = yield from _client_event(client, front, deadline)
+        except (TimeoutError, BadRequest, RequestTimeout):
+            return False
+        if isinstance(event, h11.Data):
+            dropped += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return True
+        else:
+            return False
+    return False
+
+
+def response_headers(response: ResponseHead) -> list[tuple[str, str]]:
+    """The backend's headers to relay: hop-by-hop removed (and those its Connection names)."""
+    named = {t.strip().lower() for t in (response.get("connection") or "").split(",")}
+    return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
+def relay_response(
+    client: socket.socket,
+    front: FrontEnd,
+    backend: socket.socket,
+    hs: BackendHandshake,
+    response: ResponseHead,
+    *,
+    timeout: float,
+    clock,
+) -> Generator[Wait, None, int]:
+    """Send ``response`` and stream its body from the backend. Returns body bytes relayed.
+
+    Raises:
+        BadGateway: the backend broke the body (the client connection must then close).
+    """
+    headers = response_headers(response)
+    yield from send_to_client(
+        client, front, h11.Response(status_code=response.status, reason=response.reason, headers=headers), clock() + timeout
+    )
+    conn = hs.conn
+    total = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadGateway("backend sent a malformed response body", detail=str(exc)) from exc
+        if event is h11.NEED_DATA:
+            try:
+                data = yield from recv(backend, clock() + timeout)
+            except TimeoutError:
+                raise GatewayTimeout("backend stopped sending the response body") from None
+            except OSError as exc:
+                raise BadGateway("backend aborted the response body", detail=str(exc)) from exc
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Data):
+            total += len(event.data)
+            yield from send_to_client(client, front, h11.Data(data=event.data), clock() + timeout)
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            yield from send_to_client(client, front, h11.EndOfMessage(), clock() + timeout)
+            return total
+        else:  # pragma: no cover - h11 gives nothing else here
+            raise BadGateway("unexpected event in the backend's response")

@@ -1,0 +1,455 @@
+"""Listeners, accepting, and the front end of each client connection.
+
+``serve_client`` is one client connection's life as a generator task (``loop.Wait``):
+read a head (one total deadline), route it, validate an upgrade, connect the backend
+(failing over between balancer members while nothing has reached the client), forward
+the request, read the backend's head, and then either open a tunnel (a checked 101) or
+relay an HTTP answer and go round for the next request on the same connection (R48).
+
+Every error a peer can cause arrives here as a ``TunnelError`` and is answered in one
+place (``_answer_error``) with its status and reason; anything else is our bug, logged
+with its traceback and answered 500. After a 101 nothing HTTP is ever written (R32).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generator, Optional
+
+import h11
+
+from . import routing
+from .backend import connect, recv, sendall, tune
+from .config import Listener, Scope, Target
+from .errors import (
+    BadGateway,
+    BadRequest,
+    ClientError,
+    GatewayTimeout,
+    RequestTimeout,
+    ServiceUnavailable,
+    TunnelError,
+    UpstreamError,
+)
+from .handshake import (
+    BackendHandshake,
+    FrontEnd,
+    RequestHead,
+    backend_headers,
+    client_switch_bytes,
+    error_response_bytes,
+    validate_upgrade,
+)
+from .httpproxy import drain_request_body, relay_response, send_request_body, send_to_client
+from .loop import Loop, Wait
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+
+__all__ = ["serve_client", "open_listener", "Acceptor", "Exchange"]
+
+log = logging.getLogger("tunnel.server")
+errlog = logging.getLogger("tunnel.error")
+
+#: Connections accepted per wake-up of a listener (fairness with running tunnels).
+ACCEPT_BATCH = 64
+#: How long a listener rests after EMFILE/ENFILE before accepting again.
+EMFILE_BACKOFF = 0.1
+#: Listen backlog.
+BACKLOG = 1024
+#: Bytes of early tunnel data a client may send while the backend handshake runs.
+MAX_EARLY_DATA = 256 * 1024
+
+
+@dataclass
+class Exchange:
+    """What one request/tunnel did, for the access log and the caller."""
+
+    peer: tuple[str, int]
+    listener: Optional[Listener]
+    head: Optional[RequestHead] = None
+    status: int = 0
+    start: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    body_bytes: int = 0
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+    tunnel: bool = False
+    vhost: str = ""
+
+
+@dataclass
+class TunnelStart:
+    """What ``serve_client`` returns when a tunnel is to be started by the caller."""
+
+    pump: Any
+    scope: Scope
+    strategy: str
+    exchange: Exchange
+    reserved: bool  # a sync pool thread is reserved for it
+    member: Any = None
+    balancer: Any = None
+
+
+def open_listener(listener: Listener) -> socket.socket:
+    """Bind and listen for one ``Listen`` line (``SO_REUSEADDR``, non-blocking)."""
+    host = listener.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("", "::"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), listener.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Acceptor:
+    """Accepts on one listening socket, a batch per wake-up; rests on EMFILE."""
+
+    def __init__(self, engine: "Engine", loop: Loop, sock: socket.socket, listener: Listener) -> None:
+        self.engine = engine
+        self.loop = loop
+        self.sock = sock
+        self.listener = listener
+        loop.register(sock, 1, self._on_ready)
+
+    def _on_ready(self, mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    errlog.error("accept on %s: %s; pausing %.1fs", self.listener.display, exc.strerror, EMFILE_BACKOFF)
+                    self.loop.modify(self.sock, 0)
+                    self.loop.call_later(EMFILE_BACKOFF, self._resume)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                errlog.error("accept on %s failed: %s", self.listener.display, exc)
+                return
+            self.engine.adopt(conn, peer, self.listener)
+
+    def _resume(self) -> None:
+        if self.loop.is_registered(self.sock):
+            self.loop.modify(self.sock, 1)
+
+    def close(self) -> None:
+        self.loop.unregister(self.sock)
+        self.sock.close()
+
+
+def _peer_ip(peer: Any) -> str:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unix"
+
+
+def _status_line_ok(front: FrontEnd) -> bool:
+    return front.conn.our_state is h11.SEND_RESPONSE
+
+
+def serve_client(
+    engine: "Engine",
+    sock: socket.socket,
+    peer: Any,
+    listener: Optional[Listener],
+    leading: bytes = b"",
+) -> Generator[Wait, None, Optional[TunnelStart]]:
+    """One client connection, as a generator task. Returns a `TunnelStart` or None.
+
+    The socket is closed here unless a tunnel is returned (the caller then owns it).
+    """
+    config = engine.config
+    clock = time.monotonic
+    limits = config.scope.limits
+    front = FrontEnd(limits)
+    if leading:
+        front.feed(leading)
+    peer = peer if isinstance(peer, tuple) else ("unix", 0)
+    result: Optional[TunnelStart] = None
+    try:
+        tune(sock)
+        while True:
+            ex = Exchange(peer=peer, listener=listener)
+            ex.bytes_in = len(front.buffer)
+            try:
+                head = yield from _read_head(sock, front, clock() + limits.header_timeout, ex)
+            except ClientError as exc:
+                _log_client_error(ex, exc)
+                yield from _answer_error(sock, front, ex, exc, close=True)
+                return None
+            if head is None:
+                return None  # clean EOF between requests
+            ex.head = head
+            ex.start = time.time()
+            ex.started = clock()
+            try:
+                outcome = yield from _handle(engine, sock, front, head, ex)
+            except TunnelError as exc:
+                if isinstance(exc, UpstreamError):
+                    errlog.error(
+                        "%s %s for %s: %s%s",
+                        exc.status,
+                        exc.reason,
+                        ex.notes.get("route", head.target),
+                        exc.detail or "",
+                        f" [backend {ex.notes['backend']}]" if "backend" in ex.notes else "",
+                    )
+                else:
+                    _log_client_error(ex, exc)
+                keep = yield from _answer_error(sock, front, ex, exc, close=False)
+                engine.log_exchange(ex)
+                if not keep:
+                    return None
+                continue
+            if isinstance(outcome, TunnelStart):
+                result = outcome
+                return result
+            engine.log_exchange(ex)
+            if not outcome:
+                return None
+    except GeneratorExit:
+        raise
+    except Exception:
+        errlog.exception("internal error serving %s", _peer_ip(peer))
+        try:
+            if _status_line_ok(front):
+                sock.send(error_response_bytes(500, "internal error"))
+        except OSError:
+            pass
+        return None
+    finally:
+        if result is None:
+            sock.close()
+
+
+def _log_client_error(ex: Exchange, exc: TunnelError) -> None:
+    target = ex.head.request_line if ex.head is not None else "(no request line)"
+    log.info("client %s: %d %s [%s]", _peer_ip(ex.peer), exc.status, exc.reason, target)
+
+
+def _read_head(sock: socket.socket, front: FrontEnd, deadline: float, ex: Exchange) -> Generator[Wait, None, Optional[RequestHead]]:
+    while True:
+        head = front.next_head()
+        if head is not None:
+            return head
+        if front.eof:
+            if front.buffer:
+                raise BadRequest("connection closed in the middle of a request head")
+            return None
+        try:
+            data = yield from recv(sock, deadline)
+        except TimeoutError:
+            if not front.buffer and front.conn.their_state is h11.IDLE and front.conn.our_state is h11.IDLE:
+                return None  # an idle keep-alive connection: close quietly
+            raise RequestTimeout("request head not received in time") from None
+        except OSError:
+            return None
+        ex.bytes_in += len(data)
+        front.feed(data)
+
+
+def _answer_error(
+    sock: socket.socket, front: FrontEnd, ex: Exchange, exc: TunnelError, *, close: bool
+) -> Generator[Wait, None, bool]:
+    """Answer ``exc`` with its status and reason. Returns True if the connection goes on."""
+    ex.status = exc.status
+    body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
+    keep = not close and ex.head is not None and ex.head.keep_alive and _status_line_ok(front)
+    deadline = time.monotonic() + 5.0
+    try:
+        if _status_line_ok(front):
+            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+            headers += exc.headers
+            if not keep:
+                headers.append(("Connection", "close"))
+            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers), deadline)
+            n += yield from send_to_client(sock, front, h11.Data(data=body), deadline)
+            n += yield from send_to_client(sock, front, h11.EndOfMessage(), deadline)
+        else:
+            data = error_response_bytes(exc.status, exc.reason, headers=exc.headers)
+            yield from sendall(sock, data, deadline)
+            n = len(data)
+            keep = False
+        ex.bytes_out += n
+        ex.body_bytes += len(body)
+        if keep:
+            keep = yield from drain_request_body(sock, front, deadline=time.monotonic() + 5.0)
+    except (OSError, TimeoutError, h11.LocalProtocolError):
+        return False
+    return keep
+
+
+def _handle(
+    engine: "Engine", sock: socket.socket, front: FrontEnd, head: RequestHead, ex: Exchange
+) -> Generator[Wait, None, Any]:
+    """Route and serve one request. Returns a TunnelStart, or True to keep the
+    connection for another request, False to close it."""
+    clock = time.monotonic
+    scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
+    ex.vhost = vhost.server_name if vhost is not None else ""
+    decision = routing.route(scope, head.target, head.get("upgrade"), method=head.method)
+    scope = decision.scope
+    rule = decision.rule
+    ex.notes["route"] = f"{rule.path} ({rule.where})"
+    key: Optional[str] = None
+    token = decision.upgrade_token if decision.tunnel else None
+    if decision.tunnel:
+        key = validate_upgrade(head, token or "websocket", none_mode=rule.upgrade == ("NONE",))
+    strategy = engine.strategy_for(scope) if decision.tunnel else ""
+    reserved = False
+    if decision.tunnel and engine.needs_thread(scope, strategy):
+        reserved = engine.reserve_thread(ex)  # raises ServiceUnavailable when full
+
+    backend_sock: Optional[socket.socket] = None
+    member = balancer = None
+    try:
+        backend_sock, target, member, balancer = yield from _connect_backend(engine, scope, decision, head, ex)
+        hs = BackendHandshake(
+            head.method,
+            decision.backend_path,
+            backend_headers(
+                head,
+                host=target.authority,
+                upgrade_token=token,
+                client_ip=_peer_ip(ex.peer),
+                add_headers=scope.add_headers,
+                server_name=scope.server_name or engine.server_name,
+                preserve_host=scope.preserve_host,
+                keep_framing=not decision.tunnel or head.method != "GET",
+            )
+            + ([] if decision.tunnel else [("Connection", "close")]),
+            upgrade_token=token,
+            client_key=key,
+        )
+        has_body = head.get("content-length") not in (None, "0") or head.get("transfer-encoding") is not None
+        timeout = scope.head_timeout(rule)
+        try:
+            yield from sendall(backend_sock, hs.request_bytes(end=not has_body), clock() + timeout)
+        except TimeoutError:
+            raise GatewayTimeout("backend did not take the request in time") from None
+        except OSError as exc:
+            raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
+        if has_body:
+            yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
+        response = yield from _read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        if response.status == 101:
+            hs.check_switch(response)
+            data = client_switch_bytes(response, token or "websocket")
+            yield from sendall(sock, data, clock() + scope.timeout)
+            ex.status = 101
+            ex.bytes_out += len(data)
+            ex.tunnel = True
+            ex.response_headers = response.headers
+            pump = engine.new_pump(sock, backend_sock, to_backend=front.take_buffer(), to_client=hs.trailing)
+            backend_sock = None  # the pump owns it now
+            start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer)
+            reserved = False
+            member = None
+            return start
+        # Any other answer is relayed; the client connection stays HTTP (R20, R48).
+        ex.status = response.status
+        ex.response_headers = response.headers
+        before = front.conn.our_state
+        ex.body_bytes = yield from relay_response(sock, front, backend_sock, hs, response, timeout=timeout, clock=clock)
+        ex.bytes_out += ex.body_bytes  # approximate: heads are counted below
+        del before
+        if decision.tunnel and front.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+            pass  # h11 resolves it on the non-101 response
+        if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:
+            return True
+        if front.conn.their_state is h11.SEND_BODY:
+            return (yield from drain_request_body(sock, front, deadline=clock() + scope.timeout))
+        return False
+    finally:
+        if backend_sock is not None:
+            backend_sock.close()
+        if reserved:
+            engine.pool.release()
+        if member is not None and balancer is not None:
+            balancer.release(member)
+
+
+def _connect_backend(
+    engine: "Engine", scope: Scope, decision: Any, head: RequestHead, ex: Exchange
+) -> Generator[Wait, None, tuple]:
+    """Connect the route's backend, or a balancer member with failover (R46)."""
+    clock = time.monotonic
+    rule = decision.rule
+    if decision.balancer is None:
+        target: Target = decision.target
+        ex.notes["backend"] = str(target)
+        engine.check_worker(target, rule)
+        try:
+            sock = yield from connect(
+                target, clock() + scope.connect_timeout(rule), ssl_context=engine.backend_ssl(scope)
+            )
+        except ServiceUnavailable:
+            engine.worker_failed(target, rule)
+            raise
+        return sock, target, None, None
+    balancer = engine.balancers[decision.balancer]
+    query = head.target.partition("?")[2]
+    sticky = balancer.sticky_route_from(query, head.get("cookie"))
+    tried: set[int] = set()
+    attempts = balancer.attempts_allowed() + 1
+    last: Optional[TunnelError] = None
+    for _ in range(attempts):
+        member = balancer.pick(sticky_route=sticky, exclude=tried)
+        tried.add(member.index)
+        mt: Target = member.member.target
+        target = Target(mt.scheme, mt.host, mt.port, _join(mt.path, decision.backend_path), mt.unix_path)
+        ex.notes["backend"] = str(target)
+        ex.notes["balancer_member"] = str(mt)
+        ctimeout = member.member.connectiontimeout or scope.connect_timeout(rule)
+        balancer.acquire(member)
+        try:
+            sock = yield from connect(target, clock() + ctimeout, ssl_context=engine.backend_ssl(scope))
+        except ServiceUnavailable as exc:
+            balancer.release(member)
+            balancer.mark_error(member)
+            errlog.error("balancer://%s member %s failed: %s; trying another", decision.balancer, mt, exc.detail or exc.reason)
+            last = exc
+            continue
+        except BaseException:
+            balancer.release(member)
+            raise
+        balancer.mark_ok(member)
+        return sock, target, member, balancer
+    raise last or ServiceUnavailable(f"no usable member in balancer://{decision.balancer}")
+
+
+def _join(member_path: str, backend_path: str) -> str:
+    """The member's path prefix joined with the balancer-relative backend path."""
+    base = member_path.rstrip("/")
+    return base + backend_path if backend_path.startswith("/") else base + "/" + backend_path
+
+
+def _read_response_head(
+    client: socket.socket, front: FrontEnd, backend: socket.socket, hs: BackendHandshake, deadline: float, watch_client: bool
+) -> Generator[Wait, None, Any]:
+    """Read the backend's response head by ``deadline`` (one total deadline, R19)."""
+    while True:
+        try:
+            data = yield from recv(backend, deadline)
+        except TimeoutError:
+            raise GatewayTimeout("backend did not answer in time") from None
+        except OSError as exc:
+            raise BadGateway("backend reset the connection before a response head", detail=str(exc)) from exc
+        response = hs.feed(data)
+        if response is not None:
+            return response
