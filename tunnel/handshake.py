@@ -143,8 +143,10 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
     if len(lines) - 1 > limits.fields:
         raise HeaderFieldsTooLarge(f"more than {limits.fields} header fields")
     for i, line in enumerate(lines):
-        if b"\r" in line or b"\n" in line:
-            raise BadRequest("bare CR or LF in request head")
+        if b"\n" in line:
+            raise BadRequest("bare LF in request head")
+        if b"\r" in line:
+            raise BadRequest("bare CR in request head")
         if i and len(line) > limits.field_size:
             raise HeaderFieldsTooLarge(f"header field longer than {limits.field_size} bytes")
         if i and line[:1] in (b" ", b"\t"):
@@ -440,6 +442,8 @@ class BackendHandshake:
             except h11.RemoteProtocolError as exc:
                 if not data:
                     raise BadGateway("backend closed the connection before a response head") from exc
+                if "_SWITCH_UPGRADE" in str(exc):
+                    raise BadGateway("backend switched protocols without being asked") from exc
                 raise BadGateway("backend sent a malformed response head", detail=str(exc)) from exc
             if event is h11.NEED_DATA:
                 if not data:
