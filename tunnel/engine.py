@@ -77,6 +77,7 @@ class Engine:
         self._acceptors: list[Acceptor] = []
         self._tasks: set[Task] = set()
         self._tunnels: set[AsyncTunnel] = set()
+        self._live: set[Pump] = set()
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
@@ -285,9 +286,16 @@ class Engine:
             self._tunnel_closed(start)
 
     # -- tunnels -----------------------------------------------------------------------
+    def live_tunnels(self) -> list[Pump]:
+        """The pumps of the tunnels open now (for status pages and tests)."""
+        with self._lock:
+            return list(self._live)
+
     def _note_start(self, ts: TunnelStart, strategy: str) -> None:
-        self.stats[f"tunnels.{strategy}"] += 1
-        self.stats["tunnels.open"] += 1
+        with self._lock:
+            self.stats[f"tunnels.{strategy}"] += 1
+            self.stats["tunnels.open"] += 1
+            self._live.add(ts.pump)
         ts.exchange.notes["strategy"] = strategy
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -364,6 +372,7 @@ class Engine:
         with self._lock:
             self.stats["tunnels.open"] -= 1
             self.stats["tunnels.closed"] += 1
+            self._live.discard(pump)
         if ts.balancer is not None and ts.member is not None:
             ts.balancer.add_traffic(ts.member, pump.c2b.count, pump.b2c.count)
             ts.balancer.release(ts.member)
