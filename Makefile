@@ -22,7 +22,16 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tunnel demo --listen $(HOST):$(PORT)
 
-test: $(STAMP)
+# Debian packages the tests use (headless Chromium for the demo page test). Installed
+# once; skipped when present or when apt-get is not available (the test then skips).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "warning: chromium could not be installed; the browser test will skip"; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -77,12 +77,21 @@ class Wait:
     no socket is a pure sleep until the deadline.
     """
 
-    __slots__ = ("sock", "events", "deadline")
+    __slots__ = ("sock", "events", "deadline", "also")
 
-    def __init__(self, sock: Optional[socket.socket], events: int, deadline: Optional[float]) -> None:
+    def __init__(
+        self,
+        sock: Optional[socket.socket],
+        events: int,
+        deadline: Optional[float],
+        also: Optional[socket.socket] = None,
+    ) -> None:
         self.sock = sock
         self.events = events
         self.deadline = deadline
+        #: a second socket whose readability also resumes the task (e.g. the client
+        #: while waiting for the backend: a client that leaves is noticed at once).
+        self.also = also
 
     @classmethod
     def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
@@ -297,7 +306,7 @@ class Loop:
 class Task:
     """A generator task on a loop: see ``Loop.spawn`` and the module docstring."""
 
-    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_sock", "_timer", "_on_done")
+    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_sock", "_also", "_timer", "_on_done")
 
     def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
         self.loop = loop
@@ -307,6 +316,7 @@ class Task:
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self._sock: Optional[socket.socket] = None
+        self._also: Optional[socket.socket] = None
         self._timer: Optional[Timer] = None
         self._on_done: Optional[Callable[["Task"], None]] = None
 
@@ -332,6 +342,9 @@ class Task:
         if self._sock is not None:
             self.loop.unregister(self._sock)
             self._sock = None
+        if self._also is not None:
+            self.loop.unregister(self._also)
+            self._also = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -361,6 +374,9 @@ class Task:
         if wait.sock is not None:
             self._sock = wait.sock
             self.loop.register(wait.sock, wait.events, self._on_ready)
+        if wait.also is not None:
+            self._also = wait.also
+            self.loop.register(wait.also, EVENT_READ, self._on_ready)
         if wait.deadline is not None:
             self._timer = self.loop.call_at(wait.deadline, self._on_deadline)
         elif wait.sock is None:
@@ -402,10 +418,15 @@ def run_blocking(gen: TaskGen) -> Any:
         )
         fd = wait.sock.fileno()
         poller.register(fd, flags)
+        also = wait.also.fileno() if wait.also is not None else -1
+        if also >= 0:
+            poller.register(also, select.POLLIN)
         try:
             ready = poller.poll(timeout_ms)
         finally:
             poller.unregister(fd)
+            if also >= 0:
+                poller.unregister(also)
         if not ready and wait.deadline is not None and time.monotonic() >= wait.deadline:
             exc = TimeoutError("deadline passed")
 

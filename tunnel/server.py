@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generator, Optional
 import h11
 
 from . import routing
-from .backend import connect, recv, sendall, tune
+from .backend import RECV_SIZE, WOULD_BLOCK, connect, recv, sendall, tune
 from .config import Listener, Scope, Target
 from .errors import (
     BadGateway,
@@ -216,6 +216,9 @@ def serve_client(
                 if not keep:
                     return None
                 continue
+            if outcome is ClientGone:
+                log.info("client %s left during the backend handshake; backend connection closed", _peer_ip(peer))
+                return None
             if isinstance(outcome, TunnelStart):
                 result = outcome
                 return result
@@ -346,7 +349,10 @@ def _handle(
             raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
         if has_body:
             yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
-        response = yield from _read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        try:
+            response = yield from _read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        except ClientGone:
+            return ClientGone
         if response.status == 101:
             hs.check_switch(response)
             data = client_switch_bytes(response, token or "websocket")
@@ -439,15 +445,46 @@ def _join(member_path: str, backend_path: str) -> str:
     return base + backend_path if backend_path.startswith("/") else base + "/" + backend_path
 
 
+class ClientGone(Exception):
+    """The client closed its connection while we waited for the backend."""
+
+
+def _watch_client(client: socket.socket, front: FrontEnd) -> bool:
+    """Read what the client sent meanwhile (kept as early data). False if it left."""
+    if len(front.buffer) >= MAX_EARLY_DATA:
+        return True  # enough buffered: stop reading (backpressure)
+    try:
+        data = client.recv(MAX_EARLY_DATA - len(front.buffer))
+    except WOULD_BLOCK:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    front.buffer += data
+    return True
+
+
 def _read_response_head(
     client: socket.socket, front: FrontEnd, backend: socket.socket, hs: BackendHandshake, deadline: float, watch_client: bool
 ) -> Generator[Wait, None, Any]:
-    """Read the backend's response head by ``deadline`` (one total deadline, R19)."""
+    """Read the backend's response head by ``deadline`` (one total deadline, R19).
+
+    Meanwhile the client is watched: if it leaves, the backend connection is closed at
+    once (R41 tunnel line) instead of waiting for a head nobody will read.
+    """
     while True:
         try:
-            data = yield from recv(backend, deadline)
-        except TimeoutError:
-            raise GatewayTimeout("backend did not answer in time") from None
+            data = backend.recv(RECV_SIZE)
+        except WOULD_BLOCK:
+            also = client if watch_client and len(front.buffer) < MAX_EARLY_DATA else None
+            try:
+                yield Wait(backend, 1, deadline, also=also)
+            except TimeoutError:
+                raise GatewayTimeout("backend did not answer in time") from None
+            if also is not None and not _watch_client(client, front):
+                raise ClientGone()
+            continue
         except OSError as exc:
             raise BadGateway("backend reset the connection before a response head", detail=str(exc)) from exc
         response = hs.feed(data)
