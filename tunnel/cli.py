@@ -98,6 +98,7 @@ def cli() -> None:
 @click.option("--pass", "passes", multiple=True, metavar="PATH=URL", help="A ProxyPass rule, e.g. /chat/=ws://127.0.0.1:9000/.")
 @click.option("--async/--sync", "use_async", default=None, help="ProxyWebsocketAsync On/Off (default: the file's, else Off).")
 @click.option("--max-threads", type=click.IntRange(1), default=None, help="MaxTunnelThreads: sync tunnel threads.")
+@click.option("--workers", default="1", show_default=True, metavar="N|auto", help="Worker processes sharing the ports (SO_REUSEPORT).")
 @click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default=None, help="Override LogLevel.")
 def serve(
     config_file: Optional[str],
@@ -105,9 +106,16 @@ def serve(
     passes: tuple[str, ...],
     use_async: Optional[bool],
     max_threads: Optional[int],
+    workers: str,
     log_level: Optional[str],
 ) -> None:
     """Run the proxy from a configuration file or from --listen/--pass."""
+    from .workers import resolve_workers, run_workers
+
+    try:
+        n_workers = resolve_workers(workers)
+    except ValueError:
+        raise click.BadParameter(f"expected a positive number or 'auto', got {workers!r}", param_hint="--workers") from None
     extra = []
     if use_async is not None and not config_file:
         extra.append(f"ProxyWebsocketAsync {'On' if use_async else 'Off'}")
@@ -126,9 +134,10 @@ def serve(
     setup_logging(config, log_level)
     for warning in config.warnings:
         logging.getLogger("tunnel").warning("%s", warning)
-    engine = Engine(config)
     try:
-        run_engine(engine)
+        if n_workers > 1:
+            sys.exit(run_workers(config, n_workers, lambda cfg: run_engine(Engine(cfg, reuse_port=True))))
+        run_engine(Engine(config))
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
 

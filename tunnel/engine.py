@@ -53,6 +53,7 @@ class Engine:
         host: force the host's capabilities (tests); by default the engine can poll
             while its own loop runs, and cannot otherwise.
         server_name: the name for X-Forwarded-Server when no ServerName is set.
+        reuse_port: listen with SO_REUSEPORT (worker processes sharing ports).
     """
 
     def __init__(
@@ -61,8 +62,10 @@ class Engine:
         *,
         host: Optional[HostCapabilities] = None,
         server_name: Optional[str] = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()
         self.pool = ThreadPool(config.max_tunnel_threads)
         self.balancers = Balancers(config.balancers)
@@ -160,7 +163,7 @@ class Engine:
         loop = Loop()
         try:
             for listener in self.config.listeners:
-                sock = open_listener(listener)
+                sock = open_listener(listener, reuse_port=self.reuse_port)
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
                 bound = Listener(listener.host, addr[1], listener.tls, listener.file, listener.line)

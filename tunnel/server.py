@@ -97,17 +97,24 @@ class TunnelStart:
     balancer: Any = None
 
 
-def open_listener(listener: Listener) -> socket.socket:
-    """Bind and listen for one ``Listen`` line (``SO_REUSEADDR``, non-blocking)."""
+def open_listener(listener: Listener, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Bind (and listen) for one ``Listen`` line: ``SO_REUSEADDR``, non-blocking.
+
+    ``reuse_port`` sets ``SO_REUSEPORT`` so several worker processes can each listen on
+    the same port (the kernel spreads connections among them, nginx's model).
+    """
     host = listener.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host in ("", "::"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), listener.port))
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
