@@ -17,11 +17,11 @@ import socket
 import ssl
 from typing import Generator, Optional
 
-from .config import ProxyTLS, Target
+from .config import ProxyTLS, ServerTLS, Target
 from .errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
 from .loop import Wait
 
-__all__ = ["connect", "recv", "sendall", "tune", "client_context", "WOULD_BLOCK"]
+__all__ = ["connect", "recv", "sendall", "tune", "client_context", "server_context", "WOULD_BLOCK"]
 
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 #: Bytes asked for per recv during handshakes (heads are small; bodies stream).
@@ -105,6 +105,16 @@ def client_context(tls: ProxyTLS) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     if tls.machine_certificate_file:
         ctx.load_cert_chain(tls.machine_certificate_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def server_context(tls: ServerTLS) -> ssl.SSLContext:
+    """The SSLContext of a TLS listener: its certificate, SSLProtocol's minimum, ALPN
+    offering only http/1.1."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.certificate_file, tls.key_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_protocol == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 
 from .accesslog import AccessLog, Entry
 from .async_tunnel import AsyncTunnel
-from .backend import client_context
+from .backend import client_context, server_context
 from .balancer import Balancers
 from .config import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
 from .errors import ServiceUnavailable
@@ -86,6 +86,7 @@ class Engine:
         self._start_error: Optional[BaseException] = None
         self._worker_errors: dict[Target, float] = {}
         self._ssl_contexts: dict[ProxyTLS, ssl.SSLContext] = {}
+        self._server_contexts: dict[Listener, ssl.SSLContext] = {}
         self._lock = threading.Lock()
         #: the bound addresses, in Listen order (useful with port 0).
         self.addresses: list[tuple[str, int]] = []
@@ -137,6 +138,39 @@ class Engine:
             if ctx is None:
                 ctx = self._ssl_contexts[tls] = client_context(tls)
         return ctx
+
+    def server_ssl(self, listener: Listener) -> ssl.SSLContext:
+        """The server-side SSLContext of a TLS listener (SSLEngine, SSLCertificate*).
+
+        The global SSLEngine certificate, else the first TLS vhost on the listener's port;
+        other TLS vhosts are chosen by SNI (their ServerName / ServerAlias).
+        """
+        with self._lock:
+            ctx = self._server_contexts.get(listener)
+            if ctx is not None:
+                return ctx
+            by_name: dict[str, ssl.SSLContext] = {}
+            default: Optional[ssl.SSLContext] = server_context(self.config.tls) if self.config.tls else None
+            for vhost in self.config.vhosts:
+                if vhost.tls is None or not any(p in (0, listener.port) for _, p in vhost.addresses):
+                    continue
+                vctx = server_context(vhost.tls)
+                for name in (vhost.server_name, *vhost.aliases):
+                    if name:
+                        by_name.setdefault(name.lower(), vctx)
+                default = default or vctx
+            if default is None:
+                raise ssl.SSLError(f"no certificate for TLS listener {listener.display} (SSLEngine On, SSLCertificateFile)")
+            if by_name:
+
+                def pick(sslsock: ssl.SSLObject, name: Optional[str], _ctx: ssl.SSLContext) -> None:
+                    chosen = by_name.get((name or "").lower())
+                    if chosen is not None:
+                        sslsock.context = chosen
+
+                default.sni_callback = pick  # type: ignore[assignment]
+            self._server_contexts[listener] = default
+            return default
 
     def check_worker(self, target: Target, rule: ProxyRule) -> None:
         """503 at once while a worker is in error state (R18)."""

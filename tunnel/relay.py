@@ -345,6 +345,10 @@ class Pump:
         flow.pending = None
         if flow.state is FlowState.EOF_READ:
             self._shut(flow, _Event.FLUSHED)
+        elif flow.src_tls and flow.src.pending():
+            # The source was paused; its SSL object may hold decrypted bytes that no
+            # poll will ever report: ask the driver to read again.
+            self.more = True
 
     def _eof(self, flow: Flow) -> None:
         if flow.pending is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generator, Optional
@@ -190,6 +191,12 @@ def serve_client(
     result: Optional[TunnelStart] = None
     try:
         tune(sock)
+        if listener is not None and listener.tls:
+            try:
+                sock = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
+            except _TLSRefused as exc:
+                log.info("TLS handshake with %s on %s failed: %s", _peer_ip(peer), listener.display, exc)
+                return None
         while True:
             ex = Exchange(peer=peer, listener=listener)
             ex.bytes_in = len(front.buffer)
@@ -245,6 +252,33 @@ def serve_client(
     finally:
         if result is None:
             sock.close()
+
+
+class _TLSRefused(Exception):
+    """A client's TLS handshake failed (plain HTTP on a TLS port, bad hello, timeout)."""
+
+
+def _tls_accept(
+    engine: "Engine", raw: socket.socket, listener: Listener, deadline: float
+) -> Generator[Wait, None, socket.socket]:
+    """The server side of TLS, non-blocking on the loop: one slow client stalls nobody."""
+    ctx = engine.server_ssl(listener)
+    sock = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    while True:
+        try:
+            sock.do_handshake()
+            return sock
+        except ssl.SSLWantReadError:
+            wait = Wait.read(sock, deadline)
+        except ssl.SSLWantWriteError:
+            wait = Wait.write(sock, deadline)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            raise _TLSRefused(reason) from None
+        try:
+            yield wait
+        except TimeoutError:
+            raise _TLSRefused("no complete TLS handshake before the deadline") from None
 
 
 def _log_client_error(ex: Exchange, exc: TunnelError) -> None:
