@@ -1,0 +1,165 @@
+"""Access log entries in httpd's mod_log_config formats (HTTPD-BEHAVIOUR.md R58)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence, TextIO
+
+__all__ = ["COMMON", "COMBINED", "Entry", "Formatter", "AccessLog"]
+
+COMMON = '%h %l %u %t "%r" %>s %b'
+COMBINED = COMMON + ' "%{Referer}i" "%{User-Agent}i"'
+
+
+@dataclass(slots=True)
+class Entry:
+    """One finished request or tunnel."""
+
+    remote_host: str = "-"
+    request_line: str = "-"
+    method: str = "-"
+    path: str = "-"
+    protocol: str = "-"
+    status: int = 0
+    request_headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    response_headers: Mapping[str, str] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    body_bytes: int = 0
+    start: float = 0.0
+    duration: float = 0.0
+    notes: Mapping[str, str] = field(default_factory=dict)
+    server_port: int = 0
+    vhost: str = ""
+    tunnel: bool = False
+
+
+def _escape(value: str) -> str:
+    out = []
+    for ch in value:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif o < 0x20 or o >= 0x7F:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _clf_time(e: Entry) -> str:
+    return time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(e.start or time.time()))
+
+
+def _bytes_clf(e: Entry) -> str:
+    return str(e.body_bytes) if e.body_bytes or e.tunnel else "-"
+
+
+_SIMPLE: dict[str, Callable[[Entry], str]] = {
+    "h": lambda e: e.remote_host,
+    "a": lambda e: e.remote_host,
+    "l": lambda e: "-",
+    "u": lambda e: "-",
+    "t": _clf_time,
+    "r": lambda e: _escape(e.request_line),
+    ">s": lambda e: str(e.status),
+    "s": lambda e: str(e.status),
+    "b": _bytes_clf,
+    "B": lambda e: str(e.body_bytes),
+    "I": lambda e: str(e.bytes_in),
+    "O": lambda e: str(e.bytes_out),
+    "D": lambda e: str(int(e.duration * 1_000_000)),
+    "T": lambda e: str(int(e.duration)),
+    "U": lambda e: _escape(e.path.split("?", 1)[0]),
+    "q": lambda e: ("?" + e.path.split("?", 1)[1]) if "?" in e.path else "",
+    "m": lambda e: e.method,
+    "H": lambda e: e.protocol,
+    "p": lambda e: str(e.server_port),
+    "v": lambda e: e.vhost or "-",
+}
+_TOKEN = re.compile(r"%(?:\{([^}]*)\})?(>?[a-zA-Z%])")
+
+
+class Formatter:
+    """A LogFormat string compiled once into parts."""
+
+    def __init__(self, fmt: str) -> None:
+        fmt = fmt.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
+        self.parts: list[Callable[[Entry], str]] = []
+        pos = 0
+        for m in _TOKEN.finditer(fmt):
+            if m.start() > pos:
+                lit = fmt[pos : m.start()]
+                self.parts.append(lambda e, lit=lit: lit)
+            self.parts.append(self._directive(m.group(1), m.group(2)))
+            pos = m.end()
+        if "%" in fmt[pos:]:
+            raise ValueError(f"unknown log format directive {fmt[pos:]!r}")
+        if pos < len(fmt):
+            lit = fmt[pos:]
+            self.parts.append(lambda e, lit=lit: lit)
+
+    @staticmethod
+    def _directive(arg: str | None, code: str) -> Callable[[Entry], str]:
+        if code == "%":
+            return lambda e: "%"
+        if arg is not None:
+            key = arg.lower()
+            if code == "i":
+                return lambda e: _escape(e.request_headers.get(key, "-"))
+            if code == "o":
+                return lambda e: _escape(e.response_headers.get(key, "-"))
+            if code == "n":
+                return lambda e: _escape(str(e.notes.get(arg, "-")))
+            if code == "T":
+                scale = {"ms": 1000, "us": 1_000_000, "s": 1}.get(arg)
+                if scale is None:
+                    raise ValueError(f"unknown %{{{arg}}}T unit")
+                return lambda e: str(int(e.duration * scale))
+            raise ValueError(f"unknown log format directive %{{{arg}}}{code}")
+        fn = _SIMPLE.get(code)
+        if fn is None:
+            raise ValueError(f"unknown log format directive %{code}")
+        return fn
+
+    def format(self, e: Entry) -> str:
+        return "".join(p(e) for p in self.parts)
+
+
+class AccessLog:
+    """CustomLog targets: (file or "-" for stdout, format). Thread-safe, line-buffered."""
+
+    def __init__(self, targets: Sequence[tuple[str, str]]) -> None:
+        self._lock = threading.Lock()
+        self._outs: list[tuple[TextIO, Formatter, bool]] = []
+        for path, fmt in targets:
+            if path == "-":
+                self._outs.append((sys.stdout, Formatter(fmt), False))
+            else:
+                self._outs.append((open(path, "a", buffering=1, encoding="utf-8"), Formatter(fmt), True))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._outs)
+
+    def write(self, e: Entry) -> None:
+        if not self._outs:
+            return
+        with self._lock:
+            for out, fmt, _ in self._outs:
+                try:
+                    out.write(fmt.format(e) + "\n")
+                    out.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            for out, _, owned in self._outs:
+                if owned:
+                    out.close()
+            self._outs = []
