@@ -31,7 +31,8 @@ def test_threading_http_server_hands_upgrades_to_engine(echo):
                 self.wfile.write(body)
                 return
             # Rebuild the head the server already parsed and give socket + head away.
-            head = f"{self.requestline}\r\n{self.headers}".encode("latin-1").rstrip(b"\r\n") + b"\r\n\r\n"
+            fields = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())  # CRLF, as sent
+            head = f"{self.requestline}\r\n{fields}\r\n".encode("latin-1")
             sock = self.connection
             self.close_connection = True
             dup = sock.dup()  # socketserver closes its own copy when we return

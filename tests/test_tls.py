@@ -7,12 +7,15 @@ import logging
 import os
 import socket
 import ssl
-import threading
+import select
+import time
 
 import pytest
 import trustme
 
 from tunnel.echo import EchoServer
+from tunnel.relay import shutdown_write
+from tunnel.tls import TLSStream
 
 from .helpers import read_head, recv_until_eof, status_of, upgrade_request, wait_for
 
@@ -53,27 +56,64 @@ def client_ctx(ca) -> ssl.SSLContext:
     return ctx
 
 
-def tls_half_close(sock: ssl.SSLSocket) -> None:
-    """close_notify then FIN, keeping the read side (TLS 1.3 half-close)."""
-    try:
-        sock._sslobj.shutdown()  # type: ignore[union-attr]
-    except ssl.SSLError:
-        pass
-    socket.socket.shutdown(sock, socket.SHUT_WR)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-def recv_all_tls(sock, initial=b"", timeout=15):
-    sock.settimeout(timeout)
-    buf = bytearray(initial)
+def _wait(end, write: bool, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("client exchange did not finish in time")
+    select.select([end], [end] if write else [], [], min(left, 0.5))
+
+
+def tls_connect(addr, ctx, deadline: float) -> TLSStream:
+    """A client TLS connection (the project's TLSStream: a half-close that loses nothing)."""
+    end = TLSStream(socket.create_connection(addr, timeout=5), ctx, server_hostname="localhost")
     while True:
         try:
-            chunk = sock.recv(1 << 20)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
+            end.do_handshake()
+            return end
+        except ssl.SSLWantReadError:
+            _wait(end, False, deadline)
+        except ssl.SSLWantWriteError:
+            _wait(end, True, deadline)
+
+
+def duplex(end, first: bytes, payload: bytes, deadline: float) -> bytes:
+    """Send ``first`` + ``payload`` then half-close, reading all along; returns what was
+    read after the response head, up to EOF (one thread: no SSL object shared)."""
+    end.setblocking(False) if not isinstance(end, TLSStream) else None
+    out = memoryview(first + payload)
+    got = bytearray()
+    buf = bytearray(1 << 16)
+    shut = eof = False
+    while not (eof and shut and not getattr(end, "unsent", 0)):
+        progressed = False
+        if out:
+            try:
+                n = end.send(out[: 1 << 16])
+                out = out[n:]
+                progressed = True
+            except WOULD_BLOCK:
+                pass
+        elif not shut:
+            shutdown_write(end)
+            shut = progressed = True
+        elif getattr(end, "unsent", 0):
+            end.flush()
+        if not eof:
+            try:
+                n = end.recv_into(buf)
+                if n == 0:
+                    eof = True
+                else:
+                    got += buf[:n]
+                progressed = True
+            except WOULD_BLOCK:
+                pass
+        if not progressed:
+            _wait(end, bool(out) or bool(getattr(end, "unsent", 0)), deadline)
+    return bytes(got)
 
 
 def config_for(certs, *, client_tls: bool, backend_tls: bool, strategy: str, backend_port: int, extra: str = "") -> str:
@@ -93,16 +133,18 @@ def config_for(certs, *, client_tls: bool, backend_tls: bool, strategy: str, bac
 def test_every_mix_of_legs_echoes_a_mebibyte_and_half_closes(make_proxy, ca, certs, tls_backend, raw_echo, strategy, client_tls, backend_tls):
     backend = tls_backend if backend_tls else raw_echo
     engine = make_proxy(config_for(certs, client_tls=client_tls, backend_tls=backend_tls, strategy=strategy, backend_port=backend.address[1]))
-    raw = socket.create_connection(engine.addresses[0], timeout=10)
-    sock = client_ctx(ca).wrap_socket(raw, server_hostname="localhost") if client_tls else raw
-    sock.sendall(upgrade_request("/tls"))
-    head, rest = read_head(sock)
-    assert status_of(head) == 101, head
+    deadline = time.monotonic() + 40
+    if client_tls:
+        sock = tls_connect(engine.addresses[0], client_ctx(ca), deadline)
+    else:
+        sock = socket.create_connection(engine.addresses[0], timeout=10)
     payload = os.urandom(1 << 20)
-    sender = threading.Thread(target=lambda: (sock.sendall(payload), tls_half_close(sock) if client_tls else sock.shutdown(socket.SHUT_WR)))
-    sender.start()
-    echoed = recv_all_tls(sock, rest) if client_tls else recv_until_eof(sock, initial=rest)
-    sender.join(10)
+    # The request and the first frames leave together; the echo flows back while we
+    # are still sending, and our half-close must not cut it short.
+    data = duplex(sock, upgrade_request("/tls"), payload, deadline)
+    head, sep, echoed = data.partition(b"\r\n\r\n")
+    assert sep and status_of(head) == 101, head
+    assert len(echoed) == len(payload)
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
     sock.close()
     wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")

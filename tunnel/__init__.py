@@ -25,22 +25,23 @@ from .config import Config
 from .errors import ConfigError, TunnelError
 from .strategies import HostCapabilities
 
+# The pump module is `tunnel.relay` (tunnel/relay.py); the public name `tunnel.relay` is the
+# function.  Import the module first so that the function, bound after it, is what the
+# package attribute keeps (a submodule import sets the attribute only on its first load).
+from . import relay as _relay_module  # noqa: F401  (tunnel.relay.Pump stays importable)
+from .tunnel_api import relay
+
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
-    from .tunnel_api import relay
 
 
 def __getattr__(name: str) -> Any:
-    # Engine and relay pull in the whole I/O stack; import them on first use so that
+    # Engine pulls in the whole I/O stack; import them on first use so that
     # `import tunnel.config` (configtest, the pure modules' tests) stays light.
     if name == "Engine":
         from .engine import Engine
 
         return Engine
-    if name == "relay":
-        from .tunnel_api import relay
-
-        return relay
     raise AttributeError(f"module 'tunnel' has no attribute {name!r}")
 
 __all__ = ["Engine", "Config", "ConfigError", "TunnelError", "HostCapabilities", "relay", "__version__"]

@@ -19,7 +19,8 @@ from typing import Generator, Optional
 
 from .config import ProxyTLS, ServerTLS, Target
 from .errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
-from .loop import Wait
+from .loop import EVENT_READ, EVENT_WRITE, Wait
+from .tls import TLSStream
 
 __all__ = ["connect", "recv", "sendall", "tune", "client_context", "server_context", "WOULD_BLOCK"]
 
@@ -57,9 +58,12 @@ def recv(sock: socket.socket, deadline: Optional[float], size: int = RECV_SIZE) 
         except ssl.SSLWantWriteError:
             yield Wait.write(sock, deadline)
         except WOULD_BLOCK:
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            if isinstance(sock, (ssl.SSLSocket, TLSStream)) and sock.pending():
                 continue
-            yield Wait.read(sock, deadline)
+            if isinstance(sock, TLSStream) and sock.unsent and not sock.flush():
+                yield Wait(sock, EVENT_READ | EVENT_WRITE, deadline)  # both, or a stall
+            else:
+                yield Wait.read(sock, deadline)
 
 
 def sendall(sock: socket.socket, data: bytes, deadline: Optional[float]) -> Generator[Wait, None, None]:
@@ -75,6 +79,9 @@ def sendall(sock: socket.socket, data: bytes, deadline: Optional[float]) -> Gene
             yield Wait.write(sock, deadline)
             continue
         view = view[sent:]
+    if isinstance(sock, TLSStream):
+        while not sock.flush():  # ciphertext the kernel has not taken yet
+            yield Wait.write(sock, deadline)
 
 
 def _addresses(target: Target) -> list[tuple]:
@@ -169,10 +176,10 @@ def errno_text(err: int) -> str:
 
 def _tls_handshake(
     raw: socket.socket, target: Target, ctx: Optional[ssl.SSLContext], deadline: float
-) -> Generator[Wait, None, socket.socket]:
+) -> Generator[Wait, None, TLSStream]:
     if ctx is None:
         raise BadGateway("TLS to the backend is not configured", detail=str(target))
-    sock = ctx.wrap_socket(raw, server_hostname=target.host, do_handshake_on_connect=False)
+    sock = TLSStream(raw, ctx, server_hostname=target.host)
     while True:
         try:
             sock.do_handshake()

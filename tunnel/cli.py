@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import click
@@ -142,17 +143,18 @@ def serve(
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
 
 
+DEMO_PAGE = Path(__file__).with_name("demo.html")  # shipped as package data
+
+
 @cli.command()
 @click.option("--listen", "-l", default="127.0.0.1:8080", show_default=True, metavar="ADDR", help="Proxy listen address.")
 @click.option("--async/--sync", "use_async", default=True, help="Tunnel strategy for the demo route.")
 @click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default="info", show_default=True)
 def demo(listen: str, use_async: bool, log_level: str) -> None:
     """The proxy plus the built-in echo backend: a page and a WebSocket on one path."""
-    from importlib.resources import files
-
     from .echo import EchoServer
 
-    page = files("tunnel").joinpath("demo.html").read_bytes()
+    page = DEMO_PAGE.read_bytes()
     backend = EchoServer("127.0.0.1", 0, page=page).start()
     host, port = backend.address[:2]
     text = "\n".join(

@@ -394,14 +394,15 @@ class Engine:
             self._tunnel_closed(ts)
             return
         loop = self._loop
-        self.stats["tunnels.handed_over"] += 1
+        with self._lock:
+            self.stats["tunnels.handed_over"] += 1
         ts.exchange.notes["strategy"] = "sync->async"
         if loop is None or not loop.running:
             ts.pump.abort("shutdown")
             ts.pump.close()
             self._tunnel_closed(ts)
             return
-        loop.call_soon_threadsafe(self._start_async, ts, fresh=False)
+        loop.call_soon_threadsafe(lambda: self._start_async(ts, fresh=False))
 
     def _tunnel_closed(self, ts: TunnelStart) -> None:
         pump = ts.pump

@@ -91,11 +91,12 @@ def send_request_body(
 def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: float, limit: int = 1 << 20) -> Generator[Wait, None, bool]:
     """Read and drop the rest of a request we answered ourselves.
 
-    Returns True when the connection can carry another request.
+    Returns True when the connection can carry another request (both sides DONE: a
+    ``Connection: close`` from either side leaves ours at MUST_CLOSE).
     """
     conn = front.conn
     if conn.their_state is not h11.SEND_BODY:
-        return conn.their_state is h11.DONE
+        return conn.their_state is h11.DONE and conn.our_state is h11.DONE
     dropped = 0
     while dropped <= limit:
         try:
@@ -105,7 +106,7 @@ def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: floa
         if isinstance(event, h11.Data):
             dropped += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            return True
+            return conn.our_state is h11.DONE
         else:
             return False
     return False

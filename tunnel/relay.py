@@ -41,6 +41,8 @@ import socket
 import ssl
 from typing import Any, Optional
 
+from .tls import TLSStream
+
 __all__ = [
     "Pump",
     "Flow",
@@ -103,12 +105,16 @@ def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
 
 
 def shutdown_write(sock: Any) -> None:
-    """Shut the write side of ``sock``; for a TLS socket, send close_notify first.
+    """Shut the write side of ``sock``; for TLS, send close_notify first.
 
-    ``ssl.SSLSocket.shutdown`` would drop the TLS state (and with it the direction that
-    still flows), so for TLS we send close_notify through the SSL object and shut the TCP
-    write side underneath it, leaving reads working.
+    A `TLSStream` (every TLS leg of a tunnel) does it without touching the bytes still
+    coming the other way. A blocking ``ssl.SSLSocket`` (the echo backend, after its
+    peer's EOF: nothing more can come) sends close_notify through its SSL object and
+    shuts the TCP write side underneath it.
     """
+    if isinstance(sock, TLSStream):
+        sock.shutdown_write()
+        return
     sslobj = getattr(sock, "_sslobj", None)
     if sslobj is not None:
         try:
@@ -142,7 +148,7 @@ class Budget:
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls")
 
     def __init__(self, name: str, src: Any, dst: Any) -> None:
         self.name = name
@@ -153,7 +159,14 @@ class Flow:
         self.state = FlowState.OPEN
         #: bytes read from the source (all of them reach dst unless the tunnel aborts).
         self.count = 0
-        self.src_tls = isinstance(src, ssl.SSLSocket)
+        self.src_tls = isinstance(src, (ssl.SSLSocket, TLSStream))
+        #: dst may hold encrypted bytes of its own (``TLSStream.unsent``) to flush.
+        self.dst_tls = isinstance(dst, TLSStream)
+
+    @property
+    def backlog(self) -> bool:
+        """Bytes of this flow not yet handed to the kernel (pending or TLS ciphertext)."""
+        return self.pending is not None or (self.dst_tls and self.dst.unsent > 0)
 
     @property
     def pending_len(self) -> int:
@@ -234,8 +247,11 @@ class Pump:
             outgoing, incoming = self.c2b, self.b2c
         else:
             outgoing, incoming = self.b2c, self.c2b
-        if mask & EVENT_WRITE and incoming.pending is not None:
-            self._flush(incoming)
+        if mask & EVENT_WRITE:
+            if incoming.pending is not None:
+                self._flush(incoming)
+            elif incoming.dst_tls and incoming.dst.unsent:
+                self._flush_tls(incoming)
         if mask & EVENT_READ and not self.done and outgoing.state is FlowState.OPEN:
             self._read(outgoing, scratch)
 
@@ -277,7 +293,7 @@ class Pump:
             budget = self.budget
             if budget is None or not budget.exhausted or outgoing.pending is None:
                 mask = EVENT_READ
-        if incoming.pending is not None:
+        if incoming.pending is not None or (incoming.dst_tls and incoming.dst.unsent):
             mask |= EVENT_WRITE
         return mask
 
@@ -365,8 +381,25 @@ class Pump:
                 self.abort(f"error: shutdown {flow.name.split('->')[1]}: {_describe(exc)}")
                 return
         flow.state = self._move(flow.state, event)
-        other = self.b2c if flow is self.c2b else self.c2b
-        if other.state is FlowState.SHUT_WR:
+        self._check_done()
+
+    def _flush_tls(self, flow: Flow) -> None:
+        """Push a TLS destination's waiting ciphertext (and its FIN, if due)."""
+        try:
+            flow.dst.flush()
+        except OSError as exc:
+            self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+            return
+        self._check_done()
+
+    def _check_done(self) -> None:
+        c2b, b2c = self.c2b, self.b2c
+        if (
+            c2b.state is FlowState.SHUT_WR
+            and b2c.state is FlowState.SHUT_WR
+            and not c2b.backlog
+            and not b2c.backlog
+        ):
             self.done = True
             self.reason = "eof"
 

@@ -47,6 +47,7 @@ from .handshake import (
 )
 from .httpproxy import drain_request_body, relay_response, send_request_body, send_to_client
 from .loop import Loop, Wait
+from .tls import TLSStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -260,10 +261,10 @@ class _TLSRefused(Exception):
 
 def _tls_accept(
     engine: "Engine", raw: socket.socket, listener: Listener, deadline: float
-) -> Generator[Wait, None, socket.socket]:
+) -> Generator[Wait, None, TLSStream]:
     """The server side of TLS, non-blocking on the loop: one slow client stalls nobody."""
     ctx = engine.server_ssl(listener)
-    sock = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    sock = TLSStream(raw, ctx, server_side=True)
     while True:
         try:
             sock.do_handshake()
@@ -307,13 +308,24 @@ def _read_head(sock: socket.socket, front: FrontEnd, deadline: float, ex: Exchan
         front.feed(data)
 
 
+# httpd's ap_status_drops_connection(): after these answers the connection is closed;
+# after any other error (404, 502, 504, ...) a keep-alive client may send another request.
+DROPS_CONNECTION = frozenset({400, 408, 411, 413, 414, 417, 500, 501, 503})
+
+
 def _answer_error(
     sock: socket.socket, front: FrontEnd, ex: Exchange, exc: TunnelError, *, close: bool
 ) -> Generator[Wait, None, bool]:
     """Answer ``exc`` with its status and reason. Returns True if the connection goes on."""
     ex.status = exc.status
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
-    keep = not close and ex.head is not None and ex.head.keep_alive and _status_line_ok(front)
+    keep = (
+        not close
+        and exc.status not in DROPS_CONNECTION
+        and ex.head is not None
+        and ex.head.keep_alive
+        and _status_line_ok(front)
+    )
     deadline = time.monotonic() + 5.0
     try:
         if _status_line_ok(front):
