@@ -9,6 +9,7 @@ A connection's life, one module a line:
     routing.py      ProxyPass / ProxyPassMatch matching, upgrade=, fallback (pure)
     balancer.py     balancer:// member choice, error states, stickiness (pure)
     backend.py      non-blocking connect (ws/wss/http/https/unix), TLS, deadlines
+    tls.py          TLSStream: TLS via memory BIOs, a half-close that loses nothing
     httpproxy.py    plain HTTP forwarding and relayed non-101 answers, streamed with h11
     strategies.py   sync or async, as httpd decides with its MPM
     relay.py        the pump: bytes both ways, backpressure, half-close (no waiting)
