@@ -409,9 +409,11 @@ def run_blocking(gen: TaskGen) -> Any:
         timeout_ms: Optional[int] = None
         if wait.deadline is not None:
             timeout_ms = max(0, int((wait.deadline - time.monotonic()) * 1000) + 1)
-        if wait.sock is None:
-            if timeout_ms:
-                time.sleep(timeout_ms / 1000)
+        if wait.sock is None:  # a pure sleep: ends with TimeoutError, as on the loop
+            if timeout_ms is not None:
+                if timeout_ms:
+                    time.sleep(timeout_ms / 1000)
+                exc = TimeoutError("deadline passed")
             continue
         flags = (select.POLLIN if wait.events & EVENT_READ else 0) | (
             select.POLLOUT if wait.events & EVENT_WRITE else 0

@@ -467,8 +467,24 @@ def _connect_backend(
     tried: set[int] = set()
     attempts = balancer.attempts_allowed() + 1
     last: Optional[TunnelError] = None
+    wait_until: Optional[float] = None
     for _ in range(attempts):
-        member = balancer.pick(sticky_route=sticky, exclude=tried)
+        while True:
+            try:
+                member = balancer.pick(sticky_route=sticky, exclude=tried)
+                break
+            except ServiceUnavailable:
+                # httpd's balancer timeout=: wait for a member to become usable (an
+                # error state expiring, a busy one freeing up) before answering 503.
+                wait = balancer.balancer.timeout
+                if wait_until is None:
+                    wait_until = clock() + wait
+                if wait <= 0 or clock() >= wait_until:
+                    raise
+                try:
+                    yield Wait(None, 0, min(wait_until, clock() + max(wait / 100, 0.01)))
+                except TimeoutError:
+                    pass
         tried.add(member.index)
         mt: Target = member.member.target
         target = Target(mt.scheme, mt.host, mt.port, _join(mt.path, decision.backend_path), mt.unix_path)
