@@ -200,3 +200,34 @@ def test_plain_http_to_tls_listener_is_closed_cleanly(make_proxy, certs, raw_ech
     assert b"HTTP/1.1 200" not in data
     assert "TLS handshake" in caplog.text
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def tls_ws_backend(ca, certs):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certs["backend_cert"].configure_cert(ctx)
+    with EchoServer("127.0.0.1", 0, ssl_context=ctx) as server:
+        yield server
+
+
+def test_tls_legs_survive_the_async_delay_hand_over(make_proxy, ca, certs, tls_ws_backend):
+    """wss -> tunnel -> wss with ProxyWebsocketAsyncDelay: messages cross the sync -> async
+    hand-over (bytes decrypted or buffered inside the TLS streams move with the pump)."""
+    from websockets.sync.client import connect as ws_connect
+
+    text = config_for(certs, client_tls=True, backend_tls=True, strategy="async", backend_port=tls_ws_backend.address[1])
+    engine = make_proxy(text + "ProxyWebsocketAsyncDelay 50ms\n")
+    port = engine.addresses[0][1]
+    rounds_after = 0
+    with ws_connect(f"wss://localhost:{port}/", ssl=client_ctx(ca), max_size=None, open_timeout=5) as ws:
+        for i in range(400):
+            payload = os.urandom(64 * 1024 + i)
+            ws.send(payload)
+            assert ws.recv(timeout=10) == payload
+            if engine.stats["tunnels.handed_over"]:
+                rounds_after += 1
+                if rounds_after >= 5:
+                    break
+    assert engine.stats["tunnels.handed_over"] == 1 and rounds_after >= 5
+    wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
+    assert engine.live_tunnels() == []

@@ -60,6 +60,10 @@ class AsyncTunnel:
         loop.register(self._bfd, bmask, self._on_backend)
         if self.idle_timeout > 0:
             self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
+        if not fresh:
+            # Handed over: a TLS end may hold bytes the sync driver left decrypted or
+            # buffered, which no poll will report: look once, as after a budgeted read.
+            loop.call_soon(self._poke)
         self._after()
 
     def abort(self, reason: str) -> None:
