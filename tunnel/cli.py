@@ -146,20 +146,148 @@ def serve(
 DEMO_PAGE = Path(__file__).with_name("demo.html")  # shipped as package data
 
 
+def _san_entries(hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """("DNS"|"IP", value) for each name the demo certificate must cover."""
+    import ipaddress
+
+    entries: list[tuple[str, str]] = []
+    for host in hosts:
+        host = host.strip("[]")
+        if not host or host in ("0.0.0.0", "::", "*"):
+            continue
+        try:
+            entry = ("IP", str(ipaddress.ip_address(host)))
+        except ValueError:
+            entry = ("DNS", host)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
+def _self_signed_with_cryptography(cert: Path, key: Path, sans: list[tuple[str, str]]) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnel demo (throw-away)")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt = [x509.IPAddress(ipaddress.ip_address(v)) if k == "IP" else x509.DNSName(v) for k, v in sans]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    key.write_bytes(
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _self_signed_with_openssl(cert: Path, key: Path, sans: list[tuple[str, str]]) -> None:
+    import subprocess
+
+    # Our own minimal configuration: the system openssl.cnf would add CA:TRUE.
+    conf = cert.with_name("openssl.cnf")
+    conf.write_text(
+        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n"
+        "[dn]\nCN = tunnel demo (throw-away)\n"
+        "[ext]\n"
+        f"subjectAltName = {','.join(f'{k}:{v}' for k, v in sans)}\n"
+        "basicConstraints = critical,CA:FALSE\nextendedKeyUsage = serverAuth\n"
+        "subjectKeyIdentifier = hash\n"
+    )
+    subprocess.run(
+        ["openssl", "req", "-x509", "-config", str(conf), "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
+    )
+
+
+def throwaway_certificate(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path, str]:
+    """A self-signed certificate and key for ``hosts`` (plus localhost, 127.0.0.1, ::1).
+
+    Made with the ``cryptography`` package when it is installed (it is not a dependency
+    of tunnel: trustme, a test dependency, brings it), else with the ``openssl`` command.
+
+    Returns:
+        (certificate path, key path, what made them).
+
+    Raises:
+        click.ClickException: neither is available, or openssl failed.
+    """
+    cert, key = directory / "demo-cert.pem", directory / "demo-key.pem"
+    sans = _san_entries(["localhost", "127.0.0.1", "::1", *hosts])
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        _self_signed_with_cryptography(cert, key, sans)
+        return cert, key, "cryptography"
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        raise click.ClickException(
+            "--tls needs a throw-away certificate: install the 'cryptography' package or the openssl command"
+        )
+    try:
+        _self_signed_with_openssl(cert, key, sans)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise click.ClickException(f"openssl could not make a certificate: {detail.decode(errors='replace').strip() or exc}") from None
+    return cert, key, "openssl"
+
+
+def _listen_host(listen: str) -> str:
+    """The host part of a --listen address ("" when only a port is given)."""
+    if listen.startswith("["):
+        return listen[1 : listen.index("]")] if "]" in listen else listen
+    host, sep, _ = listen.rpartition(":")
+    return host if sep else ""
+
+
 @cli.command()
 @click.option("--listen", "-l", default="127.0.0.1:8080", show_default=True, metavar="ADDR", help="Proxy listen address.")
 @click.option("--async/--sync", "use_async", default=True, help="Tunnel strategy for the demo route.")
+@click.option("--tls", "use_tls", is_flag=True, help="Listen with TLS (https:// and wss://) on a throw-away self-signed certificate.")
 @click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default="info", show_default=True)
-def demo(listen: str, use_async: bool, log_level: str) -> None:
+def demo(listen: str, use_async: bool, use_tls: bool, log_level: str) -> None:
     """The proxy plus the built-in echo backend: a page and a WebSocket on one path."""
+    import tempfile
+    import threading
+
     from .echo import EchoServer
 
     page = DEMO_PAGE.read_bytes()
+    certdir: Optional[tempfile.TemporaryDirectory[str]] = None
+    tls_lines: list[str] = []
+    made_by = ""
+    cert = None
+    if use_tls:
+        certdir = tempfile.TemporaryDirectory(prefix="tunnel-demo-")
+        cert, key, made_by = throwaway_certificate(Path(certdir.name), [_listen_host(listen)])
+        tls_lines = ["SSLEngine On", f"SSLCertificateFile {cert}", f"SSLCertificateKeyFile {key}"]
     backend = EchoServer("127.0.0.1", 0, page=page).start()
     host, port = backend.address[:2]
     text = "\n".join(
         [
-            f"Listen {listen}",
+            f"Listen {listen}{' https' if use_tls else ''}",
+            *tls_lines,
             f"ProxyWebsocketAsync {'On' if use_async else 'Off'}",
             "# ws and http on one path: an upgrade goes to the ws route, a plain GET to the http one",
             f"ProxyPass / ws://{host}:{port}/",
@@ -172,27 +300,38 @@ def demo(listen: str, use_async: bool, log_level: str) -> None:
         setup_logging(config, log_level)
         engine = Engine(config)
         engine.start()
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError) as exc:  # OSError includes ssl.SSLError
         backend.stop()
+        if certdir is not None:
+            certdir.cleanup()
         raise click.ClickException(str(exc)) from None
     addr_host, addr_port = engine.addresses[0]
     shown = f"[{addr_host}]" if ":" in addr_host else addr_host
-    click.echo(f"tunnel demo: echo backend on {host}:{port}, proxy on {shown}:{addr_port}")
-    click.echo(f"  browser:   http://{shown}:{addr_port}/")
-    click.echo(f"  websocket: python -m websockets ws://{shown}:{addr_port}/echo")
+    web, ws = ("https", "wss") if use_tls else ("http", "ws")
+    click.echo(f"tunnel demo: echo backend on {host}:{port}, proxy on {shown}:{addr_port}{' (TLS)' if use_tls else ''}")
+    click.echo(f"  browser:   {web}://{shown}:{addr_port}/")
+    if use_tls:
+        click.echo(f"  websocket: SSL_CERT_FILE={cert} python -m websockets {ws}://{shown}:{addr_port}/echo")
+        click.echo(f"  certificate: {cert} (self-signed, made by {made_by} for this run; a browser will warn)")
+    else:
+        click.echo(f"  websocket: python -m websockets {ws}://{shown}:{addr_port}/echo")
     click.echo("Ctrl-C stops.", err=False)
     sys.stdout.flush()
-    stopped = __import__("threading").Event()
+    stopped = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         stopped.set()
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
-    while not stopped.wait(0.5):
-        pass
-    engine.stop()
-    backend.stop()
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        engine.stop()
+        backend.stop()
+        if certdir is not None:
+            certdir.cleanup()
 
 
 @cli.command()

@@ -305,6 +305,8 @@ class Pump:
             raise RelayStateError(f"no transition from {state.value} on {event.value}") from None
 
     def _read(self, flow: Flow, scratch: memoryview) -> None:
+        if flow.pending is not None and len(flow.pending) >= self.high_water:
+            return  # paused (a poke after a hand-over, or a stale event): keep the bound
         src_recv = flow.src.recv_into
         size = len(scratch)
         self.more = False

@@ -500,6 +500,13 @@ def _connect_backend(
             errlog.error("balancer://%s member %s failed: %s; trying another", decision.balancer, mt, exc.detail or exc.reason)
             last = exc
             continue
+        except UpstreamError as exc:
+            # R46: a DNS or TLS failure puts the member in error, but the request is
+            # answered (500/502/504) instead of failing over.
+            balancer.release(member)
+            balancer.mark_error(member)
+            errlog.error("balancer://%s member %s failed: %s", decision.balancer, mt, exc.detail or exc.reason)
+            raise
         except BaseException:
             balancer.release(member)
             raise
