@@ -497,6 +497,8 @@ WARNINGS = [
     ("ProxyWebsocketFallbackToProxyHttp Off\nProxyPass /chat/ ws://a/\nProxyPass /chat/ http://b/", None),
     ("ProxyPass /chat/ ws://a/\nProxyPass /other/ http://b/", None),
     ("ProxyPass /chat/ http://b/\nProxyPass /chat/ ws://a/", None),
+    ("<Proxy balancer://c>\nBalancerMember ws://m/\nBalancerMember http://n/\n</Proxy>", "t.conf:2: balancer://c mixes ws:// members"),
+    ("<Proxy balancer://c>\nBalancerMember ws://m/\nBalancerMember http://n/ upgrade=websocket\n</Proxy>", None),
 ]
 
 

@@ -1665,6 +1665,13 @@ def route_warnings(config: Config) -> list[str]:
     found: dict[str, None] = {}
     meaning = {("*",): "ANY forwards whatever the client asks", ("NONE",): "NONE makes every request a handshake"}
     for b in config.balancers.values():
+        schemes = {("ws" if m.target.scheme in ("ws", "wss") or m.upgrade else "http") for m in b.members}
+        if len(schemes) > 1 and b.members:
+            first = b.members[0]
+            found[f"{first.file}:{first.line}: balancer://{b.name} mixes ws:// members with http:// members "
+                  f"without upgrade=: whether a request is tunnelled follows the first member "
+                  f"({first.target.scheme}://), whichever member is picked; give the http:// members "
+                  f"upgrade=websocket"] = None
         for m in b.members:
             if m.upgrade in meaning:
                 found[f"{m.file}:{m.line}: upgrade={'ANY' if m.upgrade == ('*',) else 'NONE'} on {m.target}: "
