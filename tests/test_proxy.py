@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import threading
 import time
@@ -353,3 +354,40 @@ def test_full_sync_pool_answers_503(make_proxy, raw_echo, caplog):
     sock, head, _ = raw_upgrade(engine.addresses[0])
     assert status_of(head) == 101
     sock.close()
+
+
+def test_write_without_progress_for_timeout_ends_the_tunnel(make_proxy, strategy, caplog):
+    """R37 (tunnel line): a peer that takes no byte for `Timeout` seconds while bytes wait
+    for it ends the tunnel, even when the other direction is busy or idle-timeout is off."""
+    answer = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+    ).encode()
+    backend = Silent(answer=answer)  # answers the upgrade, then never reads
+    try:
+        engine = proxy_for(make_proxy, backend.port, strategy, extra="Timeout 1\n")
+        sock, head, _ = raw_upgrade(engine.addresses[0])
+        assert status_of(head) == 101
+        sock.setblocking(False)
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 10 and not closed:
+            try:
+                sock.send(b"q" * 65536)
+            except BlockingIOError:
+                select.select([sock], [sock], [], 0.05)
+            except OSError:
+                closed = True  # reset by the proxy
+            try:
+                closed = closed or sock.recv(65536) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+        took = time.monotonic() - started
+        assert closed, "the stalled tunnel was not ended"
+        assert 1.0 <= took < 4.0, took
+        wait_for(lambda: "send timeout: the backend took no byte for 1s" in caplog.text, what="the close logged")
+        assert engine.stats["tunnels.closed"] == 1
+    finally:
+        backend.close()

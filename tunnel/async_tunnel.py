@@ -26,10 +26,12 @@ class AsyncTunnel:
         scratch: the loop's shared scratch buffer.
         idle_timeout: seconds without a byte moving either way before the tunnel is
             closed; 0 for none.
+        send_timeout: seconds a pending write may make no progress before the tunnel is
+            closed ("send timeout", R37); 0 for none. Checked every half of it.
         on_close: called once with the pump when the tunnel has ended.
     """
 
-    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "on_close", "_timer", "_cfd", "_bfd")
+    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd")
 
     def __init__(
         self,
@@ -38,14 +40,17 @@ class AsyncTunnel:
         scratch: memoryview,
         *,
         idle_timeout: float = 0.0,
+        send_timeout: float = 0.0,
         on_close: Optional[Callable[[Pump], None]] = None,
     ) -> None:
         self.loop = loop
         self.pump = pump
         self.scratch = scratch
         self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
         self.on_close = on_close
         self._timer: Optional[Timer] = None
+        self._stall_timer: Optional[Timer] = None
         self._cfd = pump.client.fileno()
         self._bfd = pump.backend.fileno()
 
@@ -60,6 +65,8 @@ class AsyncTunnel:
         loop.register(self._bfd, bmask, self._on_backend)
         if self.idle_timeout > 0:
             self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
+        if self.send_timeout > 0:
+            self._stall_timer = loop.call_later(self.send_timeout / 2, self._check_stall)
         if not fresh:
             # Handed over: a TLS end may hold bytes the sync driver left decrypted or
             # buffered, which no poll will report: look once, as after a budgeted read.
@@ -115,6 +122,16 @@ class AsyncTunnel:
         else:
             self._timer = self.loop.call_at(deadline, self._check_idle)
 
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        pump = self.pump
+        if pump.done:
+            return
+        if pump.check_stall(self.loop.time(), self.send_timeout):
+            self._finish()
+        else:
+            self._stall_timer = self.loop.call_later(self.send_timeout / 2, self._check_stall)
+
     def _finish(self) -> None:
         loop = self.loop
         loop.unregister(self._cfd)
@@ -122,6 +139,9 @@ class AsyncTunnel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self.pump.close()
         if self.on_close is not None:
             cb, self.on_close = self.on_close, None

@@ -319,7 +319,12 @@ class Engine:
         start = run_blocking(serve_client(self, sock, peer, None, leading))
         if isinstance(start, TunnelStart):
             self._note_start(start, "sync")
-            run_sync(start.pump, idle_timeout=start.scope.websocket_idle_timeout, stopping=self._stopping)
+            run_sync(
+                start.pump,
+                idle_timeout=start.scope.websocket_idle_timeout,
+                stopping=self._stopping,
+                send_timeout=start.scope.timeout,
+            )
             self._tunnel_closed(start)
 
     # -- tunnels -----------------------------------------------------------------------
@@ -368,6 +373,7 @@ class Engine:
             ts.pump,
             self._scratch,
             idle_timeout=ts.scope.websocket_idle_timeout,
+            send_timeout=ts.scope.timeout,
             on_close=lambda pump: self._async_closed(tunnel, ts),
         )
         self._tunnels.add(tunnel)
@@ -382,6 +388,7 @@ class Engine:
             done = run_sync(
                 ts.pump,
                 idle_timeout=ts.scope.websocket_idle_timeout,
+                send_timeout=ts.scope.timeout,
                 handover_at=handover_at,
                 stopping=self._stopping,
             )

@@ -200,6 +200,8 @@ class Pump:
         "reason",
         "last_activity",
         "more",
+        "_stall_mark",
+        "_stall_since",
     )
 
     def __init__(
@@ -226,6 +228,8 @@ class Pump:
         #: True when a read stopped on its budget with a TLS source that may hold
         #: decrypted bytes no poll will report: the driver must call again soon.
         self.more = False
+        self._stall_mark: tuple = ()
+        self._stall_since = 0.0
         for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
             if data:
                 flow.pending = bytearray(data)
@@ -279,6 +283,35 @@ class Pump:
                 end.close()
             except OSError:
                 pass
+
+    def check_stall(self, now: float, limit: float) -> bool:
+        """R37 (tunnel line): a write that makes no progress for ``limit`` seconds ends
+        the tunnel. Drivers call this now and then; True when it aborted the tunnel.
+
+        Progress is any byte handed to the kernel in a direction that has a backlog; a
+        tunnel with nothing waiting to be written is never stalled (that is idleness).
+        """
+        if limit <= 0 or self.done:
+            return False
+        c2b, b2c = self.c2b, self.b2c
+        if not (c2b.backlog or b2c.backlog):
+            self._stall_since = 0.0
+            return False
+        mark = (
+            c2b.count - c2b.pending_len,
+            b2c.count - b2c.pending_len,
+            c2b.dst.unsent if c2b.dst_tls else 0,
+            b2c.dst.unsent if b2c.dst_tls else 0,
+        )
+        if mark != self._stall_mark or not self._stall_since:
+            self._stall_mark = mark
+            self._stall_since = now
+            return False
+        if now - self._stall_since >= limit:
+            stuck = "client" if b2c.backlog else "backend"
+            self.abort(f"send timeout: the {stuck} took no byte for {limit:g}s")
+            return True
+        return False
 
     @property
     def buffered(self) -> int:

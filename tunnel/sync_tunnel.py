@@ -53,6 +53,7 @@ def run_sync(
     handover_at: Optional[float] = None,
     fresh: bool = True,
     stopping: Optional[threading.Event] = None,
+    send_timeout: float = 0.0,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -63,6 +64,8 @@ def run_sync(
         handover_at: a ``time.monotonic()`` value at which to return with the pump open.
         fresh: False when the pump was already started elsewhere.
         stopping: set by the engine at shutdown; the tunnel is aborted when seen.
+        send_timeout: seconds a pending write may make no progress before the tunnel
+            is aborted ("send timeout", R37); 0 for none.
 
     Returns:
         True when the tunnel ended (the caller closes it), False at the hand-over time.
@@ -73,6 +76,7 @@ def run_sync(
     registered = {cfd: -1, bfd: -1}
     now = time.monotonic()
     pump.last_activity = now
+    next_stall_check = now
     if fresh:
         pump.start()
     while not pump.done:
@@ -87,6 +91,9 @@ def run_sync(
         if handover_at is not None:
             left = handover_at - now
             wait = left if wait is None else min(wait, left)
+        if send_timeout > 0 and (cmask & EVENT_WRITE or bmask & EVENT_WRITE):
+            probe = send_timeout / 2  # bytes wait: look at their progress now and then
+            wait = probe if wait is None else min(wait, probe)
         if pump.more:
             wait = 0.0
         elif not (cmask or bmask) or stopping is not None:
@@ -120,6 +127,9 @@ def run_sync(
             return False
         if idle_timeout > 0 and now - pump.last_activity >= idle_timeout:
             pump.abort("idle timeout")
+        elif send_timeout > 0 and now >= next_stall_check:
+            next_stall_check = now + send_timeout / 2
+            pump.check_stall(now, send_timeout)
     return True
 
 
