@@ -1,0 +1,228 @@
+"""Routing on a live proxy (HTTPD-BEHAVIOUR.md §1, with the tunnel lines): ws and http on
+one path, upgrade= values, fallback On and Off, exclusions, ProxyPassMatch, and the status
+of each backend failure with its timing bound."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import threading
+import time
+
+import pytest
+
+from tunnel.echo import EchoServer
+
+from .helpers import KEY, free_port_refused, http_get, read_head, status_of, upgrade_request
+
+pytestmark = pytest.mark.timeout(30)
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+ACCEPT = base64.b64encode(hashlib.sha1((KEY + GUID).encode()).digest()).decode()
+
+
+class Recorder:
+    """Answers each connection once: a 101 for the Upgrade token it was asked for (with
+    the Accept for websocket), else 200 with its name; records every request head."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[bytes] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head = data.split(b"\r\n\r\n")[0]
+                self.heads.append(head)
+                fields = {l.split(b":")[0].strip().lower(): l.split(b":", 1)[1].strip() for l in head.split(b"\r\n")[1:] if b":" in l}
+                token = fields.get(b"upgrade")
+                if token:
+                    extra = b"Sec-WebSocket-Accept: %s\r\n" % ACCEPT.encode() if token.lower() == b"websocket" else b""
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n%s\r\n" % (token, extra) + self.name)
+                    conn.recv(1)  # hold the tunnel until the client leaves
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.name), self.name))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def ws_b():
+    r = Recorder("WS")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def http_b():
+    r = Recorder("HTTP")
+    yield r
+    r.close()
+
+
+def upgrade(engine, path="/app/", token="websocket", with_upgrade=True):
+    extra = ""
+    req = upgrade_request(path)
+    if token != "websocket":
+        req = req.replace(b"Upgrade: websocket", b"Upgrade: " + token.encode())
+    if not with_upgrade:
+        req = req.replace(b"Upgrade: websocket\r\n", b"").replace(b"Connection: Upgrade\r\n", b"")
+    with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+        sock.sendall(req)
+        head, rest = read_head(sock, timeout=10)
+        status = status_of(head)
+        if status == 101:
+            while not rest:
+                rest += sock.recv(100)
+        return status, head, rest
+
+
+def test_ws_then_http_on_one_path_fallback_off(make_proxy, ws_b, http_b):
+    engine = make_proxy(
+        "ProxyWebsocketFallbackToProxyHttp Off\n"
+        f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\nProxyPass /app/ http://127.0.0.1:{http_b.port}/\n"
+    )
+    status, _, rest = upgrade(engine)
+    assert status == 101 and rest == b"WS"
+    assert http_get(engine.addresses[0], "/app/x")[::2] == (200, b"HTTP")  # plain: the http route
+
+
+def test_ws_route_serves_plain_requests_as_http_with_fallback_on(make_proxy, ws_b, http_b):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\nProxyPass /app/ http://127.0.0.1:{http_b.port}/\n")
+    assert upgrade(engine)[::2] == (101, b"WS")
+    # R3/R17: the ws route takes every request under its path; a plain one goes as HTTP to it.
+    assert http_get(engine.addresses[0], "/app/x")[::2] == (200, b"WS")
+    assert b"Upgrade" not in ws_b.heads[-1]
+
+
+def test_fallback_off_with_no_other_route_is_404(make_proxy, ws_b):
+    engine = make_proxy(f"ProxyWebsocketFallbackToProxyHttp Off\nProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\n")
+    assert http_get(engine.addresses[0], "/app/x")[0] == 404
+    assert ws_b.heads == []
+
+
+@pytest.mark.parametrize(
+    "upgrade_key, token, expected",
+    [
+        ("", "websocket", 101),
+        ("", "chat", None),  # not allowed on a ws route by default: no tunnel
+        ("upgrade=chat", "chat", 101),
+        ("upgrade=chat,websocket", "websocket", 101),
+        ("upgrade=chat,websocket", "chat", 101),
+        ("upgrade=chat,websocket", "other", None),
+        ("upgrade=ANY", "anything", 101),
+    ],
+)
+def test_upgrade_values(make_proxy, ws_b, upgrade_key, token, expected):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ {upgrade_key}\n")
+    status, _, rest = upgrade(engine, token=token)
+    if expected == 101:
+        assert status == 101 and rest == b"WS"
+        assert f"Upgrade: {token}".encode() in ws_b.heads[-1]
+    else:
+        assert status != 101  # proxied as plain HTTP (fallback On) or refused
+        assert not ws_b.heads or b"Upgrade:" not in ws_b.heads[-1]
+
+
+def test_upgrade_none_makes_every_request_a_handshake(make_proxy, ws_b):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ upgrade=NONE\n")
+    status, _, rest = upgrade(engine, with_upgrade=False)
+    assert status == 101 and rest == b"WS"
+    assert b"Upgrade: websocket" in ws_b.heads[-1]  # the backend is asked for WebSocket
+
+
+def test_exclusion_and_proxy_pass_match(make_proxy, ws_b, http_b):
+    engine = make_proxy(
+        "ProxyPass /app/static/ !\n"
+        f"ProxyPassMatch ^/rooms/([0-9]+)/(\\w+)$ ws://127.0.0.1:{ws_b.port}/room/$1/u/$2\n"
+        f"ProxyPass /app/ http://127.0.0.1:{http_b.port}/\n"
+    )
+    assert http_get(engine.addresses[0], "/app/static/x")[0] == 404  # excluded: not proxied
+    assert http_get(engine.addresses[0], "/app/page")[::2] == (200, b"HTTP")
+    assert upgrade(engine, path="/rooms/42/ann")[::2] == (101, b"WS")
+    assert ws_b.heads[-1].startswith(b"GET /room/42/u/ann HTTP/1.1")
+    assert upgrade(engine, path="/rooms/x/ann")[0] == 404  # the regex does not match
+
+
+def error_case(engine, caplog, path="/f/"):
+    started = time.monotonic()
+    with socket.create_connection(engine.addresses[0], timeout=15) as sock:
+        sock.sendall(upgrade_request(path))
+        head, rest = read_head(sock, timeout=15)
+        while b"\n" not in rest:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            rest += chunk
+    return status_of(head), rest, time.monotonic() - started
+
+
+def test_connect_refused_is_503(make_proxy, caplog):
+    port = free_port_refused()
+    engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{port}/\n")
+    status, body, took = error_case(engine, caplog)
+    assert status == 503 and b"refused" in body and took < 2
+    assert f"ws://127.0.0.1:{port}/" in caplog.text and "/f/" in caplog.text
+
+
+def test_dns_failure_is_500(make_proxy, caplog):
+    engine = make_proxy("ProxyPass /f/ ws://no-such-host.invalid:9000/\n")
+    status, body, took = error_case(engine, caplog)
+    assert status == 500 and b"resolved" in body and took < 10
+    assert "no-such-host.invalid" in caplog.text
+
+
+def test_backend_head_timeout_is_504_after_timeout(make_proxy, caplog):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{silent.getsockname()[1]}/ timeout=1\n")
+        status, body, took = error_case(engine, caplog)
+        assert status == 504 and 0.9 <= took < 4, took
+        assert "did not answer" in caplog.text or "504" in caplog.text
+    finally:
+        silent.close()
+
+
+def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
+    closer = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            try:
+                conn, _ = closer.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{closer.getsockname()[1]}/\n")
+        status, body, took = error_case(engine, caplog)
+        assert status == 502 and took < 2 and body
+    finally:
+        stop.set()
+        closer.close()
