@@ -34,8 +34,53 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (bench/, issue 8): C load generator and backend built with cc into bench/build/,
+# the proxy run as separate processes. `bench` is the full run (3 interleaved rounds) and
+# writes bench/results/latest.{json,md,png}; `bench-quick` is a short run of every scenario
+# (bench/results/quick.*) that prints the table; `bench-peers` installs nginx, HAProxy and
+# Apache httpd from Debian, then runs `bench` with them. Numbers are reported, never asserted.
+BENCH_PYTEST := $(PY) -m pytest -c bench/pytest.ini --rootdir bench -p no:cacheprovider bench/
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PIP) install --quiet matplotlib \
+		|| echo "warning: matplotlib could not be installed; no chart"
+	$(BENCH_PYTEST) --bench-mode full $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BENCH_PYTEST) --bench-mode quick $(BENCH_ARGS)
+
+bench-peers: $(STAMP)
+	@if command -v apt-get >/dev/null 2>&1; then \
+		created=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created=1; \
+		fi; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy apache2 >/dev/null) \
+			|| echo "warning: nginx/haproxy/apache2 could not all be installed; missing peers are skipped"; \
+		if [ -n "$$created" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	else \
+		echo "warning: no apt-get: peers that are not installed are skipped"; \
+	fi
+	$(MAKE) bench
+
+# Long runs kept out of `make test` (issue 9): the soak scales tests/test_soak.py; fuzz runs
+# the atheris target for the handshake parser for FUZZ_SECONDS, then the hypothesis
+# properties once more.
+SOAK_TUNNELS ?= 2000
+SOAK_SECONDS ?= 120
+FUZZ_SECONDS ?= 120
+
+soak: $(STAMP)
+	SOAK_TUNNELS=$(SOAK_TUNNELS) SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
+
+fuzz: $(STAMP)
+	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) install --quiet atheris
+	$(PY) fuzz/fuzz_handshake.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_handshake.py tests/test_config.py tests/test_relay.py -k "any_ or random"
+
 lint: $(STAMP)
-	$(PY) -m compileall -q tunnel tests bench
+	$(PY) -m compileall -q tunnel tests bench fuzz
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
