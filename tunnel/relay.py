@@ -63,6 +63,10 @@ SCRATCH_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024
 #: Most reads per readiness event (fairness on a shared loop, R28).
 READ_BUDGET = 8
+#: Largest read of a flow with nothing buffered while the global cap (``Budget``) is
+#: exhausted: such a flow still moves (no tunnel starves), and N tunnels add at most
+#: N of these over the cap, plus one scratch for the read that crossed it.
+CAPPED_CHUNK = 16 * 1024
 
 EVENT_READ = 1  # the same values as selectors.EVENT_READ / EVENT_WRITE
 EVENT_WRITE = 2
@@ -340,6 +344,11 @@ class Pump:
     def _read(self, flow: Flow, scratch: memoryview) -> None:
         if flow.pending is not None and len(flow.pending) >= self.high_water:
             return  # paused (a poke after a hand-over, or a stale event): keep the bound
+        budget = self.budget
+        if budget is not None and budget.exhausted:
+            if flow.pending is not None:
+                return  # over the global cap: only flows with nothing buffered may read
+            scratch = scratch[:CAPPED_CHUNK]  # and only a small chunk, so N tunnels stay near the cap
         src_recv = flow.src.recv_into
         size = len(scratch)
         self.more = False
@@ -372,7 +381,9 @@ class Pump:
                     flow.pending = pending = bytearray(scratch[sent:n])
                     if self.budget is not None:
                         self.budget.used += n - sent
-            if pending is not None and len(pending) >= self.high_water:
+            if pending is not None and (
+                len(pending) >= self.high_water or (budget is not None and budget.exhausted)
+            ):
                 return
             if n < size and not flow.src_tls:
                 return  # a short read: the kernel buffer is most likely empty
