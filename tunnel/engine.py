@@ -255,6 +255,7 @@ class Engine:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop accepting, end live tunnels, wait for threads (bounded). Idempotent."""
         self.request_stop()
+        self._wake_sync_tunnels()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self.pool.shutdown(timeout)
@@ -269,7 +270,21 @@ class Engine:
             task.cancel()
         for tunnel in list(self._tunnels):
             tunnel.abort("shutdown")
+        self._wake_sync_tunnels()
         self._loop.stop()
+
+    def _wake_sync_tunnels(self) -> None:
+        """Shut the sockets of live tunnels so that sync threads blocked in poll wake up
+        and see the stop (they never poll on a timer just to look for it)."""
+        with self._lock:
+            pumps = list(self._live)
+        for pump in pumps:
+            for end in (pump.client, pump.backend):
+                raw = getattr(end, "raw", end)
+                try:
+                    raw.shutdown(socket.SHUT_RDWR)
+                except (OSError, ValueError):
+                    pass
 
     def _teardown(self, loop: Loop) -> None:
         for acc in self._acceptors:

@@ -37,6 +37,7 @@ bug reported with both names::
 from __future__ import annotations
 
 import enum
+import mmap
 import socket
 import ssl
 from typing import Any, Optional
@@ -104,8 +105,13 @@ class RelayStateError(RuntimeError):
 
 
 def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
-    """A scratch buffer for one driver (one loop, or one sync thread)."""
-    return memoryview(bytearray(size))
+    """A scratch buffer for one driver (one loop, or one sync thread).
+
+    Anonymous mmap rather than ``bytearray(size)``: a bytearray is zero-filled, so every
+    sync thread would hold the whole 256 KiB resident even while its tunnel is idle; an
+    mmap's pages exist only once a read has written them.
+    """
+    return memoryview(mmap.mmap(-1, size))
 
 
 def shutdown_write(sock: Any) -> None:

@@ -80,6 +80,9 @@ def run_sync(
     if fresh:
         pump.start()
     while not pump.done:
+        if stopping is not None and stopping.is_set():
+            pump.abort("shutdown")
+            break
         cmask, bmask = pump.interest()
         for fd, mask in ((cfd, cmask), (bfd, bmask)):
             if registered[fd] != mask:
@@ -96,8 +99,9 @@ def run_sync(
             wait = probe if wait is None else min(wait, probe)
         if pump.more:
             wait = 0.0
-        elif not (cmask or bmask) or stopping is not None:
-            # Paused by the global cap, or watching for shutdown: look again soon.
+        elif not (cmask or bmask):
+            # Paused by the global cap: look again soon. (Shutdown wakes us by shutting
+            # the sockets: Engine._wake_sync_tunnels.)
             wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
         timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
         try:
