@@ -1,0 +1,176 @@
+"""Hostile input (issue 9): each case gets its status from the proxy, nothing reaches the
+backend that should not, no traceback, and nothing is left behind."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from .helpers import KEY, open_fds, read_head, recv_until_eof, status_of, upgrade_request, wait_for
+from .test_routing_live import Recorder
+
+pytestmark = pytest.mark.timeout(30)
+
+UP = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+
+
+def req(line: str, headers: str = "Host: t\r\n", body: bytes = b"") -> bytes:
+    return f"{line}\r\n{headers}\r\n".encode("latin-1") + body
+
+
+CASES = [
+    # id, request bytes, expected statuses
+    ("bare-cr", req("GET /app/ HTTP/1.1", "Host: t\r\nX-A: a\rb\r\n"), {400}),
+    ("obs-fold", req("GET /app/ HTTP/1.1", "Host: t\r\nX-A: a\r\n  folded\r\n"), {400}),
+    ("bare-lf", b"GET /app/ HTTP/1.1\nHost: t\n\n", {400}),
+    ("cl-and-te", req("POST /app/ HTTP/1.1", "Host: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"), {400}),
+    ("two-cl", req("POST /app/ HTTP/1.1", "Host: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n", b"abcd"), {400}),
+    ("bad-name", req("GET /app/ HTTP/1.1", "Host: t\r\nBad Name: x\r\n"), {400}),
+    ("no-host", req("GET /app/ HTTP/1.1", ""), {400}),
+    ("long-line", req("GET /app/" + "a" * 9000 + " HTTP/1.1"), {414}),
+    ("long-field", req("GET /app/ HTTP/1.1", "Host: t\r\nX-Big: " + "b" * 9000 + "\r\n"), {431, 400}),
+    ("many-fields", req("GET /app/ HTTP/1.1", "Host: t\r\n" + "".join(f"X-{i}: v\r\n" for i in range(101))), {431, 400}),
+    ("connect", req("CONNECT internal.test:443 HTTP/1.1", "Host: internal.test:443\r\n"), {405}),
+    ("dotdot", req("GET /ws/../admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-dotdot", req("GET /ws/%2e%2e/admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-dotdot-mixed", req("GET /ws/%2E%2e/admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-slash", req("GET /ws/a%2fb HTTP/1.1", "Host: t\r\n" + UP), {404}),
+    ("nul", req("GET /ws/a%00b HTTP/1.1", "Host: t\r\n" + UP), {400, 404}),
+    ("ctl-in-path", req("GET /ws/a\x01b HTTP/1.1", "Host: t\r\n" + UP), {400}),
+    ("http10-upgrade", req("GET /ws/x HTTP/1.0", "Host: t\r\n" + UP), {400}),
+    ("version-8", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace("Version: 13", "Version: 8")), {426}),
+    ("no-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(f"Sec-WebSocket-Key: {KEY}\r\n", "")), {400}),
+    ("short-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(KEY, "c2hvcnQ=")), {400}),
+    ("post-upgrade", req("POST /ws/x HTTP/1.1", "Host: t\r\nContent-Length: 5\r\n" + UP, b"SMUGG"), {400}),
+]
+
+
+@pytest.fixture
+def proxied(make_proxy):
+    ws, http = Recorder("WS"), Recorder("HTTP")
+    engine = make_proxy(f"ProxyPass /ws/ ws://127.0.0.1:{ws.port}/\nProxyPass /app/ http://127.0.0.1:{http.port}/\n")
+    yield engine, ws, http
+    ws.close()
+    http.close()
+
+
+@pytest.mark.parametrize("name, data, statuses", CASES, ids=[c[0] for c in CASES])
+def test_hostile_request(proxied, caplog, name, data, statuses):
+    caplog.set_level(logging.DEBUG)
+    engine, ws, http = proxied
+    started = time.monotonic()
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(data)
+        head, _ = read_head(sock)
+    assert status_of(head) in statuses, head
+    assert time.monotonic() - started < 5
+    assert ws.heads == [] and http.heads == [], "a refused request reached a backend"
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_absolute_form_is_routed_by_path_only(proxied):
+    engine, ws, _ = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req("GET http://evil.invalid:1/ws/x HTTP/1.1", "Host: evil.invalid:1\r\n" + UP))
+        head, _ = read_head(sock)
+    assert status_of(head) == 101
+    assert ws.heads[0].startswith(b"GET /x HTTP/1.1")  # the backend of the route, by path
+
+
+def test_path_is_re_encoded_for_the_backend(proxied):
+    engine, ws, _ = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req("GET /ws/a%20b/./c/%7Euser HTTP/1.1", "Host: t\r\n" + UP))
+        head, _ = read_head(sock)
+    assert status_of(head) == 101
+    first = ws.heads[0].split(b"\r\n")[0]
+    assert b" " not in first.split(b" ", 1)[1].rsplit(b" ", 1)[0]  # no raw space in the target
+    assert b"/./" not in first
+
+
+def test_dripping_client_gets_408_by_the_total_deadline(make_proxy, raw_echo):
+    engine = make_proxy(f"RequestReadTimeout header=1\nProxyPass / ws://127.0.0.1:{raw_echo.address[1]}/\n")
+    request = upgrade_request("/")
+    sock = socket.create_connection(engine.addresses[0], timeout=5)
+    started = time.monotonic()
+    got = b""
+    sock.settimeout(0.1)
+    for byte in request:  # one byte per 100 ms: each read is in time, the head is not
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            break
+        try:
+            chunk = sock.recv(4096)
+            got += chunk
+            if not chunk or b"\r\n\r\n" in got:
+                break
+        except TimeoutError:
+            pass
+        if time.monotonic() - started > 5:
+            break
+    took = time.monotonic() - started
+    sock.close()
+    assert took < 3, took
+    assert got == b"" or status_of(got) == 408
+
+
+@pytest.mark.parametrize(
+    "answer, status",
+    [
+        (b"garbage garbage\r\n\r\n", 502),
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\nLEAK", 502),  # no Upgrade
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nLEAK", 502),  # no Accept
+    ],
+    ids=["garbage", "101-no-upgrade", "101-no-accept"],
+)
+def test_misbehaving_backend_answers(make_proxy, answer, status):
+    from .helpers import Silent
+
+    backend = Silent(answer=answer)
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, rest = read_head(sock)
+            assert status_of(head) == status
+            sock.shutdown(socket.SHUT_WR)
+            assert b"LEAK" not in rest + recv_until_eof(sock)
+        assert engine.stats["tunnels.open"] == 0
+    finally:
+        backend.close()
+
+
+def test_client_leaving_during_backend_handshake_closes_the_backend_at_once(make_proxy):
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{silent.getsockname()[1]}/ timeout=20\n")
+        client = socket.create_connection(engine.addresses[0], timeout=5)
+        client.sendall(upgrade_request("/"))
+        conn, _ = silent.accept()
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        client.close()  # the client leaves before the backend answers
+        started = time.monotonic()
+        assert conn.recv(4096) == b""  # the proxy closed the backend connection
+        assert time.monotonic() - started < 2
+        conn.close()
+    finally:
+        silent.close()
+
+
+def test_nothing_left_behind_after_many_hostile_connections(proxied):
+    engine, _, _ = proxied
+    baseline = open_fds()
+    for i in range(50):
+        data = CASES[i % len(CASES)][1]
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(data)
+            read_head(sock)
+    wait_for(lambda: open_fds() <= baseline, timeout=10, what=f"fds back to {baseline}")
