@@ -174,3 +174,79 @@ def test_nothing_left_behind_after_many_hostile_connections(proxied):
             sock.sendall(data)
             read_head(sock)
     wait_for(lambda: open_fds() <= baseline, timeout=10, what=f"fds back to {baseline}")
+
+
+def test_backend_dripping_its_head_gets_504_by_the_total_deadline(make_proxy):
+    """One deadline for the whole response head, whatever the drip rate (R41 tunnel line)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" * 10:
+                if stop.wait(0.05):  # pacing the drip, not waiting for a condition
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/ timeout=1\n")
+        started = time.monotonic()
+        with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, _ = read_head(sock, timeout=10)
+        took = time.monotonic() - started
+        assert status_of(head) == 504 and 0.9 <= took < 3, (head, took)
+    finally:
+        stop.set()
+        server.close()
+        t.join(5)
+
+
+def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog):
+    import struct
+    import threading
+
+    from .helpers import ACCEPT
+
+    server = socket.create_server(("127.0.0.1", 0))
+    ready = threading.Event()
+
+    def reset_after_some_bytes():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\nhello"
+        )
+        ready.wait(5)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    t = threading.Thread(target=reset_after_some_bytes, daemon=True)
+    t.start()
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/\n")
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, rest = read_head(sock)
+            assert status_of(head) == 101
+            ready.set()
+            try:
+                rest += recv_until_eof(sock)
+            except ConnectionResetError:
+                pass
+            assert rest == b"hello"  # what came before the reset, then the end
+        wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
+        assert engine.stats["tunnels.open"] == 0
+    finally:
+        server.close()
+        t.join(5)
