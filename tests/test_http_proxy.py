@@ -13,7 +13,7 @@ import h11
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from .helpers import read_head, status_of, upgrade_request
+from .helpers import Silent, http_get, read_head, recv_exactly, recv_until_eof, status_of, upgrade_request, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,6 +30,8 @@ class Backend:
         self.port = self.sock.getsockname()[1]
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.connections = 0
+        self.body_progress = 0  # body bytes of the current request received so far
+        self.release = threading.Event()  # /hold: send the rest of the answer
         self._threads: list[threading.Thread] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -71,6 +73,7 @@ class Backend:
                         h.receive_data(conn.recv(1 << 16))
                     elif isinstance(ev, h11.Data):
                         body += ev.data
+                        self.body_progress = len(body)
                     else:
                         break
                 self._answer(conn, h, event.method.decode(), target, headers, bytes(body))
@@ -91,6 +94,11 @@ class Backend:
             else:
                 conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])))
                 conn.sendall(h.send(h11.Data(data=body)))
+        elif target.startswith("/hold"):
+            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")])))
+            conn.sendall(h.send(h11.Data(data=b"first;")))
+            self.release.wait(10)
+            conn.sendall(h.send(h11.Data(data=b"rest")))
         elif target.startswith("/403"):
             text = b"forbidden here\n"
             conn.sendall(h.send(h11.Response(status_code=403, headers=[("Content-Length", str(len(text)))])))
@@ -171,7 +179,7 @@ def proxy(make_proxy, backend, extra=""):
 def test_bodies_both_ways_intact(make_proxy, backend, chunked_up, chunked_down):
     engine = proxy(make_proxy, backend)
     client = Client(engine.addresses[0])
-    body = os.urandom(3 << 20)
+    body = os.urandom(5 << 20)  # larger than any buffer on the way: it must stream
     headers = [("X-Reply", "chunked")] if chunked_down else []
     status, rh, data = client.request("POST", "/echo", headers, body, chunked=chunked_up)
     assert status == 200
@@ -195,13 +203,89 @@ def test_keep_alive_several_requests_and_bodiless_answers(make_proxy, backend):
     client.close()
 
 
-def test_expect_100_continue(make_proxy, backend):
+def test_bodies_stream_without_waiting_for_the_whole_message(make_proxy, backend):
+    """Neither body is buffered whole: the backend sees the first MiB of a 5 MiB request
+    before the client sends the rest, and the client sees the first chunk of an answer
+    before the backend sends the rest."""
     engine = proxy(make_proxy, backend)
-    client = Client(engine.addresses[0])
+    mib = 1 << 20
+    with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: front.test\r\nContent-Length: %d\r\n\r\n" % (5 * mib))
+        part = os.urandom(mib)
+        sock.sendall(part)
+        wait_for(lambda: backend.body_progress >= mib, what="the first MiB at the backend")
+        rest = os.urandom(4 * mib)
+        sock.sendall(rest)
+        head, got = read_head(sock)
+        assert status_of(head) == 200
+        assert hashlib.sha256(recv_exactly(sock, 5 * mib, initial=got)).digest() == hashlib.sha256(part + rest).digest()
+
+        sock.sendall(b"GET /hold HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n")
+        head, got = read_head(sock)
+        assert status_of(head) == 200
+        while b"first;" not in got:  # the backend holds the rest until we have this
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        backend.release.set()
+        got = recv_until_eof(sock, initial=got)
+    assert got.endswith(b"rest\r\n0\r\n\r\n"), got
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /a HTTP/1.1\r\nHost: front.test\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: front.test\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /echo HTTP/1.1\r\nHost: front.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["get", "length-body", "chunked-body"],
+)
+def test_pipelined_requests_in_one_packet_are_all_answered_in_order(make_proxy, backend, first):
+    """RFC 9112 §9.3.2: a server must answer pipelined requests. The second request
+    arrives in the same segment as the first one's head and body."""
+    engine = proxy(make_proxy, backend)
+    with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+        sock.sendall(first + b"GET /second HTTP/1.1\r\nHost: front.test\r\n\r\n" + b"GET /third HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n")
+        answers = []
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            data += chunk
+            if not chunk:
+                break
+        for _ in range(3):
+            head, _, data = data.partition(b"\r\n\r\n")
+            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+            answers.append((status_of(head), data[:length]))
+            data = data[length:]
+    assert answers == [(200, b"hello" if b"POST" in first else b"ok"), (200, b"ok"), (200, b"ok")]
+    assert [t for _, t, _ in backend.seen] == [("/echo" if b"POST" in first else "/a"), "/second", "/third"]
+
+
+def test_expect_100_continue(make_proxy, backend):
+    """The client waits for 100 Continue before sending its body, as RFC 9110 §10.1.1 lets
+    it; the proxy must send one (or the exchange would hang until a timeout)."""
+    engine = proxy(make_proxy, backend)
     body = b"x" * 50_000
-    status, _, data = client.request("POST", "/echo", [("Expect", "100-continue")], body)
-    assert status == 200 and data == body
-    client.close()
+    with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: front.test\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        head, rest = read_head(sock, timeout=5)
+        assert status_of(head) == 100 and rest == b"", head
+        sock.sendall(body)
+        head, rest = read_head(sock, timeout=10)
+        assert status_of(head) == 200
+        while len(rest) < len(body):
+            rest += sock.recv(65536)
+        assert rest == body
+        # and the connection is still in step for another request
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: front.test\r\n\r\n")
+        head, rest = read_head(sock)
+        assert status_of(head) == 200
+    assert [t for _, t, _ in backend.seen] == ["/echo", "/after"]
 
 
 def test_hop_by_hop_never_reach_the_backend_and_forwarded_headers_are_added(make_proxy, backend):
@@ -216,6 +300,7 @@ def test_hop_by_hop_never_reach_the_backend_and_forwarded_headers_are_added(make
         ("Proxy-Connection", "keep-alive"),
         ("X-Secret", "named in Connection"),
         ("X-Kept", "yes"),
+        ("X-Forwarded-For", "10.9.8.7"),
     ]
     assert client.request("GET", "/h", hop)[0] == 200
     _, _, seen = backend.seen[-1]
@@ -223,11 +308,82 @@ def test_hop_by_hop_never_reach_the_backend_and_forwarded_headers_are_added(make
         assert name not in seen, (name, seen)
     assert seen.get("connection", "close").lower() in ("close", "keep-alive")
     assert seen["x-kept"] == "yes"
-    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-for"] == "10.9.8.7, 127.0.0.1"  # appended with ", " (R8)
     assert seen["x-forwarded-host"] == "front.test"
-    assert "x-forwarded-server" in seen
+    assert seen["x-forwarded-server"] == "proxy.test"  # the engine's server name
     assert seen["host"] == f"127.0.0.1:{backend.port}"  # ProxyPreserveHost Off
     client.close()
+
+
+@pytest.mark.parametrize("route", ["http", "ws"])
+def test_upgrade_on_a_plain_request_never_reaches_the_backend(make_proxy, backend, route):
+    """R14: an Upgrade the route does not take (h2c on an http:// route with no upgrade=,
+    or on a ws:// route) is stripped with Connection; the request goes as plain HTTP and
+    the client connection stays usable."""
+    engine = make_proxy(f"ProxyPass / {route}://127.0.0.1:{backend.port}/\n")
+    client = Client(engine.addresses[0])
+    headers = [("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAAP__")]
+    status, rh, data = client.request("GET", "/plain", headers)
+    assert (status, data) == (200, b"ok")
+    assert "upgrade" not in rh
+    _, _, seen = backend.seen[-1]
+    for name in ("upgrade", "http2-settings"):
+        assert name not in seen, (name, seen)
+    assert "upgrade" not in seen.get("connection", "").lower()
+    assert client.request("GET", "/next")[::2] == (200, b"ok")
+    client.close()
+
+
+def one_shot_backend(answer: bytes):
+    """A backend that reads one request head, sends ``answer`` raw, and closes."""
+    return Silent(answer=answer, close=True)
+
+
+@pytest.mark.parametrize(
+    "answer, sent",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", b"0123456789"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", b"5\r\nhello\r\n"),
+    ],
+    ids=["short-length", "bad-chunk"],
+)
+def test_a_body_broken_by_the_backend_closes_the_client_connection(make_proxy, answer, sent, caplog):
+    """Once a response head has gone out, a backend that breaks the body leaves one honest
+    signal: closing the connection (no terminating chunk). Never a second status line
+    inside the body."""
+    bad = one_shot_backend(answer)
+    try:
+        engine = make_proxy(f"ProxyPass / http://127.0.0.1:{bad.port}/\n")
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: front.test\r\n\r\n")
+            data = recv_until_eof(sock, timeout=3)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert status_of(head) == 200
+        assert body == sent, data  # what the backend sent, then EOF
+        assert "502" in caplog.text and f"127.0.0.1:{bad.port}" in caplog.text  # logged, not sent
+    finally:
+        bad.close()
+
+
+def test_hop_by_hop_response_headers_are_dropped_and_the_client_keeps_its_connection(make_proxy):
+    bad = one_shot_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Foo, close\r\nX-Foo: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic realm=x\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
+        b"X-Bar: kept\r\n\r\nok"
+    )
+    try:
+        engine = make_proxy(f"ProxyPass / http://127.0.0.1:{bad.port}/\n")
+        client = Client(engine.addresses[0])
+        status, headers, body = client.request("GET", "/x")
+        assert (status, body) == (200, b"ok")
+        for name in ("x-foo", "keep-alive", "proxy-authenticate", "trailer", "upgrade", "connection"):
+            assert name not in headers, (name, headers)
+        assert headers["x-bar"] == "kept"
+        # the backend's "Connection: close" is about its own connection, not the client's
+        assert client.request("GET", "/y")[0] == 200
+        client.close()
+    finally:
+        bad.close()
 
 
 def test_proxy_add_headers_off_and_preserve_host_on(make_proxy, backend):
@@ -273,3 +429,67 @@ def test_keep_alive_get_then_upgrade_on_the_same_connection(make_proxy, echo):
         ws.send("after a GET")
         assert ws.recv(timeout=5) == "after a GET"
     assert echo.accepted == before + 1  # the upgrade rode a fresh backend connection
+
+
+def test_echo_backend_closes_after_connection_close(echo):
+    """The built-in backend ends a "Connection: close" exchange by closing (a client
+    reading to EOF must not wait for its own timeout)."""
+    status, _, body = http_get(echo.address, "/")
+    assert status == 200 and body == b"tunnel echo backend\n"
+
+
+class ChatUpgrader:
+    """A backend for a non-WebSocket token: reads a head and its Content-Length body, answers
+    101 with ``Upgrade: chat``, then echoes raw bytes; records the head and the body."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.head = b""
+        self.body = b""
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            head, data = read_head(conn)
+            self.head = head
+            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+            data = recv_exactly(conn, length, initial=data) if len(data) < length else data
+            self.body, early = data[:length], data[length:]
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n" + early)
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                conn.sendall(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_upgrade_with_a_body_sends_the_body_first_then_tunnels(make_proxy):
+    """R12/R19: a non-WebSocket upgrade may carry a body; it goes to the backend as HTTP
+    before the switch, and bytes the client sent after it are tunnel bytes."""
+    chat = ChatUpgrader()
+    try:
+        engine = make_proxy(f"ProxyPass / http://127.0.0.1:{chat.port}/ upgrade=chat\n")
+        body = os.urandom(70_000)
+        with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+            sock.sendall(
+                b"POST /room HTTP/1.1\r\nHost: front.test\r\nUpgrade: chat\r\nConnection: Upgrade\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body + b"early-tunnel-bytes"
+            )
+            head, rest = read_head(sock)
+            assert status_of(head) == 101 and b"upgrade: chat" in head.lower()
+            assert recv_exactly(sock, len(b"early-tunnel-bytes"), initial=rest) == b"early-tunnel-bytes"
+            sock.sendall(b"later")
+            assert recv_exactly(sock, 5) == b"later"
+        assert chat.body == body
+        assert chat.head.startswith(b"POST /room HTTP/1.1") and b"\r\nUpgrade: chat" in chat.head
+    finally:
+        chat.close()

@@ -151,6 +151,8 @@ class EchoServer:
                 if headers.get(b"upgrade", b"").lower() == b"websocket":
                     return self._websocket(sock, event, conn)
                 self._answer(sock, conn, event)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return  # "Connection: close" (or HTTP/1.0): the close ends the exchange
             elif isinstance(event, h11.ConnectionClosed) or conn.our_state is h11.MUST_CLOSE:
                 return
             elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:

@@ -438,10 +438,10 @@ class Engine:
             ts.balancer.release(ts.member)
         ex.bytes_in += pump.c2b.count
         ex.bytes_out += pump.b2c.count
-        ex.body_bytes = pump.b2c.count
+        ex.body_bytes = ex.early_out + pump.b2c.count  # early data rode with the heads
         ex.notes["close_reason"] = pump.reason
-        ex.notes["to_backend"] = str(pump.c2b.count)
-        ex.notes["to_client"] = str(pump.b2c.count)
+        ex.notes["to_backend"] = str(ex.early_in + pump.c2b.count)
+        ex.notes["to_client"] = str(ex.body_bytes)
         log.info(
             "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
             ex.peer[0],

@@ -12,7 +12,7 @@ request and is closed after it (no pool: simple, and what httpd does for upgrade
 from __future__ import annotations
 
 import socket
-from typing import Generator, Optional
+from typing import Generator, NamedTuple, Optional
 
 import h11
 
@@ -21,9 +21,26 @@ from .errors import BadGateway, BadRequest, GatewayTimeout, RequestTimeout
 from .handshake import HOP_BY_HOP, BackendHandshake, FrontEnd, ResponseHead
 from .loop import Wait
 
-__all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client"]
+__all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client", "Counted"]
 
 Step = Generator[Wait, None, object]
+
+
+class Counted(NamedTuple):
+    """Bytes of one message leg, for the access log: ``body`` (payload, %B) and ``wire``
+    (every byte on the client connection: heads and chunk framing included; %I/%O)."""
+
+    body: int
+    wire: int
+
+
+class _Wire:
+    """Bytes of the request body consumed from the client connection (framing included)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
 
 
 def send_to_client(sock: socket.socket, front: FrontEnd, event: object, deadline: Optional[float]) -> Generator[Wait, None, int]:
@@ -34,24 +51,50 @@ def send_to_client(sock: socket.socket, front: FrontEnd, event: object, deadline
     return len(data or b"")
 
 
-def _client_event(sock: socket.socket, front: FrontEnd, deadline: float) -> Generator[Wait, None, object]:
-    """The next h11 event of the client's request body, reading as needed."""
+def _client_event(sock: socket.socket, front: FrontEnd, deadline: float, wire: Optional[_Wire] = None) -> Generator[Wait, None, object]:
+    """The next h11 event of the client's request body, reading as needed.
+
+    h11 is asked first and given bytes only when it needs them, and the bytes it holds
+    past the body's end are handed back to ``front.buffer``: they are the next pipelined
+    request (RFC 9112 §9.3.2), which ``FrontEnd.next_head`` parses from there.
+    """
     conn = front.conn
     while True:
-        if front.buffer:
-            conn.receive_data(bytes(front.buffer))
-            front.buffer.clear()
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise BadRequest(f"malformed request body: {exc}") from exc
         if event is not h11.NEED_DATA:
+            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                back = _reclaim_trailing(front)
+                if wire is not None:
+                    wire.n -= back
             return event
-        try:
-            data = yield from recv(sock, deadline)
-        except TimeoutError:
-            raise RequestTimeout("request body not received in time") from None
+        if front.buffer:
+            data = bytes(front.buffer)
+            front.buffer.clear()
+        else:
+            try:
+                data = yield from recv(sock, deadline)
+            except TimeoutError:
+                raise RequestTimeout("request body not received in time") from None
+        if wire is not None:
+            wire.n += len(data)
         conn.receive_data(data)
+
+
+def _reclaim_trailing(front: FrontEnd) -> int:
+    """Move the bytes h11 buffered beyond the request back to ``front.buffer``.
+
+    h11 has no public call to give unprocessed bytes back; without this, a pipelined
+    request read together with a body would be lost (and the client would hang).
+    """
+    conn = front.conn
+    data, _closed = conn.trailing_data
+    if data:
+        front.buffer[:0] = data
+        conn._receive_buffer = type(conn._receive_buffer)()  # noqa: SLF001 - see above
+    return len(data)
 
 
 def send_request_body(
@@ -62,21 +105,28 @@ def send_request_body(
     *,
     timeout: float,
     clock,
-) -> Generator[Wait, None, int]:
-    """Stream the client's request body to the backend. Returns body bytes sent."""
+) -> Generator[Wait, None, Counted]:
+    """Stream the client's request body to the backend.
+
+    Returns:
+        ``Counted(body, wire)``: body bytes sent to the backend, and bytes consumed from
+        the client connection (the body with its framing; %I).
+    """
     conn = front.conn
+    wire = _Wire()
     if conn.they_are_waiting_for_100_continue:
+        # Our own 100 (the backend is connected and has the head): the client may send.
         yield from send_to_client(client, front, h11.InformationalResponse(status_code=100, headers=[]), clock() + timeout)
     total = 0
     while True:
-        event = yield from _client_event(client, front, clock() + timeout)
+        event = yield from _client_event(client, front, clock() + timeout, wire)
         if isinstance(event, h11.Data):
             total += len(event.data)
             out = hs.conn.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             out = hs.conn.send(h11.EndOfMessage())
         else:
-            return total  # PAUSED (an upgrade request's end) or ConnectionClosed
+            return Counted(total, wire.n)  # PAUSED (an upgrade request's end) or ConnectionClosed
         if out:
             try:
                 yield from sendall(backend, out, clock() + timeout)
@@ -85,7 +135,7 @@ def send_request_body(
             except OSError as exc:
                 raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
         if isinstance(event, h11.EndOfMessage):
-            return total
+            return Counted(total, wire.n)
 
 
 def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: float, limit: int = 1 << 20) -> Generator[Wait, None, bool]:
@@ -127,14 +177,18 @@ def relay_response(
     *,
     timeout: float,
     clock,
-) -> Generator[Wait, None, int]:
-    """Send ``response`` and stream its body from the backend. Returns body bytes relayed.
+) -> Generator[Wait, None, Counted]:
+    """Send ``response`` and stream its body from the backend.
+
+    Returns:
+        ``Counted(body, wire)``: body bytes relayed (%B), and every byte written to the
+        client for this response, head and framing included (%O).
 
     Raises:
         BadGateway: the backend broke the body (the client connection must then close).
     """
     headers = response_headers(response)
-    yield from send_to_client(
+    wire = yield from send_to_client(
         client, front, h11.Response(status_code=response.status, reason=response.reason, headers=headers), clock() + timeout
     )
     conn = hs.conn
@@ -155,9 +209,9 @@ def relay_response(
             continue
         if isinstance(event, h11.Data):
             total += len(event.data)
-            yield from send_to_client(client, front, h11.Data(data=event.data), clock() + timeout)
+            wire += yield from send_to_client(client, front, h11.Data(data=event.data), clock() + timeout)
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-            yield from send_to_client(client, front, h11.EndOfMessage(), clock() + timeout)
-            return total
+            wire += yield from send_to_client(client, front, h11.EndOfMessage(), clock() + timeout)
+            return Counted(total, wire)
         else:  # pragma: no cover - h11 gives nothing else here
             raise BadGateway("unexpected event in the backend's response")

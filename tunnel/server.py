@@ -84,6 +84,8 @@ class Exchange:
     notes: dict[str, str] = field(default_factory=dict)
     tunnel: bool = False
     vhost: str = ""
+    early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
+    early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
 
 
 @dataclass
@@ -210,6 +212,7 @@ def serve_client(
             if head is None:
                 return None  # clean EOF between requests
             ex.head = head
+            ex.bytes_in = head.raw_size  # %I: this head; body and tunnel bytes added as they pass
             ex.start = time.time()
             ex.started = clock()
             try:
@@ -317,6 +320,11 @@ def _answer_error(
     sock: socket.socket, front: FrontEnd, ex: Exchange, exc: TunnelError, *, close: bool
 ) -> Generator[Wait, None, bool]:
     """Answer ``exc`` with its status and reason. Returns True if the connection goes on."""
+    if front.conn.our_state in (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE):
+        # A response is already under way (the backend broke its body): a second status
+        # line would be read as body bytes. Closing is the only signal left, as in httpd;
+        # the access log keeps the status that was sent.
+        return False
     ex.status = exc.status
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
     keep = (
@@ -401,7 +409,8 @@ def _handle(
         except OSError as exc:
             raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
         if has_body:
-            yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
+            sent = yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
+            ex.bytes_in += sent.wire
         try:
             response = yield from _read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
         except ClientGone:
@@ -414,7 +423,11 @@ def _handle(
             ex.bytes_out += len(data)
             ex.tunnel = True
             ex.response_headers = response.headers
-            pump = engine.new_pump(sock, backend_sock, to_backend=front.take_buffer(), to_client=hs.trailing)
+            early = front.take_buffer()
+            ex.early_in, ex.early_out = len(early), len(hs.trailing)
+            ex.bytes_in += ex.early_in
+            ex.bytes_out += ex.early_out
+            pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing)
             backend_sock = None  # the pump owns it now
             start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer)
             reserved = False
@@ -423,10 +436,9 @@ def _handle(
         # Any other answer is relayed; the client connection stays HTTP (R20, R48).
         ex.status = response.status
         ex.response_headers = response.headers
-        before = front.conn.our_state
-        ex.body_bytes = yield from relay_response(sock, front, backend_sock, hs, response, timeout=timeout, clock=clock)
-        ex.bytes_out += ex.body_bytes  # approximate: heads are counted below
-        del before
+        relayed = yield from relay_response(sock, front, backend_sock, hs, response, timeout=timeout, clock=clock)
+        ex.body_bytes = relayed.body
+        ex.bytes_out += relayed.wire  # head, framing and body (%O)
         if decision.tunnel and front.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
             pass  # h11 resolves it on the non-101 response
         if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:
