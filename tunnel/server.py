@@ -14,6 +14,7 @@ with its traceback and answered 500. After a 101 nothing HTTP is ever written (R
 from __future__ import annotations
 
 import errno
+import http
 import logging
 import socket
 import ssl
@@ -311,6 +312,14 @@ def _read_head(sock: socket.socket, front: FrontEnd, deadline: float, ex: Exchan
         front.feed(data)
 
 
+def _phrase(status: int) -> bytes:
+    """The standard reason phrase ("Not Found"), never an empty one."""
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Error"
+
+
 # httpd's ap_status_drops_connection(): after these answers the connection is closed;
 # after any other error (404, 502, 504, ...) a keep-alive client may send another request.
 DROPS_CONNECTION = frozenset({400, 408, 411, 413, 414, 417, 500, 501, 503})
@@ -341,7 +350,7 @@ def _answer_error(
             headers += exc.headers
             if not keep:
                 headers.append(("Connection", "close"))
-            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers), deadline)
+            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers, reason=_phrase(exc.status)), deadline)
             n += yield from send_to_client(sock, front, h11.Data(data=body), deadline)
             n += yield from send_to_client(sock, front, h11.EndOfMessage(), deadline)
         else:
