@@ -274,7 +274,7 @@ def test_expect_100_continue(make_proxy, backend):
             b"Content-Length: %d\r\n\r\n" % len(body)
         )
         head, rest = read_head(sock, timeout=5)
-        assert status_of(head) == 100 and rest == b"", head
+        assert head == b"HTTP/1.1 100 Continue" and rest == b"", head
         sock.sendall(body)
         head, rest = read_head(sock, timeout=10)
         assert status_of(head) == 200
@@ -493,3 +493,85 @@ def test_upgrade_with_a_body_sends_the_body_first_then_tunnels(make_proxy):
         assert chat.head.startswith(b"POST /room HTTP/1.1") and b"\r\nUpgrade: chat" in chat.head
     finally:
         chat.close()
+
+
+def exchange_twice(engine, first: bytes) -> list[bytes]:
+    """Send ``first`` then a plain GET on the same client connection; return both
+    answers as raw bytes (the second read to EOF: it says Connection: close)."""
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(first)
+        head, rest = read_head(sock)
+        length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), None)
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n")
+        tail = recv_until_eof(sock, timeout=5, initial=rest)
+    return [head, length, tail]
+
+
+@pytest.mark.parametrize(
+    "answer, request_line",
+    [
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: \"x\"\r\n\r\n", b"GET /a"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"HEAD /a"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HEAD /a"),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b"GET /a"),
+    ],
+    ids=["304-with-length", "head-with-length", "head-chunked", "204-length-0"],
+)
+def test_bodiless_answers_announcing_a_length_end_at_the_head(make_proxy, answer, request_line):
+    """RFC 9112 §6.3: a HEAD answer, 204 and 304 end at their head whatever length they
+    announce; neither the proxy nor the client may wait for a body, and the next request
+    on the connection is answered."""
+    bad = one_shot_backend(answer)  # every backend connection gets the same answer
+    try:
+        engine = make_proxy(f"ProxyPass / http://127.0.0.1:{bad.port}/\n")
+        head, _, tail = exchange_twice(engine, request_line + b" HTTP/1.1\r\nHost: front.test\r\n\r\n")
+        assert status_of(head) == status_of(answer), head
+        # the second request's answer follows the first head directly: no body bytes between
+        assert tail.startswith(b"HTTP/1.1 " + str(status_of(answer)).encode()), tail
+    finally:
+        bad.close()
+
+
+def test_a_response_with_both_transfer_encoding_and_length_is_relayed_with_one_framing(make_proxy):
+    """RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a proxy must remove
+    the Content-Length before forwarding. Relaying the stale ``Content-Length: 50`` with
+    a 2-byte body would desynchronise the client (response splitting)."""
+    bad = one_shot_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 50\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    )
+    try:
+        engine = make_proxy(f"ProxyPass / http://127.0.0.1:{bad.port}/\n")
+        client = Client(engine.addresses[0])
+        status, headers, body = client.request("GET", "/x")
+        assert (status, body) == (200, b"ok")
+        assert headers.get("content-length", "2") == "2", headers
+        assert client.request("GET", "/y")[::2] == (200, b"ok")  # still in step
+        client.close()
+    finally:
+        bad.close()
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 5\r\n\r\nhello", "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"], ids=["length", "chunked"])
+def test_connection_naming_a_framing_header_does_not_lose_the_body(make_proxy, backend, framing):
+    """RFC 9110 §7.6.1 lets a client name any field in Connection; the proxy strips the
+    named ones but must still frame the body it forwards (httpd re-frames it itself)."""
+    engine = proxy(make_proxy, backend)
+    name = framing.split(":")[0]
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        head, body_bytes = framing.split("\r\n\r\n", 1)
+        sock.sendall(f"POST /echo HTTP/1.1\r\nHost: front.test\r\nConnection: close, {name}\r\n{head}\r\n\r\n{body_bytes}".encode())
+        data = recv_until_eof(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert status_of(head) == 200 and body == b"hello", data
+
+
+def test_expect_100_continue_to_a_dead_backend_gets_the_final_status_not_100(make_proxy):
+    """RFC 9110 §10.1.1: a server that will not take the body answers the final status
+    instead of 100; the client is not invited to send a body that goes nowhere."""
+    from .helpers import free_port_refused
+
+    engine = make_proxy(f"ProxyPass / http://127.0.0.1:{free_port_refused()}/\n")
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: front.test\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n")
+        head, _ = read_head(sock, timeout=3)
+    assert status_of(head) == 503, head

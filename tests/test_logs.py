@@ -14,6 +14,7 @@ import pytest
 
 from tunnel.accesslog import COMBINED, COMMON, Entry, Formatter
 
+from .conftest import STRATEGY_CONFIGS
 from .helpers import (
     ACCEPT,
     KEY,
@@ -43,7 +44,7 @@ ENTRY = Entry(
     bytes_in=1234,
     bytes_out=5678,
     body_bytes=4000,
-    start=0.0,
+    start=1700000000.25,
     duration=2.5,
     notes={"strategy": "async", "close_reason": "eof"},
     server_port=8080,
@@ -68,10 +69,32 @@ ENTRY = Entry(
         ("%{X-Missing}i %{Upgrade}o", "- websocket"),
         ("%{strategy}n %{close_reason}n %{nope}n", "async eof -"),
         ("100%%", "100%"),
+        ("%{sec}t %{msec}t %{usec_frac}t", "1700000000 1700000000250 250000"),
+        ("%{end:sec}t %{end:msec_frac}t", "1700000002 750"),
+        ("%{%Y-%m-%d}t", time.strftime("%Y-%m-%d", time.localtime(1700000000.25))),
+        ("%{begin:%H}t", time.strftime("%H", time.localtime(1700000000.25))),
     ],
 )
 def test_each_escape(fmt, expected):
     assert Formatter(fmt).format(ENTRY) == expected
+
+
+@pytest.mark.parametrize(
+    "value, logged",
+    [
+        ('a"b\\c', 'a\\"b\\\\c'),
+        ("tab\there\r\n", "tab\\there\\r\\n"),  # httpd writes \t \r \n, not \x09
+        ("bell\x07 del\x7f \xe9", "bell\\x07 del\\x7f \\xe9"),
+    ],
+    ids=["quote-backslash", "c-escapes", "hex"],
+)
+def test_logged_items_are_escaped_as_httpd_does(value, logged):
+    """ap_escape_logitem: no client-chosen byte can forge a field or a line."""
+    e = Entry(request_headers={"x-v": value}, path="/p?" + value, request_line=f"GET /{value} HTTP/1.1")
+    assert Formatter("%{X-V}i").format(e) == logged
+    assert Formatter("%q").format(e) == "?" + logged  # the query too
+    assert Formatter("%r").format(e) == f"GET /{logged} HTTP/1.1"
+    assert "\n" not in Formatter(COMBINED).format(e)
 
 
 def test_common_and_combined_shapes():
@@ -92,15 +115,25 @@ def test_unknown_directives_are_errors(fmt):
         Formatter(fmt)
 
 
+def test_a_bad_log_format_is_a_configuration_error(tmp_path):
+    from tunnel import Config
+    from tunnel.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Config.from_text(f'LogFormat "%h %Z" bad\nCustomLog {tmp_path}/a.log bad\n', filename="t.conf")
+    assert "%Z" in str(info.value)
+
+
 def read_lines(path, n: int) -> list[str]:
     wait_for(lambda: os.path.exists(path) and len(open(path).read().splitlines()) >= n, what=f"{n} log lines in {path}")
     return open(path).read().splitlines()
 
 
-def test_one_line_per_request_and_per_tunnel_with_byte_counts(make_proxy, raw_echo, echo, tmp_path):
+def test_one_line_per_request_and_per_tunnel_with_byte_counts(make_proxy, raw_echo, echo, tmp_path, strategy):
     log = tmp_path / "access.log"
     engine = make_proxy(
-        'LogFormat "%h \\"%r\\" %>s %b %I %O %D %{User-Agent}i %{to_backend}n %{to_client}n %{close_reason}n" tun\n'
+        STRATEGY_CONFIGS[strategy]
+        + 'LogFormat "%h \\"%r\\" %>s %b %I %O %D %{User-Agent}i %{to_backend}n %{to_client}n %{close_reason}n" tun\n'
         f"CustomLog {log} tun\n"
         f"ProxyPass /ws/ ws://127.0.0.1:{raw_echo.address[1]}/\n"
         f"ProxyPass /page/ http://127.0.0.1:{echo.address[1]}/\n"
@@ -249,7 +282,7 @@ def test_error_log_file_and_log_level(tmp_path, level):
             proc.wait()
 
 
-def test_early_data_both_ways_is_counted(make_proxy, tmp_path):
+def test_early_data_both_ways_is_counted(make_proxy, tmp_path, strategy):
     """Bytes that ride with the heads (the client's after its request head, the backend's
     after its 101) are tunnel bytes like any other: in %I/%O, %b and the notes."""
     answer = (
@@ -260,7 +293,8 @@ def test_early_data_both_ways_is_counted(make_proxy, tmp_path):
     log = tmp_path / "access.log"
     try:
         engine = make_proxy(
-            f'CustomLog {log} "%>s %b %I %O %{{to_backend}}n %{{to_client}}n"\n'
+            STRATEGY_CONFIGS[strategy]
+            + f'CustomLog {log} "%>s %b %I %O %{{to_backend}}n %{{to_client}}n"\n'
             f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
         )
         request = upgrade_request("/x", key=KEY)
@@ -283,6 +317,35 @@ def test_early_data_both_ways_is_counted(make_proxy, tmp_path):
             str(len(head) + 4 + len(b"backend-early")),
             str(len(b"client-early")),
             str(len(b"backend-early")),
+        ]
+    finally:
+        backend.close()
+
+
+def test_pipelined_chunked_head_and_304_each_get_their_own_counts(make_proxy, tmp_path):
+    """Three pipelined requests in one packet: each line counts only its own bytes (%I
+    includes chunk framing), and bodiless answers log %b as "-" and %B as 0."""
+    from .test_http_proxy import Backend
+
+    backend = Backend()
+    log = tmp_path / "access.log"
+    try:
+        engine = make_proxy(
+            f'CustomLog {log} "%>s %b %B %I %O \\"%r\\""\nProxyPass / http://127.0.0.1:{backend.port}/\n'
+        )
+        r1 = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+        r2 = b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n"
+        r3 = b"GET /304 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(r1 + r2 + r3)
+            answers = recv_until_eof(sock)
+        a1_end = answers.index(b"helloabc") + 8
+        a2_end = answers.index(b"HTTP/1.1 304")
+        lines = read_lines(log, 3)
+        assert lines == [
+            f'200 8 8 {len(r1)} {a1_end} "POST /echo HTTP/1.1"',
+            f'200 - 0 {len(r2)} {a2_end - a1_end} "HEAD /h HTTP/1.1"',
+            f'304 - 0 {len(r3)} {len(answers) - a2_end} "GET /304 HTTP/1.1"',
         ]
     finally:
         backend.close()

@@ -348,3 +348,45 @@ def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
     finally:
         stop.set()
         closer.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "closes", "silent", "dns"])
+def test_plain_http_route_failures_have_the_same_statuses(make_proxy, caplog, kind):
+    """The failure table holds for a plain request on an http:// route as for an upgrade:
+    refused 503, closed before a head 502, head timeout 504 (after timeout=), DNS 500;
+    each with a short reason body and an ERROR line naming the route and the backend."""
+    listener = None
+    if kind == "refused":
+        url, expected = f"http://127.0.0.1:{free_port_refused()}/", 503
+    elif kind == "dns":
+        url, expected = "http://no-such-host.invalid/", 500
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        url, expected = f"http://127.0.0.1:{listener.getsockname()[1]}/", 502 if kind == "closes" else 504
+        if kind == "closes":
+
+            def run(lsock=listener):
+                while True:
+                    try:
+                        conn, _ = lsock.accept()
+                    except OSError:
+                        return
+                    conn.recv(65536)
+                    conn.close()
+
+            threading.Thread(target=run, daemon=True).start()
+    try:
+        engine = make_proxy(f"ProxyPass /f/ {url} timeout=1\n")
+        started = time.monotonic()
+        status, head, body = http_get(engine.addresses[0], "/f/page")
+        took = time.monotonic() - started
+        assert status == expected, head
+        assert body.startswith(b"%d " % expected) and body.endswith(b"\n") and len(body) < 200, body
+        if kind == "silent":
+            assert 0.9 <= took < 5, took
+        else:
+            assert took < 2, took
+        error_logged(caplog, expected, url.rstrip("/") if kind == "dns" else url)
+    finally:
+        if listener is not None:
+            listener.close()

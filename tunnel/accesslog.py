@@ -38,12 +38,19 @@ class Entry:
     tunnel: bool = False
 
 
+_C_ESCAPES = {"\b": "\\b", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
 def _escape(value: str) -> str:
+    """httpd's ap_escape_logitem: ``"`` and ``\\`` backslashed, \\b \\n \\r \\t \\v as
+    C escapes, any other non-printable byte as \\xhh."""
     out = []
     for ch in value:
         o = ord(ch)
         if ch == '"' or ch == "\\":
             out.append("\\" + ch)
+        elif ch in _C_ESCAPES:
+            out.append(_C_ESCAPES[ch])
         elif o < 0x20 or o >= 0x7F:
             out.append(f"\\x{o:02x}")
         else:
@@ -75,12 +82,41 @@ _SIMPLE: dict[str, Callable[[Entry], str]] = {
     "D": lambda e: str(int(e.duration * 1_000_000)),
     "T": lambda e: str(int(e.duration)),
     "U": lambda e: _escape(e.path.split("?", 1)[0]),
-    "q": lambda e: ("?" + e.path.split("?", 1)[1]) if "?" in e.path else "",
+    "q": lambda e: ("?" + _escape(e.path.split("?", 1)[1])) if "?" in e.path else "",
     "m": lambda e: e.method,
     "H": lambda e: e.protocol,
     "p": lambda e: str(e.server_port),
     "v": lambda e: e.vhost or "-",
 }
+def _custom_time(arg: str) -> Callable[[Entry], str]:
+    """httpd's %{format}t: ``begin:``/``end:`` prefix (default begin), then ``sec``,
+    ``msec``, ``usec``, ``msec_frac``, ``usec_frac`` or a strftime format (local time)."""
+    at_end = False
+    if arg.startswith("begin:"):
+        arg = arg[len("begin:") :]
+    elif arg.startswith("end:"):
+        arg, at_end = arg[len("end:") :], True
+
+    def when(e: Entry) -> float:
+        start = e.start or time.time()
+        return start + e.duration if at_end else start
+
+    numeric: dict[str, Callable[[float], str]] = {
+        "sec": lambda t: str(int(t)),
+        "msec": lambda t: str(int(t * 1000)),
+        "usec": lambda t: str(int(t * 1_000_000)),
+        "msec_frac": lambda t: f"{int(t * 1000) % 1000:03d}",
+        "usec_frac": lambda t: f"{int(t * 1_000_000) % 1_000_000:06d}",
+    }
+    if arg in numeric:
+        fn = numeric[arg]
+        return lambda e: fn(when(e))
+    if not arg:
+        return lambda e: time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(when(e)))
+    fmt = arg
+    return lambda e: time.strftime(fmt, time.localtime(when(e)))
+
+
 _TOKEN = re.compile(r"%(?:\{([^}]*)\})?(>?[a-zA-Z%])")
 
 
@@ -115,6 +151,8 @@ class Formatter:
                 return lambda e: _escape(e.response_headers.get(key, "-"))
             if code == "n":
                 return lambda e: _escape(str(e.notes.get(arg, "-")))
+            if code == "t":
+                return _custom_time(arg)
             if code == "T":
                 scale = {"ms": 1000, "us": 1_000_000, "s": 1}.get(arg)
                 if scale is None:

@@ -1544,6 +1544,12 @@ def _finish(p: _Parser, source: str) -> Config:
                 file=where_file,
                 line=where_line,
             )
+        try:
+            from .accesslog import Formatter
+
+            Formatter(fmt)
+        except ValueError as exc:
+            raise ConfigError(f"CustomLog: bad log format: {exc}", file=where_file, line=where_line) from None
         custom_logs.append((file, fmt))
     config = Config(
         listeners=tuple(p.listeners),

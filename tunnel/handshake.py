@@ -359,8 +359,9 @@ def backend_headers(
     out.append(("Host", client_host if preserve_host and client_host else host))
     for name, value in head.headers:
         low = name.lower()
-        if low == "host" or low in named:
-            continue
+        framing = keep_framing and low in ("content-length", "transfer-encoding")
+        if low == "host" or (low in named and not framing):
+            continue  # (a Connection naming the body's framing must not lose the body)
         if low in HOP_BY_HOP and not (keep_framing and low == "transfer-encoding"):
             continue
         if low == "content-length" and not keep_framing:

@@ -116,7 +116,7 @@ def send_request_body(
     wire = _Wire()
     if conn.they_are_waiting_for_100_continue:
         # Our own 100 (the backend is connected and has the head): the client may send.
-        yield from send_to_client(client, front, h11.InformationalResponse(status_code=100, headers=[]), clock() + timeout)
+        yield from send_to_client(client, front, h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"), clock() + timeout)
     total = 0
     while True:
         event = yield from _client_event(client, front, clock() + timeout, wire)
@@ -163,8 +163,15 @@ def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: floa
 
 
 def response_headers(response: ResponseHead) -> list[tuple[str, str]]:
-    """The backend's headers to relay: hop-by-hop removed (and those its Connection names)."""
+    """The backend's headers to relay: hop-by-hop removed (and those its Connection names).
+
+    With Transfer-Encoding, the backend's Content-Length is dropped too: the body was
+    framed by the transfer coding (RFC 9112 §6.3), and h11 re-frames it for the client;
+    relaying the stale length would announce a body of the wrong size.
+    """
     named = {t.strip().lower() for t in (response.get("connection") or "").split(",")}
+    if response.get("transfer-encoding") is not None:
+        named.add("content-length")
     return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
 
 
