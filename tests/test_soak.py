@@ -119,5 +119,6 @@ def test_soak(make_proxy, raw_echo, mode):
     wait_for(lambda: engine.stats["tunnels.closed"] == done, timeout=20, what=f"{done} tunnels closed")
     wait_for(lambda: open_fds() <= baseline_fds, timeout=10, what=f"fds back to {baseline_fds}")
     assert engine.live_tunnels() == []
-    assert engine.pool.busy == 0
+    # A sync pool thread frees itself just after its tunnel is counted closed.
+    wait_for(lambda: engine.pool.busy == 0, what="pool threads free")
     print(f"soak {mode}: {done} tunnels, {intact} intact, {aborted} aborted, {time.monotonic() - started:.1f}s")

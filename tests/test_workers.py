@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -22,6 +23,14 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
 def test_two_workers_share_the_port_restart_and_stop(echo):
     proc = spawn(
         "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--pass", f"/=ws://127.0.0.1:{echo.address[1]}/", "--log-level", "info"
@@ -29,6 +38,8 @@ def test_two_workers_share_the_port_restart_and_stop(echo):
     try:
         port = int(read_line_matching(proc, r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)", stream="stderr").group(1))
         wait_for(lambda: len(children_of(proc.pid)) == 2, what="two workers")
+        # The parent prints the port as soon as it holds it; the workers listen a moment later.
+        wait_for(lambda: accepts(port), timeout=15, what="a worker listening")
         for i in range(20):
             with ws_connect(f"ws://127.0.0.1:{port}/w{i}", open_timeout=5) as ws:
                 ws.send(f"m{i}")
