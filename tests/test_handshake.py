@@ -240,3 +240,147 @@ def test_any_backend_bytes_give_a_head_none_or_bad_gateway(data):
             hs.check_switch(resp)
     except BadGateway:
         pass
+
+
+# -- the fast paths agree with h11 and wsproto ---------------------------------------------
+
+import h11  # noqa: E402
+from wsproto.connection import ConnectionType  # noqa: E402
+from wsproto.handshake import H11Handshake  # noqa: E402
+from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError  # noqa: E402
+
+from tunnel.handshake import _request_head, _websocket_ok, parse_101  # noqa: E402
+
+_names = st.sampled_from(["Upgrade", "Connection", "Sec-WebSocket-Accept", "X-A", "x_b", "Set-Cookie", "Bad Name", "", "Ü", "A:B"])
+_values = st.one_of(
+    st.sampled_from(["websocket", "Upgrade", "", " padded ", "a\tb", "é", "x\x7fy", "x\x00y", "a\r\nb: c", "v, w"]),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=12),
+)
+
+
+def _h11_response(data: bytes):
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "b"), ("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    event = conn.next_event()
+    return event, bytes(conn.trailing_data[0])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["HTTP/1.1 101 Switching Protocols", "HTTP/1.1 101", "HTTP/1.1 101 ", "HTTP/1.0 101 X", "HTTP/1.1 200 OK", "HTTP/1.1 101 caf\xe9", "HTTP/1.1 1010 X"]),
+    st.lists(st.tuples(_names, _values), max_size=5),
+    st.sampled_from([b"", b"\x81\x02hi", b"\r\n", b"HTTP/1.1 200 OK\r\n\r\n"]),
+)
+def test_parse_101_reads_what_h11_reads(status_line, headers, rest):
+    head = (status_line + "\r\n" + "".join(f"{k}:{v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
+    parsed = parse_101(head + rest)
+    try:
+        event, trailing = _h11_response(head + rest)
+    except h11.RemoteProtocolError:
+        assert parsed is None  # what h11 refuses, the fast path leaves to h11
+        return
+    if parsed is None:
+        return  # left to h11, which reads it as before
+    response, length = parsed
+    assert isinstance(event, h11.InformationalResponse) and event.status_code == 101
+    assert response.reason == event.reason.decode("latin-1")
+    assert response.headers == [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+    assert (head + rest)[length:] == trailing
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["GET", "POST", "G ET", ""]),
+    st.sampled_from(["/", "/a?b=c", "/a b", "/é", "*"]),
+    st.lists(st.tuples(_names, _values), max_size=5),
+)
+def test_request_head_writes_what_h11_writes(method, target, headers):
+    headers = [("Host", "b"), *headers]
+    fast = _request_head(method, target, headers)
+    try:
+        wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # as read from the client
+        want = h11.Connection(h11.CLIENT).send(h11.Request(method=method.encode("ascii"), target=target.encode("ascii"), headers=wire))
+    except (h11.LocalProtocolError, UnicodeError):
+        assert fast is None  # h11 refuses it: the slow path answers with h11's reason
+        return
+    if fast is not None:
+        assert fast == want
+
+
+def _wsproto_accepts(head) -> bool:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head.headers if k.lower() not in ("upgrade", "connection")]
+    headers += [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+    try:
+        request = h11.Request(method=head.method, target=head.target, headers=headers)
+        H11Handshake(ConnectionType.SERVER)._process_connection_request(request)
+    except WSRemoteProtocolError:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["GET", "POST", "HEAD"]),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Sec-WebSocket-Key", "Sec-WebSocket-Version", "Content-Length", "Transfer-Encoding", "Origin"]),
+            st.sampled_from([KEY, "c2hvcnQ=", "13", "8", " 13", "0", "5", "chunked", "", "x"]),
+        ),
+        max_size=5,
+    ),
+)
+def test_websocket_check_agrees_with_wsproto(method, headers):
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    raw = f"{method} /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{lines}\r\n".encode()
+    try:
+        _, head = parse(raw)
+    except ClientError:
+        return
+    keys = head.get_all("sec-websocket-key")
+    no_body = head.get("content-length") in (None, "0") and head.get("transfer-encoding") is None
+    ours = _websocket_ok(head)
+    expected = _wsproto_accepts(head) and len(keys) == 1 and no_body and keys[0] == KEY
+    assert (ours is not None) == expected
+    if ours is None:
+        with pytest.raises(ClientError):
+            validate_upgrade(head, "websocket")
+
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [("xn--zz", True), ("example.test:8080", True), ("[::1]:80", True), ("10.0.0.1", True), ("caf\xe9", False), ("a b", False), ("a,b", False)],
+)
+def test_host_header_syntax(host, ok):
+    raw = upgrade_request(host=host)
+    if ok:
+        _, head = parse(raw)
+        assert validate_upgrade(head, "websocket") == KEY  # an IDNA-looking name is not wsproto's 500
+    else:
+        with pytest.raises(BadRequest, match="Host"):
+            parse(raw.replace(host.encode(), host.encode("latin-1")))
+
+
+def test_two_host_headers_are_refused():
+    with pytest.raises(BadRequest, match="Host"):
+        parse(upgrade_request(extra="Host: other.test"))
+
+
+def test_direct_head_falls_back_to_h11_for_other_answers():
+    hs = _hs()
+    assert hs.request_bytes() == b"GET /x HTTP/1.1\r\nHost: b\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert hs.feed(b"HTTP/1.1 403 Forbidden\r\nContent-") is None
+    resp = hs.feed(b"Length: 2\r\n\r\nno")
+    assert resp.status == 403
+    assert hs.conn.their_state is h11.SEND_BODY  # h11 was brought up to date for the body
+    assert isinstance(hs.conn.next_event(), h11.Data)
+
+
+def test_direct_head_with_bare_lf_101_is_read_by_h11():
+    hs = _hs()
+    hs.request_bytes()
+    resp = hs.feed(f"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Accept: {ACCEPT}\n\nxy".encode())
+    assert resp is not None and resp.status == 101
+    hs.check_switch(resp)
+    assert hs.trailing == b"xy"

@@ -45,6 +45,9 @@ CASES = [
     ("no-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(f"Sec-WebSocket-Key: {KEY}\r\n", "")), {400}),
     ("short-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(KEY, "c2hvcnQ=")), {400}),
     ("post-upgrade", req("POST /ws/x HTTP/1.1", "Host: t\r\nContent-Length: 5\r\n" + UP, b"SMUGG"), {400}),
+    ("host-not-a-name", req("GET /ws/x HTTP/1.1", "Host: caf\xe9\r\n" + UP), {400}),
+    ("host-with-space", req("GET /app/ HTTP/1.1", "Host: a b\r\n"), {400}),
+    ("two-hosts", req("GET /ws/x HTTP/1.1", "Host: t\r\nHost: internal.test\r\n" + UP), {400}),
 ]
 
 
@@ -250,3 +253,18 @@ def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog)
     finally:
         server.close()
         t.join(5)
+
+
+@pytest.mark.parametrize("path", ["/ws/x", "/app/x"])
+def test_obs_text_and_idna_hosts_pass_byte_for_byte(proxied, caplog, path):
+    """Latin-1 bytes in a field value (obs-text) reach the backend as they came, on the
+    tunnel and the HTTP path alike; a punycode-looking Host is just a name."""
+    engine, ws, http = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req(f"GET {path} HTTP/1.1", "Host: xn--zz\r\nX-Name: caf\xe9\r\n" + (UP if path.startswith("/ws") else "")))
+        head, _ = read_head(sock)
+    assert status_of(head) == (101 if path.startswith("/ws") else 200), head
+    heads = ws.heads if path.startswith("/ws") else http.heads
+    assert b"\r\nX-Name: caf\xe9\r\n" in heads[0] + b"\r\n"
+    assert b"X-Forwarded-Host: xn--zz" in heads[0]
+    assert "Traceback" not in caplog.text

@@ -72,6 +72,9 @@ HOP_BY_HOP = frozenset(
 MAX_RESPONSE_HEAD = 64 * 1024
 
 _TOKEN_SPLIT = re.compile(r"\s*,\s*")
+#: A Host value httpd's fix_hostname accepts: a name or IPv4 address of letters, digits,
+#: ``-``, ``_`` and ``.``, or a bracketed IPv6 literal; an optional numeric port.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 
 
 @dataclass(slots=True)
@@ -221,6 +224,11 @@ class FrontEnd:
                 has_cl = True
         if has_te and has_cl:
             raise BadRequest("both Content-Length and Transfer-Encoding in request")
+        hosts = [v for k, v in event.headers if k == b"host"]
+        if len(hosts) > 1:
+            raise BadRequest("more than one Host header")
+        if hosts and not _HOST.fullmatch(hosts[0]):
+            raise BadRequest("malformed Host header")
         return RequestHead(
             method=method,
             target=event.target.decode("latin-1"),
@@ -263,6 +271,12 @@ def _key_ok(key: str) -> bool:
 def validate_upgrade(head: RequestHead, token: str, *, none_mode: bool = False) -> Optional[str]:
     """Check an upgrade request for the selected ``token`` (R12 tunnel line, R16).
 
+    A valid WebSocket request is recognised by `_websocket_ok`, which applies the same
+    rules as wsproto's server handshake without building an h11 event and a handshake
+    object per request (tests/test_handshake.py checks the two agree on generated
+    requests). A request it refuses is run through wsproto, whose message and status
+    (400, or 426 for a bad version) are the answer.
+
     Args:
         head: the client's request head.
         token: the Upgrade token routing selected (``websocket`` or another).
@@ -282,11 +296,50 @@ def validate_upgrade(head: RequestHead, token: str, *, none_mode: bool = False) 
         raise BadRequest("Connection header lacks the upgrade option")
     if token.lower() != "websocket":
         return None
+    key = _websocket_ok(head)
+    if key is not None:
+        return key
     keys = head.get_all("sec-websocket-key")
     if len(keys) > 1:
         raise BadRequest("repeated Sec-WebSocket-Key")
     if head.get("content-length") not in (None, "0") or head.get("transfer-encoding"):
         raise BadRequest("a WebSocket handshake has no body")
+    _wsproto_verdict(head)
+    key = keys[0].strip() if keys else ""
+    if not _key_ok(key):
+        raise BadRequest("Sec-WebSocket-Key is not base64 of 16 bytes")
+    if head.get("host") is None:  # pragma: no cover - h11 refuses an HTTP/1.1 head without Host
+        raise BadRequest("invalid WebSocket handshake: missing or bad header 'Host'")
+    raise BadRequest("invalid WebSocket handshake")  # pragma: no cover - _websocket_ok's rules are wsproto's
+
+
+def _websocket_ok(head: RequestHead) -> Optional[str]:
+    """The key of a valid WebSocket upgrade request, or None if anything is off.
+
+    wsproto's server rules (GET; ``upgrade`` among the Connection tokens is checked by
+    the caller; the last Sec-WebSocket-Version is ``13``; a Sec-WebSocket-Key; a Host),
+    plus ours: exactly one key, base64 of 16 bytes, and no body.
+    """
+    if head.method != "GET":
+        return None
+    key = version = None
+    keys = 0
+    for name, value in head.headers:
+        low = name.lower()
+        if low == "sec-websocket-key":
+            key = value
+            keys += 1
+        elif low == "sec-websocket-version":
+            version = value
+        elif low == "transfer-encoding" or (low == "content-length" and value != "0"):
+            return None
+    if keys != 1 or version != "13" or key is None or not _key_ok(key):
+        return None
+    return key
+
+
+def _wsproto_verdict(head: RequestHead) -> None:
+    """Run a refused request through wsproto's server handshake for its exact answer."""
     headers: list[tuple[bytes, bytes]] = []
     for name, value in head.headers:
         low = name.lower()
@@ -300,7 +353,7 @@ def validate_upgrade(head: RequestHead, token: str, *, none_mode: bool = False) 
             method=head.method, target=head.target, headers=headers, http_version=head.http_version
         )
         H11Handshake(ConnectionType.SERVER)._process_connection_request(request)
-    except TypeError:
+    except TypeError:  # pragma: no cover - wsproto API drift
         _validate_without_wsproto(head)
     except WSRemoteProtocolError as exc:
         hint = exc.event_hint
@@ -311,10 +364,8 @@ def validate_upgrade(head: RequestHead, token: str, *, none_mode: bool = False) 
         raise BadRequest(f"invalid WebSocket handshake: {reason}") from exc
     except h11.LocalProtocolError as exc:
         raise BadRequest(f"invalid WebSocket handshake: {exc}") from exc
-    key = keys[0] if keys else ""
-    if not _key_ok(key.strip()):
-        raise BadRequest("Sec-WebSocket-Key is not base64 of 16 bytes")
-    return key.strip()
+    except UnicodeError:  # wsproto decodes Host as IDNA; the request was refused already
+        pass
 
 
 def _validate_without_wsproto(head: RequestHead) -> None:  # pragma: no cover - wsproto API drift
@@ -389,8 +440,69 @@ def backend_headers(
     return out
 
 
+#: RFC 9110 token (header names, methods) and field value, as h11 checks them on send.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+#: The one response head the tunnel path parses itself: a 101 with plain header lines.
+_STATUS_101 = re.compile(rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?")
+#: Where h11 sees the end of a head (it accepts bare LF line ends).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+#: A field value as h11 checks it on send.
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*")
+_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*)[ \t]*")
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> Optional[bytes]:
+    """The request head as h11 would write it, or None if a part needs h11's judgement."""
+    try:
+        m, t = method.encode("ascii"), target.encode("ascii")
+        wire = _wire_headers(headers)
+    except UnicodeError:
+        return None
+    if not _TOKEN.fullmatch(m) or not _TARGET.fullmatch(t):
+        return None
+    lines = [m + b" " + t + b" HTTP/1.1"]
+    for n, v in wire:
+        if not _TOKEN.fullmatch(n) or not _FIELD_VALUE.fullmatch(v):
+            return None
+        lines.append(n + b": " + v)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _wire_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header strings back to the bytes they were read as (latin-1: obs-text passes)."""
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+def parse_101(buf: bytes) -> Optional[tuple[ResponseHead, int]]:
+    """A complete ``HTTP/1.1 101`` head with plain header lines at the start of ``buf``:
+    the head and its length. None for anything else (more bytes needed, another status,
+    an unusual line): h11 reads those."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].split(b"\r\n")
+    status = _STATUS_101.fullmatch(lines[0])
+    if status is None:
+        return None
+    headers = []
+    for line in lines[1:]:
+        m = _HEADER_LINE.fullmatch(line)
+        if m is None:
+            return None
+        headers.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
+    reason = (status.group(1) or b"").decode("latin-1")
+    return ResponseHead(status=101, reason=reason, http_version="1.1", headers=headers), end + 4
+
+
 class BackendHandshake:
     """The backend side of one upgrade: request bytes out, response head in.
+
+    A tunnel request without a body (every WebSocket handshake) is written directly and
+    a plain 101 answer read by `parse_101`: these are most handshakes, and h11's event
+    machinery costs more than the rest of a handshake together. Anything else (a body,
+    another status, an unusual header line) goes through an h11 client connection,
+    brought up to the same state on first use (``conn``).
 
     Args:
         method, target: the request line to send (target already re-encoded by routing).
@@ -408,7 +520,10 @@ class BackendHandshake:
         upgrade_token: Optional[str],
         client_key: Optional[str],
     ) -> None:
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self._conn: Optional[h11.Connection] = None
+        self._direct = False  # the request went out without h11
+        self._buf = bytearray()  # response bytes read while direct
+        self._trailing = b""
         self.upgrade_token = upgrade_token
         self.client_key = client_key
         self.method = method
@@ -416,15 +531,30 @@ class BackendHandshake:
         self.headers = list(headers)
         self.response: Optional[ResponseHead] = None
 
+    @property
+    def conn(self) -> h11.Connection:
+        """The h11 client connection, in the state the request left it."""
+        if self._conn is None:
+            self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+            if self._direct:  # the request was written without h11: replay it (output dropped)
+                self._conn.send(h11.Request(method=self.method, target=self.target, headers=_wire_headers(self.headers)))
+                self._conn.send(h11.EndOfMessage())
+        return self._conn
+
     def request_bytes(self, *, end: bool = True) -> bytes:
         """The request head (and, with ``end``, the end of an empty body)."""
+        if end and self.upgrade_token is not None and self._conn is None:
+            data = _request_head(self.method, self.target, self.headers)
+            if data is not None:
+                self._direct = True
+                return data
         try:
             data = self.conn.send(
-                h11.Request(method=self.method, target=self.target, headers=self.headers)
+                h11.Request(method=self.method, target=self.target, headers=_wire_headers(self.headers))
             )
             if end:
                 data += self.conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+        except (h11.LocalProtocolError, UnicodeError) as exc:
             raise BadRequest(f"request cannot be forwarded: {exc}") from exc
         return data  # type: ignore[return-value]
 
@@ -436,7 +566,27 @@ class BackendHandshake:
         Raises:
             BadGateway: the backend closed before a head, or sent a malformed one.
         """
-        self.conn.receive_data(data)
+        if self._direct and self._conn is None:
+            buf = self._buf
+            buf += data
+            parsed = parse_101(buf)
+            if parsed is not None:
+                self.response, end = parsed
+                self._trailing = bytes(buf[end:])
+                buf.clear()
+                return self.response
+            if data and _BLANK_LINE.search(buf) is None and len(buf) <= MAX_RESPONSE_HEAD:
+                return None  # no whole head yet (h11 would wait too)
+            # Not a plain 101, or the backend closed: h11 reads it all, as it would have.
+            whole = bytes(buf)
+            buf.clear()
+            conn = self.conn
+            if whole:
+                conn.receive_data(whole)
+            if not data:
+                conn.receive_data(b"")
+        else:
+            self.conn.receive_data(data)
         while True:
             try:
                 event = self.conn.next_event()
@@ -467,7 +617,9 @@ class BackendHandshake:
     @property
     def trailing(self) -> bytes:
         """Bytes the backend sent after its 101 head: the tunnel's first bytes to the client."""
-        return bytes(self.conn.trailing_data[0])
+        if self._conn is None:
+            return self._trailing
+        return bytes(self._conn.trailing_data[0])
 
     def check_switch(self, response: ResponseHead) -> None:
         """Accept a 101 only if it switches to what we asked for (R20 tunnel line).

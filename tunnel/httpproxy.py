@@ -194,9 +194,11 @@ def relay_response(
     Raises:
         BadGateway: the backend broke the body (the client connection must then close).
     """
-    headers = response_headers(response)
+    # As bytes: the latin-1 strings go back to the bytes the backend sent (obs-text passes).
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers(response)]
+    reason = response.reason.encode("latin-1")
     wire = yield from send_to_client(
-        client, front, h11.Response(status_code=response.status, reason=response.reason, headers=headers), clock() + timeout
+        client, front, h11.Response(status_code=response.status, reason=reason, headers=headers), clock() + timeout
     )
     conn = hs.conn
     total = 0
