@@ -384,3 +384,46 @@ def test_direct_head_with_bare_lf_101_is_read_by_h11():
     assert resp is not None and resp.status == 101
     hs.check_switch(resp)
     assert hs.trailing == b"xy"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(["GET / HTTP/1.1", "GET /a?b HTTP/1.1", "POST /p HTTP/1.1", "GET  / HTTP/1.1", "GET / HTTP/1.0", "CONNECT a:1 HTTP/1.1", "GET /\x80 HTTP/1.1", "get / HTTP/1.1"]),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Host", "host", "Upgrade", "Connection", "Content-Length", "Transfer-Encoding", "X-A", "Bad Name", " X", "X:"]),
+            _values,
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["", "Host: h\r\n", "Host: h:1\r\n", "Host: [::1]\r\n"]),
+)
+def test_simple_head_reads_what_h11_reads(request_line, headers, host):
+    raw = (request_line + "\r\n" + host + "".join(f"{k}:{v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
+    fe = FrontEnd()
+    fe.feed(raw + b"rest")
+    try:
+        head = fe.next_head()
+    except ClientError:
+        return  # refused by the strict checks or h11: nothing of the fast path involved
+    slow = h11.Connection(h11.SERVER)
+    slow.receive_data(raw)
+    event = slow.next_event()
+    assert isinstance(event, h11.Request)
+    assert head.method == event.method.decode() and head.target == event.target.decode("latin-1")
+    assert head.http_version == event.http_version.decode()
+    assert head.headers == [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+    assert head.raw_size == len(raw) and bytes(fe.buffer) == b"rest"
+    assert fe.conn.their_state is slow.their_state  # h11 brought up to date when asked
+
+
+def test_keep_alive_second_head_after_a_fast_one():
+    fe = FrontEnd()
+    fe.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert fe.next_head().target == "/a"
+    conn = fe.conn  # the proxy answers the first request through h11
+    assert isinstance(conn.next_event(), h11.EndOfMessage)  # its empty body
+    conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+    conn.send(h11.EndOfMessage())
+    assert fe.next_head().target == "/b"
+    assert fe.conn.their_state is h11.SEND_BODY and fe.conn.our_state is h11.SEND_RESPONSE  # as after h11 read it

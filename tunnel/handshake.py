@@ -158,6 +158,48 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
             raise BadRequest("NUL in request head")
 
 
+#: The request line and header lines `_simple_head` reads; anything else goes to h11.
+_SIMPLE_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
+_SIMPLE_FIELD = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*)[ \t]*"
+)
+
+
+def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
+    """Read the common request head without h11: HTTP/1.1, no body framing, one Host,
+    every line within the limits and of plain form. None for anything else, which h11
+    (after `check_raw_head`) reads and judges. tests/test_handshake.py checks that what
+    this returns is what h11 reads."""
+    lines = raw[:-4].split(b"\r\n")
+    if len(lines[0]) > limits.request_line or len(lines) - 1 > limits.fields:
+        return None
+    start = _SIMPLE_REQUEST_LINE.fullmatch(lines[0])
+    if start is None:
+        return None
+    method = start.group(1).decode("ascii")
+    if method == "CONNECT":
+        return None
+    headers = []
+    hosts = 0
+    field_size = limits.field_size
+    for line in lines[1:]:
+        m = _SIMPLE_FIELD.fullmatch(line)
+        if m is None or len(line) > field_size:
+            return None
+        name = m.group(1).decode("ascii")
+        low = name.lower()
+        if low == "host":
+            if not _HOST.fullmatch(m.group(2)):
+                return None
+            hosts += 1
+        elif low == "content-length" or low == "transfer-encoding":
+            return None
+        headers.append((name, m.group(2).decode("latin-1")))
+    if hosts != 1:
+        return None
+    return RequestHead(method, start.group(2).decode("latin-1"), "1.1", headers, len(raw))
+
+
 class FrontEnd:
     """The client side of one connection: finds, checks and parses request heads.
 
@@ -170,8 +212,27 @@ class FrontEnd:
     def __init__(self, limits: Limits = Limits()) -> None:
         self.limits = limits
         self.buffer = bytearray()
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        self._conn: Optional[h11.Connection] = None
+        self._unseen: Optional[bytes] = None  # a head parsed by `_simple_head`, not yet shown to h11
         self.eof = False
+
+    @property
+    def conn(self) -> h11.Connection:
+        """The h11 server connection, in the state the last head left it.
+
+        A head read by the fast path is given to h11 on first use (most tunnels never
+        need it: their connection stops being HTTP at the 101).
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        if self._unseen is not None:
+            raw, self._unseen = self._unseen, None
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+            conn.receive_data(raw)
+            conn.next_event()  # the Request `_simple_head` read: h11 accepts what it accepts
+        return conn
 
     @property
     def _max_head(self) -> int:
@@ -201,6 +262,13 @@ class FrontEnd:
             return None
         end += 4
         raw = bytes(buf[:end])
+        conn = self._conn
+        if self._unseen is None and (conn is None or (conn.our_state is h11.DONE and conn.their_state is h11.DONE)):
+            head = _simple_head(raw, self.limits)
+            if head is not None:
+                del buf[:end]
+                self._unseen = raw
+                return head
         check_raw_head(raw, self.limits)
         del buf[:end]
         conn = self.conn
