@@ -392,3 +392,22 @@ def test_write_without_progress_for_timeout_ends_the_tunnel(make_proxy, strategy
         assert engine.stats["tunnels.closed"] == 1
     finally:
         backend.close()
+
+
+def test_both_legs_have_nodelay_and_keepalive(make_proxy, raw_echo, strategy):
+    """R27/R37: TCP_NODELAY and keepalive on the client leg (inherited from the listener
+    on Linux) and on the backend leg."""
+    engine = proxy_for(make_proxy, raw_echo.address[1], strategy)
+    sock, head, _ = raw_upgrade(engine.addresses[0], "/opts")
+    try:
+        assert status_of(head) == 101
+        pumps = wait_for(engine.live_tunnels, what="the tunnel")
+        for leg in (pumps[0].client, pumps[0].backend):
+            raw = getattr(leg, "raw", leg)
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert raw.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+            assert raw.gettimeout() == 0.0
+    finally:
+        sock.close()

@@ -11,10 +11,12 @@ connect 503, TLS handshake failure 502.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
 import ssl
+import sys
 from typing import Generator, Optional
 
 from .config import ProxyTLS, ServerTLS, Target
@@ -35,9 +37,26 @@ KEEPALIVE_INTERVAL = 15
 Step = Generator[Wait, None, object]
 
 
-def tune(sock: socket.socket) -> None:
-    """Non-blocking, TCP_NODELAY (R27) and keepalive (R37) on a stream socket."""
-    sock.setblocking(False)
+#: Sockets made non-blocking at creation where the platform can.
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+#: Accepted sockets inherit TCP_NODELAY and the keepalive settings from their listening
+#: socket on Linux: set once on the listener (`set_tcp_options`), not per connection.
+INHERITS_OPTIONS = sys.platform.startswith("linux")
+
+
+def tune(sock: socket.socket, *, inherited: bool = False) -> None:
+    """Non-blocking, TCP_NODELAY (R27) and keepalive (R37) on a stream socket.
+
+    ``inherited``: the options came from a listener `set_tcp_options` set up.
+    """
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
+    if not inherited:
+        set_tcp_options(sock)
+
+
+def set_tcp_options(sock: socket.socket) -> None:
+    """TCP_NODELAY and keepalive on a socket (a listener's are inherited on Linux)."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -84,16 +103,25 @@ def sendall(sock: socket.socket, data: bytes, deadline: Optional[float]) -> Gene
             yield Wait.write(sock, deadline)
 
 
+@functools.lru_cache(maxsize=256)
+def _literal(host: str, port: int) -> Optional[tuple]:
+    """The address of an IP-literal backend host, or None for a name (cached: the
+    configured backends are few, and parsing the literal per connect costs more than
+    the rest of the connect's Python)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return (family, socket.SOCK_STREAM, 0, "", (str(ip), port))
+
+
 def _addresses(target: Target) -> list[tuple]:
     if target.unix_path:
         return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, "", target.unix_path)]
-    try:
-        ip = ipaddress.ip_address(target.host.strip("[]"))
-    except ValueError:
-        ip = None
-    if ip is not None:
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return [(family, socket.SOCK_STREAM, 0, "", (str(ip), target.port))]
+    literal = _literal(target.host, target.port)
+    if literal is not None:
+        return [literal]
     # A name: resolved in the calling thread. Configured backends are few and are
     # usually names from /etc/hosts or a local resolver, answered at once.
     try:
@@ -144,9 +172,10 @@ def connect(
     """
     last_error = "no address"
     for family, type_, proto, _, address in _addresses(target):
-        sock = socket.socket(family, type_, proto)
+        sock = socket.socket(family, type_ | _NONBLOCK, proto)
         try:
-            sock.setblocking(False)
+            if not _NONBLOCK:
+                sock.setblocking(False)
             err = sock.connect_ex(address)
             if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
                 try:

@@ -127,6 +127,9 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
 def normalize_target(raw_target: str, *, allow_encoded_slashes: bool = False) -> tuple[str, str]:
     """Turn a raw request-target into the path every route matches (R5, R52, R53).
 
@@ -144,7 +147,15 @@ def normalize_target(raw_target: str, *, allow_encoded_slashes: bool = False) ->
         Forbidden: a control character or space in the path or the query (403).
         NotFound: ``%2F`` when not allowed, ``%00`` (404).
     """
+    path, query, _ = _normalize(raw_target, allow_encoded_slashes)
+    return path, query
+
+
+def _normalize(raw_target: str, allow_encoded_slashes: bool) -> tuple[str, str, str]:
+    """`normalize_target`, plus the raw path it came from."""
     raw_path, query = _split_target(raw_target)
+    if "%" not in raw_path and "/." not in raw_path and "//" not in raw_path:
+        return raw_path, query, raw_path  # nothing to decode or resolve: already normal
     if _ESCAPE_RE.search(raw_path):
         raise BadRequest("bad %-escape in path")
     path = _remove_dot_segments(_decode_unreserved(raw_path))
@@ -156,7 +167,7 @@ def normalize_target(raw_target: str, *, allow_encoded_slashes: bool = False) ->
     path = _ANY_ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), path)
     if "2f" in escapes:
         path = _remove_dot_segments(path)
-    return path, query
+    return path, query, raw_path
 
 
 def _split_target(raw_target: str) -> tuple[str, str]:
@@ -178,7 +189,7 @@ def _split_target(raw_target: str) -> tuple[str, str]:
             target = "/" + target
     if "#" in target:
         raise BadRequest("fragment in request target")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
+    if _CONTROL_OR_SPACE.search(target):
         raise Forbidden("control character or space in request target")
     raw_path, _, query = target.partition("?")
     return raw_path, query
@@ -393,8 +404,7 @@ def route(scope: Scope, raw_target: str, upgrade_header: Optional[str], *, metho
     """
     if method.upper() == "CONNECT":
         raise MethodNotAllowed("CONNECT is not supported (no forward proxy)")
-    path, query = normalize_target(raw_target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
-    raw_path, _ = _split_target(raw_target)
+    path, query, raw_path = _normalize(raw_target, scope.limits.allow_encoded_slashes)
     effective = effective_scope(scope, path)
     offered = _offered(upgrade_header)
     suffix = f"?{query}" if query else ""

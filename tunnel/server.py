@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generator, Optional
 import h11
 
 from . import routing
-from .backend import RECV_SIZE, WOULD_BLOCK, connect, recv, sendall, tune
+from .backend import INHERITS_OPTIONS, RECV_SIZE, WOULD_BLOCK, connect, recv, sendall, set_tcp_options, tune
 from .config import Listener, Scope, Target
 from .errors import (
     BadGateway,
@@ -118,6 +118,7 @@ def open_listener(listener: Listener, *, reuse_port: bool = False, listen: bool 
         if family == socket.AF_INET6 and host in ("", "::"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), listener.port))
+        set_tcp_options(sock)  # inherited by every accepted connection (Linux)
         if listen:
             sock.listen(BACKLOG)
         sock.setblocking(False)
@@ -194,7 +195,7 @@ def serve_client(
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
     result: Optional[TunnelStart] = None
     try:
-        tune(sock)
+        tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
         if listener is not None and listener.tls:
             try:
                 sock = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
