@@ -177,3 +177,169 @@ def test_many_cancelled_timers_are_compacted(loop):
     loop.call_soon(loop.stop)
     loop.run()
     assert len(loop._timers) < 500
+
+
+# -- registrations carried across task steps and handed over at the end -------------------
+
+import selectors  # noqa: E402
+
+
+class CountingSelector(selectors.DefaultSelector):
+    """The real selector, counting what is asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def register(self, fileobj, events, data=None):
+        self.calls.append("register")
+        return super().register(fileobj, events, data)
+
+    def unregister(self, fileobj):
+        self.calls.append("unregister")
+        return super().unregister(fileobj)
+
+    def modify(self, fileobj, events, data=None):
+        self.calls.append("modify")
+        return super().modify(fileobj, events, data)
+
+
+def _run_until(loop: Loop, cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+
+    def check():
+        if cond() or time.monotonic() > deadline:
+            loop.stop()
+        else:
+            loop.call_later(0.001, check)
+
+    loop.call_soon(check)
+    loop.run()
+    assert cond(), "condition not reached before the deadline"
+
+
+def test_task_keeps_a_registration_across_waits_on_the_same_socket():
+    sel = CountingSelector()
+    loop = Loop(sel)
+    a, b = socket.socketpair()
+    got = []
+
+    def gen():
+        for _ in range(3):
+            yield Wait.read(a, time.monotonic() + 5)
+            got.append(a.recv(10))
+        yield Wait.write(a, time.monotonic() + 5)  # same socket, another mask: a modify
+        got.append(b"writable")
+
+    sel.calls.clear()
+    task = loop.spawn(gen())
+    for chunk in (b"1", b"2", b"3"):
+        b.send(chunk)
+        n = len(got)
+        _run_until(loop, lambda: len(got) > n)
+    _run_until(loop, lambda: task.done)
+    assert got == [b"1", b"2", b"3", b"writable"] and task.error is None
+    assert sel.calls == ["register", "modify", "unregister"]
+    assert not loop.is_registered(a)
+    loop.close()
+    a.close(); b.close()
+
+
+def test_a_done_callback_takes_the_sockets_over_without_reregistering():
+    sel = CountingSelector()
+    loop = Loop(sel)
+    a, b = socket.socketpair()
+    events = []
+
+    def gen():
+        yield Wait.read(a, time.monotonic() + 5)
+        return a
+
+    def take_over(task):
+        loop.register(task.result, EVENT_READ, lambda mask: events.append(task.result.recv(10)))
+
+    sel.calls.clear()
+    task = loop.spawn(gen())
+    task.add_done_callback(take_over)
+    b.send(b"x")
+    _run_until(loop, lambda: task.done)
+    assert sel.calls == ["register"]  # the tunnel's registration is the task's, taken over
+    b.send(b"y")
+    _run_until(loop, lambda: b"y" in b"".join(events))
+    loop.unregister(a)
+    loop.close()
+    a.close(); b.close()
+
+
+def test_a_socket_closed_and_its_number_reused_is_registered_afresh(loop):
+    """The step closes its registered socket and opens another that gets the same fd
+    number: the kernel dropped the old registration, so the new one must be made anew."""
+    a, b = socket.socketpair()
+    c = d = None
+    got = []
+
+    def gen():
+        nonlocal c, d
+        yield Wait.read(a, time.monotonic() + 5)
+        got.append(a.recv(10))
+        fd = a.fileno()
+        a.close()
+        c, d = socket.socketpair()
+        assert fd in (c.fileno(), d.fileno())  # the number is reused at once
+        reuse = c if c.fileno() == fd else d
+        other = d if reuse is c else c
+        other.send(b"again")
+        yield Wait.read(reuse, time.monotonic() + 5)
+        got.append(reuse.recv(10))
+        return reuse
+
+    taken = []
+
+    def take_over(task):  # the same mask on the same number: must still be watched
+        loop.register(task.result, EVENT_READ, lambda mask: taken.append(task.result.recv(10)))
+
+    task = loop.spawn(gen())
+    task.add_done_callback(take_over)
+    b.send(b"first")
+    _run_until(loop, lambda: task.done)
+    assert got == [b"first", b"again"] and task.error is None
+    other = d if task.result is c else c
+    other.send(b"third")
+    _run_until(loop, lambda: taken)
+    assert taken == [b"third"]
+    loop.unregister(task.result)
+    for s in (b, c, d):
+        s.close()
+
+
+def test_a_task_that_closed_its_socket_leaves_no_stale_registration(loop):
+    """The task closes its registered socket and returns a new one with the same fd
+    number, unwatched; the done callback registers it with the same mask. A stale entry
+    would make that a no-op and the new socket would never be watched."""
+    a, b = socket.socketpair()
+
+    def gen():
+        yield Wait.read(a, time.monotonic() + 5)
+        fd = a.fileno()
+        a.close()
+        n1, n2 = socket.socketpair()
+        assert fd in (n1.fileno(), n2.fileno())
+        return (n1, n2) if n1.fileno() == fd else (n2, n1)
+
+    seen = []
+
+    def take_over(task):
+        mine = task.result[0]
+        loop.register(mine, EVENT_READ, lambda mask: seen.append(mine.recv(10)))
+
+    task = loop.spawn(gen())
+    task.add_done_callback(take_over)
+    b.send(b"x")
+    _run_until(loop, lambda: task.done)
+    mine, peer = task.result
+    peer.send(b"z")
+    _run_until(loop, lambda: seen)
+    assert seen == [b"z"]
+    loop.unregister(mine)
+    for s in (b, mine, peer):
+        s.close()

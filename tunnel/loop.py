@@ -129,8 +129,26 @@ class Loop:
 
     # -- registration --------------------------------------------------------------
     def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
-        """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready."""
+        """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready.
+
+        A file already registered changes hands: its callback is replaced and its mask
+        modified (nothing asked of the selector when the mask is the same), so a task can
+        give its sockets to a tunnel without a round of unregister and register.
+        """
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd in self._callbacks:
+            self._callbacks[fd] = callback
+            try:
+                self.modify(fd, events)
+                return
+            except (OSError, KeyError):
+                # Closed and its number reused since it was registered (the kernel has
+                # dropped the old registration): start afresh.
+                self._masks.pop(fd, None)
+                try:
+                    self._selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
         self._callbacks[fd] = callback
         self._masks[fd] = events
         if events:
@@ -161,6 +179,11 @@ class Loop:
                 self._selector.unregister(fd)
             except (KeyError, ValueError):
                 pass
+
+    def release(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Unregister ``fd`` if ``callback`` still owns it (nobody took it over)."""
+        if self._callbacks.get(fd) is callback:
+            self.unregister(fd)
 
     def is_registered(self, fileobj: Any) -> bool:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
@@ -304,9 +327,17 @@ class Loop:
 
 
 class Task:
-    """A generator task on a loop: see ``Loop.spawn`` and the module docstring."""
+    """A generator task on a loop: see ``Loop.spawn`` and the module docstring.
 
-    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_sock", "_also", "_timer", "_on_done")
+    Registrations outlive a step: a socket the next wait names again is only modified
+    (often not even that), and at the end the sockets stay registered for whoever the
+    done callback gives them to (a tunnel), which then only takes them over. Sockets a
+    step stops waiting on are unregistered before anything new is registered, by the fd
+    number they were registered under: a socket closed meanwhile may have left its number
+    to a new one.
+    """
+
+    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_regs", "_timer", "_on_done", "_ready_cb")
 
     def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
         self.loop = loop
@@ -315,10 +346,10 @@ class Task:
         self.done = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
-        self._sock: Optional[socket.socket] = None
-        self._also: Optional[socket.socket] = None
+        self._regs: list[tuple[Any, int]] = []  # (file object, fd it was registered under)
         self._timer: Optional[Timer] = None
         self._on_done: Optional[Callable[["Task"], None]] = None
+        self._ready_cb = self._on_ready  # one bound method: the loop compares owners with it
 
     def add_done_callback(self, fn: Callable[["Task"], None]) -> None:
         if self.done:
@@ -330,7 +361,7 @@ class Task:
         """Throw ``GeneratorExit`` into the task (its ``finally`` blocks run)."""
         if self.done:
             return
-        self._clear_wait()
+        self._cancel_timer()
         try:
             self.gen.close()
         except Exception as exc:  # pragma: no cover - a finally block failed
@@ -338,13 +369,7 @@ class Task:
             self.error = exc
         self._finish()
 
-    def _clear_wait(self) -> None:
-        if self._sock is not None:
-            self.loop.unregister(self._sock)
-            self._sock = None
-        if self._also is not None:
-            self.loop.unregister(self._also)
-            self._also = None
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -359,7 +384,7 @@ class Task:
     def _step(self, exc: Optional[BaseException]) -> None:
         if self.done:
             return
-        self._clear_wait()
+        self._cancel_timer()
         try:
             wait = self.gen.throw(exc) if exc is not None else self.gen.send(None)
         except StopIteration as stop:
@@ -371,23 +396,53 @@ class Task:
             self.error = err
             self._finish()
             return
-        if wait.sock is not None:
-            self._sock = wait.sock
-            self.loop.register(wait.sock, wait.events, self._on_ready)
-        if wait.also is not None:
-            self._also = wait.also
-            self.loop.register(wait.also, EVENT_READ, self._on_ready)
+        loop = self.loop
+        sock, also = wait.sock, wait.also
+        if self._regs:
+            # Drop what this wait does not name again (or what was closed meanwhile).
+            keep = []
+            for obj, fd in self._regs:
+                if (obj is sock or obj is also) and obj.fileno() == fd:
+                    keep.append((obj, fd))
+                else:
+                    loop.release(fd, self._ready_cb)
+            self._regs = keep
+        if sock is not None:
+            self._watch(sock, wait.events)
+        if also is not None:
+            self._watch(also, EVENT_READ)
         if wait.deadline is not None:
-            self._timer = self.loop.call_at(wait.deadline, self._on_deadline)
-        elif wait.sock is None:
-            self.loop.call_soon(self._step, None)
+            self._timer = loop.call_at(wait.deadline, self._on_deadline)
+        elif sock is None:
+            loop.call_soon(self._step, None)
+
+    def _watch(self, obj: Any, events: int) -> None:
+        fd = obj.fileno()
+        self.loop.register(fd, events, self._ready_cb)
+        for kept, kept_fd in self._regs:
+            if kept is obj:
+                return
+        self._regs.append((obj, fd))
 
     def _finish(self) -> None:
         self.done = True
         self.gen = None  # type: ignore[assignment]
-        if self._on_done is not None:
-            fn, self._on_done = self._on_done, None
-            fn(self)
+        self._cancel_timer()
+        regs, self._regs = self._regs, []
+        loop = self.loop
+        live = []
+        for obj, fd in regs:
+            if obj.fileno() == fd:
+                live.append(fd)
+            else:  # closed: forget it before anyone registers a socket with its number
+                loop.release(fd, self._ready_cb)
+        try:
+            if self._on_done is not None:
+                fn, self._on_done = self._on_done, None
+                fn(self)  # may take the sockets over (a tunnel registers them)
+        finally:
+            for fd in live:
+                loop.release(fd, self._ready_cb)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} {'done' if self.done else 'waiting'}>"
