@@ -161,7 +161,7 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
 #: The request line and header lines `_simple_head` reads; anything else goes to h11.
 _SIMPLE_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
 _SIMPLE_FIELD = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*)[ \t]*"
+    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
 )
 
 
@@ -515,9 +515,9 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A request head as h11 writes it: request line, "Name: value" lines, empty line.
 _REQUEST_HEAD_OUT = re.compile(
     rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.1\r\n"
-    rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: (?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*\r\n)*\r\n"
+    rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: (?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?\r\n)*\r\n"
 )
-_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t]+[\x21-\x7e\x80-\xff])*)*)[ \t]*")
+_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
 
 
 def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> Optional[bytes]:
