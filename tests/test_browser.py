@@ -2,14 +2,18 @@
 demo's http:// route and its script opens a WebSocket on the same path (the ws:// route),
 sends the message given in ``?msg=`` and writes the echo into ``#log``.
 
-``--dump-dom`` with ``--virtual-time-budget`` prints the DOM once the page is quiet (the
-budget waits for the page's pending network work, the WebSocket included). Chromium runs
-in its own session with a throw-away profile, and its whole process group is killed
-afterwards. Skipped when no chromium is installed (``make system-deps`` installs it).
+The test watches the page over the DevTools protocol (Chromium started with
+``--remote-debugging-port=0``; the port is read from ``DevToolsActivePort`` in its
+profile): it evaluates the page's DOM until every expected text is there or a real-time
+deadline passes. Nothing depends on Chromium's virtual time, which does not wait for a
+WebSocket. Chromium runs in its own session with a throw-away profile, and its whole
+process group is killed afterwards. Skipped when no chromium is installed (``make
+system-deps`` installs it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -17,10 +21,12 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from .test_cli import read_line_matching, spawn
 
@@ -40,12 +46,43 @@ needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH or at /usr/bin/chromium (install it with `make system-deps`)"
 )
 
+#: Polling interval while waiting on Chromium or on the page (a condition with a deadline).
+POLL = 0.1
 
-def dump_dom(url: str, workdir: Path, *extra: str, timeout: float = 30) -> str:
-    """The DOM of ``url`` after the page went quiet, as headless Chromium prints it."""
+
+def _devtools_port(profile: Path, proc: subprocess.Popen, deadline: float) -> int:
+    marker = profile / "DevToolsActivePort"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"chromium exited with status {proc.returncode}")
+        try:
+            first = marker.read_text().splitlines()[0]
+            return int(first)
+        except (OSError, IndexError, ValueError):
+            time.sleep(POLL)
+    raise AssertionError("chromium did not open its DevTools port in time")
+
+
+def _page_socket_url(port: int, deadline: float) -> str:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as resp:
+                targets = json.load(resp)
+        except OSError:
+            targets = []
+        for target in targets:
+            if target.get("type") == "page" and target.get("webSocketDebuggerUrl"):
+                return target["webSocketDebuggerUrl"]
+        time.sleep(POLL)
+    raise AssertionError("chromium showed no page target in time")
+
+
+def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeout: float = 45) -> str:
+    """Open ``url`` in headless Chromium and wait until its DOM holds every ``expected``
+    text; returns the DOM. Fails with the last DOM and Chromium's stderr after ``timeout``."""
     assert CHROMIUM is not None
     workdir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = workdir / "dom.html", workdir / "chromium.log"
+    profile, err_path = workdir / "profile", workdir / "chromium.log"
     cmd = [
         CHROMIUM,
         "--headless",
@@ -56,43 +93,55 @@ def dump_dom(url: str, workdir: Path, *extra: str, timeout: float = 30) -> str:
         "--no-default-browser-check",
         "--disable-extensions",
         "--disable-background-networking",
-        f"--user-data-dir={workdir / 'profile'}",
-        "--virtual-time-budget=10000",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "--remote-allow-origins=*",
         *extra,
-        "--dump-dom",
         url,
     ]
-    # Files, not pipes: a helper process Chromium leaves behind cannot hold our reads open.
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    dom = ""
+    # stderr to a file, not a pipe: a helper process Chromium leaves behind cannot block us.
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
+            port = _devtools_port(profile, proc, deadline)
+            ws_url = _page_socket_url(port, deadline)
+            with ws_connect(ws_url, max_size=None, open_timeout=10) as cdp:
+                ident = 0
+                while True:
+                    ident += 1
+                    cdp.send(json.dumps({
+                        "id": ident,
+                        "method": "Runtime.evaluate",
+                        "params": {"expression": "document.documentElement.outerHTML", "returnByValue": True},
+                    }))
+                    dom = _result(cdp, ident, deadline) or dom
+                    if all(text in dom for text in expected):
+                        return dom
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(POLL)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # chromium's own group (start_new_session)
             except ProcessLookupError:
                 pass
             proc.wait(timeout=10)
-    return out_path.read_text(errors="replace")
+    log = err_path.read_text(errors="replace")[-2000:]
+    raise AssertionError(f"{expected!r} not in the page's DOM after {timeout:.0f}s:\n{dom[-3000:]}\n--- chromium stderr ---\n{log}")
 
 
-def page_shows(url: str, workdir: Path, expected: list[str], *extra: str) -> str:
-    """Load ``url`` until the DOM holds every ``expected`` text (at most 3 tries, one
-    deadline); returns the last DOM. A retry covers a browser start that was too slow
-    for its virtual-time budget on a loaded machine."""
-    deadline = time.monotonic() + 60
-    dom = ""
-    for attempt in range(3):
-        left = deadline - time.monotonic()
-        if left <= 5:
-            break
-        dom = dump_dom(url, workdir / f"try{attempt}", *extra, timeout=min(30, left))
-        if all(text in dom for text in expected):
-            return dom
-    log = (workdir / "try0" / "chromium.log").read_text(errors="replace")[-2000:]
-    raise AssertionError(f"{expected!r} not in the page's DOM:\n{dom[-3000:]}\n--- chromium stderr ---\n{log}")
+def _result(cdp, ident: int, deadline: float) -> Optional[str]:
+    """The string value of the answer to message ``ident`` (events in between skipped)."""
+    while True:
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            message = json.loads(cdp.recv(timeout=left))
+        except TimeoutError:
+            return None
+        if message.get("id") == ident:
+            return message.get("result", {}).get("result", {}).get("value")
 
 
 @pytest.fixture
