@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .helpers import KEY, free_port_refused, http_get, read_head, status_of, upgrade_request
+from .helpers import KEY, free_port_refused, http_get, raw_upgrade, read_head, status_of, upgrade_request
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -390,3 +390,39 @@ def test_plain_http_route_failures_have_the_same_statuses(make_proxy, caplog, ki
     finally:
         if listener is not None:
             listener.close()
+
+
+def test_each_address_gets_its_own_connect_timeout(make_proxy, caplog, monkeypatch):
+    """R18: a backend name with two addresses, the first silent (a full accept queue),
+    the second answering: the connect times out on the first after connectiontimeout=
+    and the tunnel opens on the second, instead of a 503."""
+    good = Recorder("GOOD")
+    lsock, fillers = filled_listener()
+    if lsock is None:
+        pytest.skip("this kernel does not drop SYNs to a full accept queue")
+    silent = lsock.getsockname()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def two_addresses(host, port, *args, **kwargs):  # the name resolves to both (DNS only)
+        if host == "twice.test":
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", silent),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", good.port)),
+            ]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    try:
+        engine = make_proxy(f"ProxyPass /t/ ws://twice.test:{good.port}/ connectiontimeout=300ms timeout=5\n")
+        started = time.monotonic()
+        sock, head, rest = raw_upgrade(engine.addresses[0], "/t/x")
+        took = time.monotonic() - started
+        sock.close()
+        assert status_of(head) == 101, head
+        assert 0.25 <= took < 3, took  # one connectiontimeout spent on the silent address
+        assert good.heads and b"GET /x HTTP/1.1" in good.heads[0]
+    finally:
+        for c in fillers:
+            c.close()
+        lsock.close()
+        good.close()

@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import sys
+import time
 from typing import Generator, Optional
 
 from .config import ProxyTLS, ServerTLS, Target
@@ -164,7 +165,9 @@ def connect(
 ) -> Generator[Wait, None, socket.socket]:
     """Open a fresh, non-blocking connection to ``target`` (never pooled, R18).
 
-    Every address is tried in turn until ``deadline``.
+    Every address the host resolves to is tried in turn, each with the whole connect
+    timeout (``deadline`` minus now, as httpd times each address): an address that
+    refuses or does not answer in time moves on to the next one.
 
     Raises:
         BackendDNSError: the host name does not resolve (500).
@@ -172,6 +175,8 @@ def connect(
         BadGateway: the TLS handshake failed (502).
     """
     last_error = "no address"
+    timed_out = False  # how the last address failed: no answer in time, or refused
+    budget = max(0.0, deadline - time.monotonic())
     for family, type_, proto, _, address in _addresses(target):
         sock = socket.socket(family, type_ | _NONBLOCK, proto)
         try:
@@ -181,14 +186,16 @@ def connect(
             if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
                 if not _connected_now(sock):
                     try:
-                        yield Wait.write(sock, deadline)
+                        yield Wait.write(sock, time.monotonic() + budget)
                     except TimeoutError:
-                        raise ServiceUnavailable(
-                            "backend connect timed out", detail=f"{target}: no answer before the connect deadline"
-                        ) from None
+                        last_error = f"{address}: no answer within {budget:g}s"
+                        timed_out = True
+                        sock.close()
+                        continue
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 last_error = f"{address}: {errno.errorcode.get(err, err)} ({errno_text(err)})"
+                timed_out = False
                 sock.close()
                 continue
             tune(sock)
@@ -198,6 +205,8 @@ def connect(
         except BaseException:
             sock.close()
             raise
+    if timed_out:
+        raise ServiceUnavailable("backend connect timed out", detail=f"{target}: {last_error}")
     raise ServiceUnavailable("backend refused the connection", detail=f"{target}: {last_error}")
 
 
