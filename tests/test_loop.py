@@ -343,3 +343,41 @@ def test_a_task_that_closed_its_socket_leaves_no_stale_registration(loop):
     loop.unregister(mine)
     for s in (b, mine, peer):
         s.close()
+
+
+# -- waiting for work done in another thread --------------------------------------------
+
+import concurrent.futures  # noqa: E402
+
+
+@pytest.mark.parametrize("driver", ["loop", "blocking"])
+def test_wait_until_a_future_and_its_deadline(driver):
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    gate = threading.Event()
+    results = []
+
+    def gen():
+        fut = pool.submit(lambda: gate.wait(5) and "looked up")
+        try:
+            yield Wait.until(fut, time.monotonic() + 0.05)
+        except TimeoutError:
+            results.append("timed out")
+        gate.set()
+        fut2 = pool.submit(lambda: "second")
+        yield Wait.until(fut2, time.monotonic() + 5)
+        results.append(fut2.result())
+        return "done"
+
+    try:
+        if driver == "blocking":
+            assert run_blocking(gen()) == "done"
+        else:
+            loop = Loop()
+            task = loop.spawn(gen())
+            _run_until(loop, lambda: task.done)
+            loop.close()
+            assert task.result == "done" and task.error is None
+        assert results == ["timed out", "second"]  # the late first result resumed nothing
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)

@@ -426,3 +426,44 @@ def test_each_address_gets_its_own_connect_timeout(make_proxy, caplog, monkeypat
             c.close()
         lsock.close()
         good.close()
+
+
+def test_a_slow_name_lookup_stalls_no_other_tunnel(make_proxy, caplog, monkeypatch):
+    """Lookups run in a resolver thread: while one backend name takes its time, another
+    client's tunnel opens and echoes; then the slow one opens too. A lookup that outlives
+    the connect timeout is a 500."""
+    good = Recorder("GOOD")
+    release = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def slow(host, port, *args, **kwargs):
+        if host in ("slow.test", "stuck.test"):
+            release.wait(10)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", good.port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    try:
+        engine = make_proxy(
+            f"ProxyPass /slow/ ws://slow.test:{good.port}/ connectiontimeout=20\n"
+            f"ProxyPass /stuck/ ws://stuck.test:{good.port}/ connectiontimeout=300ms\n"
+            f"ProxyPass /fast/ ws://127.0.0.1:{good.port}/\n"
+        )
+        addr = engine.addresses[0]
+        waiting = socket.create_connection(addr, timeout=10)
+        waiting.sendall(upgrade_request("/slow/a"))
+        stuck = socket.create_connection(addr, timeout=10)
+        stuck.sendall(upgrade_request("/stuck/b"))
+        sock, head, _ = raw_upgrade(addr, "/fast/c")  # served while both lookups hang
+        assert status_of(head) == 101
+        sock.close()
+        head, _ = read_head(stuck)
+        assert status_of(head) == 500 and not release.is_set()  # its own deadline, nobody else's
+        stuck.close()
+        release.set()
+        head, _ = read_head(waiting)
+        assert status_of(head) == 101
+        waiting.close()
+    finally:
+        release.set()
+        good.close()

@@ -10,6 +10,7 @@ connect 503, TLS handshake failure 502.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import functools
 import ipaddress
@@ -18,6 +19,7 @@ import select
 import socket
 import ssl
 import sys
+import threading
 import time
 from typing import Generator, Optional
 
@@ -118,20 +120,57 @@ def _literal(host: str, port: int) -> Optional[tuple]:
     return (family, socket.SOCK_STREAM, 0, "", (str(ip), port))
 
 
-def _addresses(target: Target) -> list[tuple]:
+#: Successful lookups of backend host names are kept this long (seconds). httpd keeps a
+#: worker's address for the worker's life; a short TTL follows DNS changes.
+DNS_TTL = 30.0
+#: Lookups run here, never on the loop thread: a slow resolver must not stall tunnels.
+_RESOLVER: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_RESOLVER_LOCK = threading.Lock()
+_dns_cache: dict[tuple[str, int], tuple[float, list[tuple]]] = {}
+
+
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    global _RESOLVER
+    with _RESOLVER_LOCK:
+        if _RESOLVER is None:
+            _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunnel-dns")
+        return _RESOLVER
+
+
+def _addresses(target: Target, deadline: float) -> Generator[Wait, None, list[tuple]]:
+    """The addresses to try for ``target``: a socket path, an IP literal, or a name looked
+    up in a resolver thread (cached for `DNS_TTL`) while the task waits.
+
+    Raises:
+        BackendDNSError: the name does not resolve, or not before ``deadline`` (500).
+    """
     if target.unix_path:
         return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, "", target.unix_path)]
     literal = _literal(target.host, target.port)
     if literal is not None:
         return [literal]
-    # A name: resolved in the calling thread. Configured backends are few and are
-    # usually names from /etc/hosts or a local resolver, answered at once.
+    key = (target.host, target.port)
+    cached = _dns_cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    lookup = _resolver().submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM)
     try:
-        return socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        yield Wait.until(lookup, deadline)
+    except TimeoutError:
+        lookup.cancel()
+        raise BackendDNSError(
+            "backend host name could not be resolved", detail=f"{target.host}: no answer before the connect deadline"
+        ) from None
+    try:
+        infos = lookup.result()
     except (socket.gaierror, UnicodeError) as exc:
         raise BackendDNSError(
             "backend host name could not be resolved", detail=f"{target.host}: {exc}"
         ) from exc
+    if len(_dns_cache) > 1024:
+        _dns_cache.clear()
+    _dns_cache[key] = (time.monotonic() + DNS_TTL, infos)
+    return infos
 
 
 def client_context(tls: ProxyTLS) -> ssl.SSLContext:
@@ -177,7 +216,7 @@ def connect(
     last_error = "no address"
     timed_out = False  # how the last address failed: no answer in time, or refused
     budget = max(0.0, deadline - time.monotonic())
-    for family, type_, proto, _, address in _addresses(target):
+    for family, type_, proto, _, address in (yield from _addresses(target, deadline)):
         sock = socket.socket(family, type_ | _NONBLOCK, proto)
         try:
             if not _NONBLOCK:

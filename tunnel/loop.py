@@ -22,6 +22,7 @@ front end's handshake code serves both an engine with a loop and a host thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import logging
 import select
@@ -77,7 +78,7 @@ class Wait:
     no socket is a pure sleep until the deadline.
     """
 
-    __slots__ = ("sock", "events", "deadline", "also")
+    __slots__ = ("sock", "events", "deadline", "also", "future")
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class Wait:
         events: int,
         deadline: Optional[float],
         also: Optional[socket.socket] = None,
+        future: Optional[concurrent.futures.Future] = None,
     ) -> None:
         self.sock = sock
         self.events = events
@@ -92,6 +94,13 @@ class Wait:
         #: a second socket whose readability also resumes the task (e.g. the client
         #: while waiting for the backend: a client that leaves is noticed at once).
         self.also = also
+        #: work done in another thread (a DNS lookup): the task resumes when it is done.
+        self.future = future
+
+    @classmethod
+    def until(cls, future: concurrent.futures.Future, deadline: Optional[float] = None) -> "Wait":
+        """Resume when ``future`` (run by another thread) is done, or at ``deadline``."""
+        return cls(None, 0, deadline, future=future)
 
     @classmethod
     def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
@@ -337,7 +346,7 @@ class Task:
     to a new one.
     """
 
-    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_regs", "_timer", "_on_done", "_ready_cb")
+    __slots__ = ("loop", "gen", "name", "done", "result", "error", "_regs", "_timer", "_on_done", "_ready_cb", "_future")
 
     def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
         self.loop = loop
@@ -350,6 +359,7 @@ class Task:
         self._timer: Optional[Timer] = None
         self._on_done: Optional[Callable[["Task"], None]] = None
         self._ready_cb = self._on_ready  # one bound method: the loop compares owners with it
+        self._future: Optional[concurrent.futures.Future] = None
 
     def add_done_callback(self, fn: Callable[["Task"], None]) -> None:
         if self.done:
@@ -381,10 +391,15 @@ class Task:
         self._timer = None
         self._step(TimeoutError("deadline passed"))
 
+    def _future_done(self, future: concurrent.futures.Future) -> None:
+        if self._future is future:  # still waiting for it (not timed out meanwhile)
+            self._step(None)
+
     def _step(self, exc: Optional[BaseException]) -> None:
         if self.done:
             return
         self._cancel_timer()
+        self._future = None
         try:
             wait = self.gen.throw(exc) if exc is not None else self.gen.send(None)
         except StopIteration as stop:
@@ -411,9 +426,16 @@ class Task:
             self._watch(sock, wait.events)
         if also is not None:
             self._watch(also, EVENT_READ)
+        future = wait.future
+        if future is not None:
+            self._future = future
+            if future.done():
+                loop.call_soon(self._future_done, future)
+            else:
+                future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._future_done, f))
         if wait.deadline is not None:
             self._timer = loop.call_at(wait.deadline, self._on_deadline)
-        elif sock is None:
+        elif sock is None and future is None:
             loop.call_soon(self._step, None)
 
     def _watch(self, obj: Any, events: int) -> None:
@@ -464,6 +486,11 @@ def run_blocking(gen: TaskGen) -> Any:
         timeout_ms: Optional[int] = None
         if wait.deadline is not None:
             timeout_ms = max(0, int((wait.deadline - time.monotonic()) * 1000) + 1)
+        if wait.future is not None:
+            done, _ = concurrent.futures.wait([wait.future], None if timeout_ms is None else timeout_ms / 1000)
+            if not done:
+                exc = TimeoutError("deadline passed")
+            continue
         if wait.sock is None:  # a pure sleep: ends with TimeoutError, as on the loop
             if timeout_ms is not None:
                 if timeout_ms:
