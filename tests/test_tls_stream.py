@@ -187,3 +187,75 @@ def test_failed_handshake_raises_ssl_error(contexts):
                 select.select([server], [], [], 0.05)
     a.close()
     server.close()
+
+
+def test_a_drained_flow_asks_for_a_read_of_its_tls_source_and_the_other_read_keeps_it(contexts):
+    """The pump served one event for the backend end with READ and WRITE: the write
+    drained the client->backend bytes, whose TLS source (the client) still holds bytes
+    no poll will report, and then the read of the backend found nothing. The request
+    to read the client again (``more``) must survive that read: once it was reset there,
+    and a wss client's upload could stall for good."""
+    from tunnel.relay import Pump
+
+    client_ctx, server_ctx = contexts
+    user_raw, proxy_raw = tcp_pair()
+    for s in (user_raw, proxy_raw):
+        s.setblocking(False)
+    user = TLSStream(user_raw, client_ctx, server_hostname="localhost")
+    proxy_client = TLSStream(proxy_raw, server_ctx, server_side=True)
+    handshake(user, proxy_client, deadline=time.monotonic() + 10)
+    backend, app = tcp_pair()
+    backend.setblocking(False)
+    app.setblocking(False)
+    try:  # fill the backend connection (the app is not reading yet)
+        while True:
+            backend.send(b"f" * 65536)
+    except BlockingIOError:
+        pass
+    pump = Pump(proxy_client, backend, high_water=1024)
+    scratch = memoryview(bytearray(4096))
+    try:
+        view = memoryview(os.urandom(64 * 1024))  # fits in the user's socket buffers
+        deadline = time.monotonic() + 10
+        while view or user.unsent:
+            assert time.monotonic() < deadline, "the upload did not go out"
+            try:
+                if view:
+                    view = view[user.send(view):]
+            except WOULD_BLOCK:
+                pass
+            if user.unsent and not user.flush():
+                select.select([], [user_raw], [], 0.05)
+        # The pump reads the client until bytes wait for the full backend socket (paused).
+        while pump.c2b.pending is None or len(pump.c2b.pending) < 1024:
+            assert time.monotonic() < deadline, "the backend socket never filled"
+            select.select([proxy_raw], [], [], 0.05)
+            pump.on_event(True, 1, scratch)
+        assert proxy_client.pending() > 0 or select.select([proxy_raw], [], [], 0)[0]
+
+        def drain_app() -> int:
+            n = 0
+            try:
+                while True:
+                    chunk = app.recv(1 << 20)
+                    if not chunk:
+                        return n
+                    n += len(chunk)
+            except BlockingIOError:
+                return n
+
+        # The backend reads until nothing is in flight: its socket is empty again.
+        quiet = 0
+        while quiet < 3:
+            assert time.monotonic() < deadline
+            quiet = quiet + 1 if drain_app() == 0 else 0
+            select.select([app], [], [], 0.02)
+        if not proxy_client.pending():
+            pytest.skip("the TLS engine holds nothing back on this platform")
+        pump.more = False
+        pump.on_event(False, 1 | 2, scratch)  # WRITE drains c2b; READ finds nothing
+        assert pump.c2b.pending is None, "the flush did not drain (socket buffers too small?)"
+        assert pump.more, "the request to read the TLS client again was lost"
+    finally:
+        for s in (user_raw, proxy_raw, backend, app):
+            s.close()

@@ -100,6 +100,7 @@ class AsyncTunnel:
         loop.modify(self._cfd, cmask)
         loop.modify(self._bfd, bmask)
         if pump.more:  # a TLS source may hold decrypted bytes no poll reports
+            pump.more = False
             loop.call_soon(self._poke)
         elif pump.budget is not None and pump.budget.exhausted and not (cmask or bmask):
             loop.call_later(0.05, self._after)  # paused by the global cap: look again soon

@@ -235,8 +235,10 @@ class Pump:
         self.reason = ""
         #: the driver stamps its clock here on every event (idle timeout).
         self.last_activity = 0.0
-        #: True when a read stopped on its budget with a TLS source that may hold
-        #: decrypted bytes no poll will report: the driver must call again soon.
+        #: True when a TLS source may hold bytes no poll will report (a read stopped on
+        #: its budget, or a paused source's flow drained): the driver must read both
+        #: ends again soon. Only set here; the driver clears it when it acts on it, so
+        #: a request made while one flow is served survives the other flow's read.
         self.more = False
         self._stall_mark: tuple = ()
         self._stall_since = 0.0
@@ -357,7 +359,6 @@ class Pump:
             scratch = scratch[:CAPPED_CHUNK]  # and only a small chunk, so N tunnels stay near the cap
         src_recv = flow.src.recv_into
         size = len(scratch)
-        self.more = False
         for _ in range(READ_BUDGET):
             try:
                 n = src_recv(scratch)
@@ -393,7 +394,8 @@ class Pump:
                 return
             if n < size and not flow.src_tls:
                 return  # a short read: the kernel buffer is most likely empty
-        self.more = flow.src_tls
+        if flow.src_tls:
+            self.more = True
 
     def _flush(self, flow: Flow) -> None:
         pending = flow.pending

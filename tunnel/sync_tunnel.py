@@ -122,7 +122,10 @@ def run_sync(
                     mask = EVENT_READ | EVENT_WRITE  # the next I/O reports the cause (R30)
                 pump.on_event(fd == cfd, mask, scratch)
             pump.last_activity = now
-        elif pump.more:
+        if pump.more and not pump.done:
+            # A TLS end may hold bytes no poll reports: read both ends again, whatever
+            # else was ready (a socket always writable must not starve the poke).
+            pump.more = False
             pump.on_event(True, EVENT_READ, scratch)
             pump.on_event(False, EVENT_READ, scratch)
         if pump.done:
