@@ -9,7 +9,7 @@ import pytest
 
 from tunnel.echo import EchoServer
 
-from .helpers import free_port_refused, read_head, status_of, upgrade_request
+from .helpers import free_port_refused, read_head, status_of, upgrade_request, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,3 +43,28 @@ def test_member_in_error_state_waited_for_only_with_timeout(make_proxy, wait):
     else:
         assert status == 503  # still in error: answered at once
         assert took < 0.5
+
+
+def test_a_client_that_leaves_during_the_wait_is_let_go_at_once(make_proxy, caplog):
+    """R41 tunnel line: the balancer's timeout= wait watches the client; one that leaves
+    ends the wait at once (no member picked or connected for nobody)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    port = free_port_refused()
+    engine = make_proxy(
+        "<Proxy balancer://c>\n"
+        f"  BalancerMember ws://127.0.0.1:{port} retry=30\n"
+        "  ProxySet timeout=20 forcerecovery=Off\n"
+        "</Proxy>\n"
+        "ProxyPass /ws/ balancer://c/\n"
+    )
+    assert upgrade_status(engine) == 503  # the member is now in error for 30 s
+    sock = socket.create_connection(engine.addresses[0], timeout=10)
+    sock.sendall(upgrade_request("/ws/"))
+    wait_for(lambda: engine._tasks, what="the request waiting for a member")
+    started = time.monotonic()
+    sock.close()
+    wait_for(lambda: not engine._tasks, timeout=10, what="the wait to end with the client")
+    assert time.monotonic() - started < 3  # not the 20 s of timeout=
+    assert "left" in caplog.text

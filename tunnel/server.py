@@ -392,7 +392,10 @@ def _handle(
     backend_sock: Optional[socket.socket] = None
     member = balancer = None
     try:
-        backend_sock, target, member, balancer = yield from _connect_backend(engine, scope, decision, head, ex)
+        try:
+            backend_sock, target, member, balancer = yield from _connect_backend(engine, scope, decision, head, ex, sock, front)
+        except ClientGone:
+            return ClientGone
         hs = BackendHandshake(
             head.method,
             decision.backend_path,
@@ -466,9 +469,13 @@ def _handle(
 
 
 def _connect_backend(
-    engine: "Engine", scope: Scope, decision: Any, head: RequestHead, ex: Exchange
+    engine: "Engine", scope: Scope, decision: Any, head: RequestHead, ex: Exchange, client: Any, front: FrontEnd
 ) -> Generator[Wait, None, tuple]:
-    """Connect the route's backend, or a balancer member with failover (R46)."""
+    """Connect the route's backend, or a balancer member with failover (R46).
+
+    Raises:
+        ClientGone: the client left while the balancer's ``timeout=`` wait was on.
+    """
     clock = time.monotonic
     rule = decision.rule
     if decision.balancer is None:
@@ -503,10 +510,14 @@ def _connect_backend(
                     wait_until = clock() + wait
                 if wait <= 0 or clock() >= wait_until:
                     raise
+                watch = client if len(front.buffer) < MAX_EARLY_DATA else None
                 try:
-                    yield Wait(None, 0, min(wait_until, clock() + max(wait / 100, 0.01)))
+                    yield Wait(None, 0, min(wait_until, clock() + max(wait / 100, 0.01)), also=watch)
                 except TimeoutError:
                     pass
+                else:  # the client spoke or left meanwhile
+                    if watch is not None and not _watch_client(client, front):
+                        raise ClientGone()
         tried.add(member.index)
         mt: Target = member.member.target
         target = Target(mt.scheme, mt.host, mt.port, _join(mt.path, decision.backend_path), mt.unix_path)
