@@ -231,3 +231,36 @@ def test_tls_legs_survive_the_async_delay_hand_over(make_proxy, ca, certs, tls_w
     assert engine.stats["tunnels.handed_over"] == 1 and rounds_after >= 5
     wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
     assert engine.live_tunnels() == []
+
+
+def test_client_stalling_after_a_whole_client_hello_is_closed_at_the_deadline(make_proxy, ca, certs, raw_echo, caplog):
+    """A real ClientHello, then silence (the server's reply is never answered): another
+    client is served meanwhile, and the stalled one is closed once RequestReadTimeout's
+    header deadline passes (the TLS handshake counts as part of reading the head)."""
+    caplog.set_level(logging.INFO)
+    engine = make_proxy(
+        config_for(certs, client_tls=True, backend_tls=False, strategy="async", backend_port=raw_echo.address[1])
+        + "RequestReadTimeout header=1\n"
+    )
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = client_ctx(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    stalled = socket.create_connection(engine.addresses[0], timeout=10)
+    stalled.sendall(outgoing.read())  # the whole ClientHello, and nothing after it
+    started = time.monotonic()
+    raw = socket.create_connection(engine.addresses[0], timeout=5)
+    sock = client_ctx(ca).wrap_socket(raw, server_hostname="localhost")
+    sock.sendall(upgrade_request())
+    head, _ = read_head(sock)
+    assert status_of(head) == 101
+    sock.sendall(b"ping")
+    assert sock.recv(4) == b"ping"
+    sock.close()
+    data = recv_until_eof(stalled)  # the server's flight, then the close at the deadline
+    took = time.monotonic() - started
+    assert data[:1] == b"\x16"  # a TLS handshake record (ServerHello) came first
+    assert 0.5 < took < 5, took
+    stalled.close()
+    wait_for(lambda: "no complete TLS handshake before the deadline" in caplog.text, what="the log line")
+    assert "Traceback" not in caplog.text
