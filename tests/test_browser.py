@@ -2,10 +2,12 @@
 demo's http:// route and its script opens a WebSocket on the same path (the ws:// route),
 sends the message given in ``?msg=`` and writes the echo into ``#log``.
 
-The test watches the page over the DevTools protocol (Chromium started with
-``--remote-debugging-port=0``; the port is read from ``DevToolsActivePort`` in its
-profile): it evaluates the page's DOM until every expected text is there or a real-time
-deadline passes. Nothing depends on Chromium's virtual time, which does not wait for a
+The test watches the page over the DevTools protocol: Chromium starts with
+``--remote-debugging-port=0``, the port is read from ``DevToolsActivePort`` in its profile
+(or its "DevTools listening on ws://..." stderr line), the page target comes from
+``/json/list``, and ``Runtime.evaluate`` reads the page's DOM over that target's WebSocket
+until every expected text is there or a real-time deadline passes. Nothing depends on
+Chromium's virtual time (``--dump-dom --virtual-time-budget``), which does not wait for a
 WebSocket. Chromium runs in its own session with a throw-away profile, and its whole
 process group is killed afterwards. Skipped when no chromium is installed (``make
 system-deps`` installs it).
@@ -23,10 +25,11 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
-from websockets.sync.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import ClientConnection, connect as ws_connect
 
 from .test_cli import read_line_matching, spawn
 
@@ -48,19 +51,30 @@ needs_chromium = pytest.mark.skipif(
 
 #: Polling interval while waiting on Chromium or on the page (a condition with a deadline).
 POLL = 0.1
+DOM_JS = "document.documentElement.outerHTML"
 
 
-def _devtools_port(profile: Path, proc: subprocess.Popen, deadline: float) -> int:
-    marker = profile / "DevToolsActivePort"
+class _NotThere(Exception):
+    """Chromium or the page did not get where the test waits for it in time."""
+
+
+def _devtools_port(profile: Path, err_path: Path, proc: subprocess.Popen, deadline: float) -> int:
+    """The first line of ``DevToolsActivePort`` in the profile, or the port in Chromium's
+    "DevTools listening on ws://host:port/..." stderr line, whichever shows up first."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"chromium exited with status {proc.returncode}")
+            raise _NotThere(f"chromium exited with status {proc.returncode}")
         try:
-            first = marker.read_text().splitlines()[0]
-            return int(first)
-        except (OSError, IndexError, ValueError):
-            time.sleep(POLL)
-    raise AssertionError("chromium did not open its DevTools port in time")
+            active = (profile / "DevToolsActivePort").read_text()
+        except OSError:
+            active = ""
+        if "\n" in active:  # the first line is complete
+            return int(active.split("\n", 1)[0])
+        listening = re.search(r"DevTools listening on ws://[^/\s]+:(\d+)/", err_path.read_text(errors="replace"))
+        if listening:
+            return int(listening.group(1))
+        time.sleep(POLL)
+    raise _NotThere("chromium did not open its DevTools port in time")
 
 
 def _page_socket_url(port: int, deadline: float) -> str:
@@ -68,13 +82,31 @@ def _page_socket_url(port: int, deadline: float) -> str:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as resp:
                 targets = json.load(resp)
-        except OSError:
+        except (OSError, ValueError):
             targets = []
         for target in targets:
             if target.get("type") == "page" and target.get("webSocketDebuggerUrl"):
                 return target["webSocketDebuggerUrl"]
         time.sleep(POLL)
-    raise AssertionError("chromium showed no page target in time")
+    raise _NotThere("chromium showed no page target in time")
+
+
+def _evaluate(cdp: ClientConnection, ident: int, expression: str, deadline: float) -> str | None:
+    """Send ``Runtime.evaluate`` as message ``ident``; the string value of its answer (events
+    in between skipped), or None when the page had none (e.g. mid-navigation) or time ran out."""
+    cdp.send(json.dumps({
+        "id": ident,
+        "method": "Runtime.evaluate",
+        "params": {"expression": expression, "returnByValue": True},
+    }))
+    while True:
+        try:
+            message = json.loads(cdp.recv(timeout=max(0.1, deadline - time.monotonic())))
+        except TimeoutError:
+            return None
+        if message.get("id") == ident:
+            value = message.get("result", {}).get("result", {}).get("value")
+            return value if isinstance(value, str) else None
 
 
 def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeout: float = 45) -> str:
@@ -100,28 +132,22 @@ def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeou
         url,
     ]
     deadline = time.monotonic() + timeout
-    dom = ""
+    dom, problem = "", f"{expected!r} not in the page's DOM after {timeout:.0f}s"
     # stderr to a file, not a pipe: a helper process Chromium leaves behind cannot block us.
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            port = _devtools_port(profile, proc, deadline)
-            ws_url = _page_socket_url(port, deadline)
-            with ws_connect(ws_url, max_size=None, open_timeout=10) as cdp:
+            port = _devtools_port(profile, err_path, proc, deadline)
+            with ws_connect(_page_socket_url(port, deadline), max_size=None, open_timeout=10) as cdp:
                 ident = 0
-                while True:
+                while time.monotonic() < deadline:
                     ident += 1
-                    cdp.send(json.dumps({
-                        "id": ident,
-                        "method": "Runtime.evaluate",
-                        "params": {"expression": "document.documentElement.outerHTML", "returnByValue": True},
-                    }))
-                    dom = _result(cdp, ident, deadline) or dom
+                    dom = _evaluate(cdp, ident, DOM_JS, deadline) or dom
                     if all(text in dom for text in expected):
                         return dom
-                    if time.monotonic() >= deadline:
-                        break
                     time.sleep(POLL)
+        except (_NotThere, OSError, WebSocketException) as exc:
+            problem = f"waiting for {expected!r}: {type(exc).__name__}: {exc}"
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # chromium's own group (start_new_session)
@@ -129,19 +155,7 @@ def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeou
                 pass
             proc.wait(timeout=10)
     log = err_path.read_text(errors="replace")[-2000:]
-    raise AssertionError(f"{expected!r} not in the page's DOM after {timeout:.0f}s:\n{dom[-3000:]}\n--- chromium stderr ---\n{log}")
-
-
-def _result(cdp, ident: int, deadline: float) -> Optional[str]:
-    """The string value of the answer to message ``ident`` (events in between skipped)."""
-    while True:
-        left = max(0.1, deadline - time.monotonic())
-        try:
-            message = json.loads(cdp.recv(timeout=left))
-        except TimeoutError:
-            return None
-        if message.get("id") == ident:
-            return message.get("result", {}).get("result", {}).get("value")
+    raise AssertionError(f"{problem}:\n{dom[-3000:]}\n--- chromium stderr ---\n{log}")
 
 
 @pytest.fixture
