@@ -158,11 +158,15 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
             raise BadRequest("NUL in request head")
 
 
-#: The request line and header lines `_simple_head` reads; anything else goes to h11.
-_SIMPLE_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
-_SIMPLE_FIELD = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
-)
+#: RFC 9110's grammar as h11 applies it: a token (method, field name), a request target,
+#: a field value (no leading or trailing blanks).
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TARGET = rb"[\x21-\x7e]+"
+_VALUE = rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?"
+#: The request line `_simple_head` reads; anything else goes to h11.
+_SIMPLE_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (" + _TARGET + rb") HTTP/1\.1")
+#: One header line as h11 reads it (name, value without the blanks around it).
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 
 
 def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
@@ -183,7 +187,7 @@ def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     hosts = 0
     field_size = limits.field_size
     for line in lines[1:]:
-        m = _SIMPLE_FIELD.fullmatch(line)
+        m = _FIELD_LINE.fullmatch(line)
         if m is None or len(line) > field_size:
             return None
         name = m.group(1).decode("ascii")
@@ -514,10 +518,8 @@ _STATUS_101 = re.compile(rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A request head as h11 writes it: request line, "Name: value" lines, empty line.
 _REQUEST_HEAD_OUT = re.compile(
-    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.1\r\n"
-    rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: (?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?\r\n)*\r\n"
+    _TOKEN + rb" " + _TARGET + rb" HTTP/1\.1\r\n(?:" + _TOKEN + rb": " + _VALUE + rb"\r\n)*\r\n"
 )
-_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*")
 
 
 def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> Optional[bytes]:
@@ -555,7 +557,7 @@ def parse_101(buf: bytes) -> Optional[tuple[ResponseHead, int]]:
         return None
     headers = []
     for line in lines[1:]:
-        m = _HEADER_LINE.fullmatch(line)
+        m = _FIELD_LINE.fullmatch(line)
         if m is None:
             return None
         headers.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
