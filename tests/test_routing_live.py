@@ -324,20 +324,26 @@ def test_backend_head_timeout_is_504_after_timeout(make_proxy, caplog):
         silent.close()
 
 
-def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
-    closer = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+def closing_backend() -> socket.socket:
+    """A listener whose connections are closed as soon as their request arrives (no head);
+    closing the listener ends its accept thread."""
+    lsock = socket.create_server(("127.0.0.1", 0))
 
     def run():
-        while not stop.is_set():
+        while True:
             try:
-                conn, _ = closer.accept()
+                conn, _ = lsock.accept()
             except OSError:
                 return
             conn.recv(65536)
             conn.close()
 
     threading.Thread(target=run, daemon=True).start()
+    return lsock
+
+
+def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
+    closer = closing_backend()
     try:
         port = closer.getsockname()[1]
         engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{port}/\n")
@@ -346,7 +352,6 @@ def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
         assert body.startswith(b"502 ") and len(body) < 200
         error_logged(caplog, 502, f"ws://127.0.0.1:{port}/")
     finally:
-        stop.set()
         closer.close()
 
 
@@ -361,20 +366,8 @@ def test_plain_http_route_failures_have_the_same_statuses(make_proxy, caplog, ki
     elif kind == "dns":
         url, expected = "http://no-such-host.invalid/", 500
     else:
-        listener = socket.create_server(("127.0.0.1", 0))
+        listener = closing_backend() if kind == "closes" else socket.create_server(("127.0.0.1", 0))
         url, expected = f"http://127.0.0.1:{listener.getsockname()[1]}/", 502 if kind == "closes" else 504
-        if kind == "closes":
-
-            def run(lsock=listener):
-                while True:
-                    try:
-                        conn, _ = lsock.accept()
-                    except OSError:
-                        return
-                    conn.recv(65536)
-                    conn.close()
-
-            threading.Thread(target=run, daemon=True).start()
     try:
         engine = make_proxy(f"ProxyPass /f/ {url} timeout=1\n")
         started = time.monotonic()
