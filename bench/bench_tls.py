@@ -24,7 +24,7 @@ from pathlib import Path
 import trustme
 
 from tunnel.echo import EchoServer
-from tunnel.tls import TLSStream
+from tunnel.io.tls import TLSStream
 
 from .harness import BUILD, Backend, Proc, build, read_line, wait_until
 

@@ -9,10 +9,12 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from tunnel import routing
+    from tunnel.protocol import routing
     from tunnel.config import Config
     from tunnel.errors import BadGateway, ClientError
-    from tunnel.handshake import BackendHandshake, FrontEnd, validate_upgrade
+    from tunnel.protocol.backend import BackendHandshake
+from tunnel.protocol.request import FrontEnd
+from tunnel.protocol.upgrade import validate_upgrade
 
 KEY = "MDEyMzQ1Njc4OWFiY2RlZg=="
 SCOPE = Config.from_text("ProxyPass /ws/ ws://127.0.0.1:9/\nProxyPass / http://127.0.0.1:9/\n").scope

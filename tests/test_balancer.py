@@ -8,6 +8,7 @@ winner's lbstatus -= the total), not computed by the code under test.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Iterable
 
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.balancer import Balancers, BalancerState, MemberState
+from tunnel.protocol.balancer import Balancers, BalancerState, MemberState
 from tunnel.config import Balancer, Member, Target
 from tunnel.errors import ConfigError, ServiceUnavailable
 
@@ -499,7 +500,7 @@ def test_snapshot_fields() -> None:
 @pytest.mark.parametrize("lbmethod", ["byrequests", "bybusyness", "bytraffic"])
 def test_threads_keep_counts_consistent(lbmethod: str) -> None:
     members = tuple(member(f"m{i}", loadfactor=i + 1) for i in range(4))
-    registry = Balancers({"c": Balancer("c", members=members, lbmethod=lbmethod)})
+    registry = Balancers({"c": Balancer("c", members=members, lbmethod=lbmethod)}, clock=time.monotonic, lock=threading.Lock)
     state = registry["c"]
     threads_n, rounds = 8, 500
     picked: Counter[int] = Counter()

@@ -10,6 +10,7 @@ Configurations are written as an httpd user would: ``<Proxy balancer://c>`` with
 from __future__ import annotations
 
 import socket
+import threading
 import ssl
 from collections import Counter
 from typing import Iterator
@@ -18,7 +19,7 @@ import pytest
 import trustme
 from websockets.sync.client import connect as ws_connect
 
-from tunnel.balancer import Balancers
+from tunnel.protocol.balancer import Balancers
 from tunnel.echo import EchoServer
 
 from .conftest import STRATEGY_CONFIGS
@@ -154,7 +155,7 @@ class FakeClock:
 def with_fake_clock(engine) -> FakeClock:
     """Give the engine's balancers a fake clock (before any request reaches them)."""
     clock = FakeClock()
-    engine.balancers = Balancers(engine.config.balancers, clock=clock)
+    engine.balancers = Balancers(engine.config.balancers, clock=clock, lock=threading.Lock)
     return clock
 
 

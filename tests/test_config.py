@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunnel.config import (
-    DEFAULT_MAX_TUNNEL_THREADS,
     Config,
     ConfigError,
     Limits,
@@ -21,8 +20,9 @@ from tunnel.config import (
     ServerTLS,
     Target,
     parse,
-    summary,
 )
+from tunnel.config.model import DEFAULT_MAX_TUNNEL_THREADS
+from tunnel.configtest import summary
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tunnel import cli
+from tunnel.cli import demo as cli
 
 from .helpers import read_head, recv_exactly, status_of
 from .test_cli import read_line_matching, spawn

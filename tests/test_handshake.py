@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from tunnel.config import Limits
 from tunnel.errors import BadGateway, BadRequest, ClientError, HeaderFieldsTooLarge, MethodNotAllowed, UpgradeRequired, URITooLong
-from tunnel.handshake import BackendHandshake, FrontEnd, backend_headers, client_switch_bytes, validate_upgrade
+from tunnel.protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
+from tunnel.protocol.request import FrontEnd
+from tunnel.protocol.upgrade import validate_upgrade
 
 from .helpers import ACCEPT, KEY, upgrade_request
 
@@ -249,7 +251,8 @@ from wsproto.connection import ConnectionType  # noqa: E402
 from wsproto.handshake import H11Handshake  # noqa: E402
 from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError  # noqa: E402
 
-from tunnel.handshake import _request_head, _websocket_ok, parse_101  # noqa: E402
+from tunnel.protocol.backend import _request_head, parse_101  # noqa: E402
+from tunnel.protocol.upgrade import _websocket_ok  # noqa: E402
 
 _names = st.sampled_from(["Upgrade", "Connection", "Sec-WebSocket-Accept", "X-A", "x_b", "Set-Cookie", "Bad Name", "", "Ü", "A:B"])
 _values = st.one_of(

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tunnel.loop import EVENT_READ, EVENT_WRITE, Loop, Wait, run_blocking
+from tunnel.io.loop import Loop, Wait, run_blocking
+from tunnel.io.streams import EVENT_READ, EVENT_WRITE
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tunnel.relay import CAPPED_CHUNK, HIGH_WATER, SCRATCH_SIZE
+from tunnel.tunnels.pump import CAPPED_CHUNK, HIGH_WATER, SCRATCH_SIZE
 
 from .helpers import ACCEPT, read_head, status_of, upgrade_request, wait_for
 

@@ -301,7 +301,7 @@ def test_slow_reader_keeps_proxy_buffer_bounded(make_proxy, strategy):
                 if time.monotonic() - stalled_since > 0.3:
                     break  # every buffer on the way is full
             peak = max([peak] + [p.buffered for p in engine.live_tunnels()])
-        from tunnel.relay import HIGH_WATER, SCRATCH_SIZE
+        from tunnel.tunnels.pump import HIGH_WATER, SCRATCH_SIZE
 
         assert 0 < peak <= HIGH_WATER + SCRATCH_SIZE
         conn = backend.conns[0]

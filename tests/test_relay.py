@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.relay import EVENT_READ, EVENT_WRITE, HIGH_WATER, Budget, FlowState, Pump, new_scratch
-from tunnel.sync_tunnel import run_sync
+from tunnel.io.streams import EVENT_READ, EVENT_WRITE
+from tunnel.tunnels.pump import HIGH_WATER, Budget, FlowState, Pump, new_scratch
+from tunnel.tunnels.sync_driver import run_sync
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tunnel.config import Scope, Target, parse
 from tunnel.errors import BadRequest, ClientError, Forbidden, MethodNotAllowed, NotFound, UpgradeRequired
-from tunnel.routing import alias_match, encode_path, normalize_target, route
+from tunnel.protocol.routing import alias_match, encode_path, normalize_target, route
 
 pytestmark = pytest.mark.timeout(30)
 

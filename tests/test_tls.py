@@ -14,8 +14,8 @@ import pytest
 import trustme
 
 from tunnel.echo import EchoServer
-from tunnel.relay import shutdown_write
-from tunnel.tls import TLSStream
+from tunnel.io.streams import shutdown_write
+from tunnel.io.tls import TLSStream
 
 from .helpers import read_head, recv_until_eof, status_of, upgrade_request, wait_for
 
@@ -278,7 +278,7 @@ class Firehose:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        from tunnel.handshake import FrontEnd
+        from tunnel.protocol.request import FrontEnd
         from wsproto.utilities import generate_accept_token
 
         try:

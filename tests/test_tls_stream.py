@@ -16,7 +16,7 @@ import time
 import pytest
 import trustme
 
-from tunnel.tls import TLSStream
+from tunnel.io.tls import TLSStream
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -195,7 +195,7 @@ def test_a_drained_flow_asks_for_a_read_of_its_tls_source_and_the_other_read_kee
     no poll will report, and then the read of the backend found nothing. The request
     to read the client again (``more``) must survive that read: once it was reset there,
     and a wss client's upload could stall for good."""
-    from tunnel.relay import Pump
+    from tunnel.tunnels.pump import Pump
 
     client_ctx, server_ctx = contexts
     user_raw, proxy_raw = tcp_pair()

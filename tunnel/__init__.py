@@ -1,48 +1,70 @@
 """tunnel: a WebSocket reverse proxy and tunnel engine, httpd's mod_proxy_wstunnel in Python.
 
-A connection's life, one module a line:
+A connection's life, one module a line (imports only go down this list's layers):
 
-    server.py       accepts on the listeners (a batch per wake-up) and runs each client
-                    connection as a generator task on loop.py
-    handshake.py    sans-IO: request head (h11 + strict checks), upgrade checks (wsproto),
-                    backend request bytes, the backend's 101 and its Accept check
-    routing.py      ProxyPass / ProxyPassMatch matching, upgrade=, fallback (pure)
-    balancer.py     balancer:// member choice, error states, stickiness (pure)
-    backend.py      non-blocking connect (ws/wss/http/https/unix), TLS, deadlines
-    tls.py          TLSStream: TLS via memory BIOs, a half-close that loses nothing
-    httpproxy.py    plain HTTP forwarding and relayed non-101 answers, streamed with h11
-    strategies.py   sync or async, as httpd decides with its MPM
-    relay.py        the pump: bytes both ways, backpressure, half-close (no waiting)
-    sync_tunnel.py  a pool thread polls a tunnel's two sockets and drives the pump
-    async_tunnel.py the tunnel's sockets on the loop, driving the same pump
-    engine.py       ties it together: Engine(config).serve_forever() / handle(sock)
-    config.py, accesslog.py, echo.py, cli.py: configuration, logs, demo backend, launcher
+    io/listeners.py         accepts on the listeners, a batch per wake-up
+    proxy/session.py        one client connection as a generator task on io/loop.py
+    protocol/request.py     sans-IO: request heads (fast path, or h11 with strict checks)
+    protocol/routing.py     ProxyPass / ProxyPassMatch matching, upgrade=, fallback
+    protocol/upgrade.py     upgrade checks (wsproto's rules, the key)
+    proxy/failover.py       a plain worker (health: protocol/health.py) or a balancer
+                            member (protocol/balancer.py) with failover
+    io/connect.py           name lookup off the loop, non-blocking connect, TLS (io/tls.py)
+    protocol/backend.py     the forwarded request, the backend's 101 and its Accept check
+    proxy/forward.py        plain HTTP forwarding and relayed non-101 answers, with h11
+    tunnels/strategy.py     sync or async, as httpd decides with its MPM
+    tunnels/pump.py         bytes both ways, backpressure, half-close (never waits)
+    tunnels/sync_driver.py  a pool thread polls a tunnel's two sockets and drives the pump
+    tunnels/async_driver.py the tunnel's sockets on the loop, driving the same pump
+    engine.py               owns loop, pool, balancers, logs: Engine(config).serve_forever()
+
+Around them: errors.py and accesslog.py (the bottom layer), config/ (model, lexer,
+values, parser, build, checks, scopes), protocol/heads.py and responses.py, io/streams.py
+and io/steps.py, proxy/records.py and services.py, configtest.py, cli/ (main, demo,
+workers), echo.py (the demo backend, outside the engine's imports). docs/architecture.md
+draws the layers.
 """
 
+from __future__ import annotations
+
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import Config
-from .errors import ConfigError, TunnelError
-from .strategies import HostCapabilities
-
-# The pump module is `tunnel.relay` (tunnel/relay.py); the public name `tunnel.relay` is the
-# function.  Import the module first so that the function, bound after it, is what the
-# package attribute keeps (a submodule import sets the attribute only on its first load).
-from . import relay as _relay_module  # noqa: F401  (tunnel.relay.Pump stays importable)
-from .tunnel_api import relay
+from .errors import ClientGone, ConfigError, TunnelError
+from .tunnels.api import relay_sockets
+from .tunnels.strategy import HostCapabilities, Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
 
 def __getattr__(name: str) -> Any:
-    # Engine pulls in the whole I/O stack; import them on first use so that
+    # Engine pulls in the whole I/O stack: imported on first use, so that
     # `import tunnel.config` (configtest, the pure modules' tests) stays light.
     if name == "Engine":
         from .engine import Engine
 
         return Engine
+    if name == "relay":
+        warnings.warn(
+            "tunnel.relay is deprecated; use tunnel.relay_sockets (same arguments)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return relay_sockets
     raise AttributeError(f"module 'tunnel' has no attribute {name!r}")
 
-__all__ = ["Engine", "Config", "ConfigError", "TunnelError", "HostCapabilities", "relay", "__version__"]
+
+__all__ = [
+    "Engine",
+    "Config",
+    "ConfigError",
+    "TunnelError",
+    "ClientGone",
+    "HostCapabilities",
+    "Strategy",
+    "relay_sockets",
+    "__version__",
+]

@@ -1,6 +1,6 @@
 """``python -m tunnel``: the command-line launcher."""
 
-from .cli import main
+from .cli.main import main
 
 if __name__ == "__main__":  # pragma: no branch
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import threading
@@ -9,10 +10,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TextIO
 
-__all__ = ["COMMON", "COMBINED", "Entry", "Formatter", "AccessLog"]
+__all__ = ["COMMON", "COMBINED", "PREDEFINED_LOG_FORMATS", "LOG_LEVELS", "Entry", "Formatter", "AccessLog"]
 
 COMMON = '%h %l %u %t "%r" %>s %b'
 COMBINED = COMMON + ' "%{Referer}i" "%{User-Agent}i"'
+#: httpd's predefined log format nicknames (mod_log_config).
+PREDEFINED_LOG_FORMATS = {"common": COMMON, "combined": COMBINED}
+
+#: httpd's LogLevel names, most severe first, mapped onto Python's logging levels
+#: (trace1-8 are read as debug by the configuration).
+LOG_LEVELS = {
+    "emerg": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "crit": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "notice": logging.INFO,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import generate_accept_token
 
-from .relay import shutdown_write
+from .io.streams import shutdown_write
 
 __all__ = ["EchoServer", "main"]
 

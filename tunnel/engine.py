@@ -1,6 +1,6 @@
 """The engine: one configuration, one loop (when it owns one), the sync pool, the tunnels.
 
-``Engine`` is the library's entry point (DESIGN.md §6). It owns:
+``Engine`` is the library's entry point (README, "Library API"). It owns:
 
 * the loop and its listeners when it serves (``serve_forever`` / ``running``); the host
   can then poll (``HostCapabilities(can_poll=True)``) and async tunnels are possible;
@@ -25,16 +25,21 @@ from collections import Counter
 from typing import Any, Iterator, Optional
 
 from .accesslog import AccessLog, Entry
-from .async_tunnel import AsyncTunnel
-from .backend import client_context, server_context
-from .balancer import Balancers
-from .config import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
+from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
 from .errors import ServiceUnavailable
-from .loop import Loop, Task, run_blocking
-from .relay import Budget, Pump, new_scratch
-from .server import Acceptor, Exchange, TunnelStart, open_listener, serve_client
-from .strategies import LOOP_HOST, THREAD_HOST, HostCapabilities, select_strategy
-from .sync_tunnel import PoolFull, ThreadPool, run_sync
+from .io.connect import client_context, server_context
+from .io.listeners import Acceptor, open_listener
+from .io.loop import Loop, Task, run_blocking
+from .io.streams import Endpoint
+from .protocol.balancer import Balancers, BalancerState
+from .protocol.health import WorkerHealth
+from .proxy.records import Exchange, TunnelStart
+from .proxy.services import Services
+from .proxy.session import serve_client
+from .tunnels.async_driver import AsyncTunnel
+from .tunnels.pump import Budget, Pump, new_scratch
+from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
+from .tunnels.sync_driver import PoolFull, ThreadPool, run_sync
 
 __all__ = ["Engine"]
 
@@ -68,7 +73,7 @@ class Engine:
         self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()
         self.pool = ThreadPool(config.max_tunnel_threads)
-        self.balancers = Balancers(config.balancers)
+        self.balancers = Balancers(config.balancers, clock=time.monotonic, lock=threading.Lock)
         self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
         self.access_log = AccessLog(config.log.custom_logs)
         #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
@@ -84,7 +89,8 @@ class Engine:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
-        self._worker_errors: dict[Target, float] = {}
+        self._health = WorkerHealth(time.monotonic)
+        self._services = _Services(self)
         self._ssl_contexts: dict[ProxyTLS, ssl.SSLContext] = {}
         self._server_contexts: dict[Listener, ssl.SSLContext] = {}
         self._lock = threading.Lock()
@@ -103,33 +109,8 @@ class Engine:
     def loop(self) -> Optional[Loop]:
         return self._loop
 
-    def strategy_for(self, scope: Scope) -> str:
-        return select_strategy(scope, self.host)
-
-    def needs_thread(self, scope: Scope, strategy: str) -> bool:
-        """Does a tunnel need a pool thread? Not in a host's own thread (no loop)."""
-        if self._loop is None or not self._loop.running:
-            return False
-        return strategy == "sync" or scope.websocket_async_delay > 0
-
-    def reserve_thread(self, ex: Exchange) -> bool:
-        """Reserve a sync thread before the backend is contacted.
-
-        Raises:
-            ServiceUnavailable: the pool is full and the tunnel must be sync.
-        """
-        try:
-            self.pool.reserve()
-            return True
-        except PoolFull as exc:
-            self.stats["tunnels.refused_pool_full"] += 1
-            errlog.error("refusing tunnel from %s: %s (MaxTunnelThreads %d)", ex.peer[0], exc, self.pool.max_threads)
-            raise ServiceUnavailable("no tunnel thread available", detail=str(exc)) from None
-        except RuntimeError:
-            raise ServiceUnavailable("server is shutting down") from None
-
-    # -- backend helpers ---------------------------------------------------------------
-    def backend_ssl(self, scope: Scope) -> Optional[ssl.SSLContext]:
+    # -- TLS contexts (cached per configuration object) --------------------------------
+    def _backend_ssl(self, scope: Scope) -> Optional[ssl.SSLContext]:
         tls = scope.proxy_tls
         if not tls.engine:
             return None
@@ -139,7 +120,7 @@ class Engine:
                 ctx = self._ssl_contexts[tls] = client_context(tls)
         return ctx
 
-    def server_ssl(self, listener: Listener) -> ssl.SSLContext:
+    def _server_ssl(self, listener: Listener) -> ssl.SSLContext:
         """The server-side SSLContext of a TLS listener (SSLEngine, SSLCertificate*).
 
         The global SSLEngine certificate, else the first TLS vhost on the listener's port;
@@ -172,25 +153,6 @@ class Engine:
             self._server_contexts[listener] = default
             return default
 
-    def check_worker(self, target: Target, rule: ProxyRule) -> None:
-        """503 at once while a worker is in error state (R18)."""
-        until = self._worker_errors.get(target)
-        if until is not None:
-            if time.monotonic() < until:
-                raise ServiceUnavailable(
-                    "backend is in error state", detail=f"{target}: retry in {until - time.monotonic():.1f}s"
-                )
-            self._worker_errors.pop(target, None)
-
-    def worker_failed(self, target: Target, rule: ProxyRule) -> None:
-        retry = rule.retry if rule.retry is not None else 60.0
-        if retry > 0:
-            self._worker_errors[target] = time.monotonic() + retry
-            errlog.error("worker %s in error state for %.0fs (retry=)", target, retry)
-
-    def new_pump(self, client: socket.socket, backend: socket.socket, *, to_backend: bytes, to_client: bytes) -> Pump:
-        return Pump(client, backend, to_backend=to_backend, to_client=to_client, budget=self.budget)
-
     # -- serving -----------------------------------------------------------------------
     def serve_forever(self) -> None:
         """Bind the listeners and run the loop in this thread until ``stop()``."""
@@ -201,7 +163,7 @@ class Engine:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
                 bound = Listener(listener.host, addr[1], listener.tls, listener.file, listener.line)
-                self._acceptors.append(Acceptor(self, loop, sock, bound))
+                self._acceptors.append(Acceptor(self._adopt, loop, sock, bound))
                 log.info("listening on %s", bound.display)
         except BaseException as exc:
             for acc in self._acceptors:
@@ -299,13 +261,13 @@ class Engine:
         loop.close()
 
     # -- connections -------------------------------------------------------------------
-    def adopt(self, sock: socket.socket, peer: Any, listener: Optional[Listener], leading: bytes = b"") -> None:
+    def _adopt(self, sock: socket.socket, peer: Any, listener: Optional[Listener], leading: bytes = b"") -> None:
         """Serve an accepted client connection on the loop (loop thread only)."""
         loop = self._loop
         if loop is None or self._stopping.is_set():
             sock.close()
             return
-        task = loop.spawn(serve_client(self, sock, peer, listener, leading), name=f"client {peer}")
+        task = loop.spawn(serve_client(self._services, sock, peer, listener, leading), name=f"client {peer}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -329,11 +291,11 @@ class Engine:
                 peer = ("unknown", 0)
         loop = self._loop
         if loop is not None and loop.running and not self._stopping.is_set():
-            loop.call_soon_threadsafe(self.adopt, sock, peer, None, leading)
+            loop.call_soon_threadsafe(self._adopt, sock, peer, None, leading)
             return
-        start = run_blocking(serve_client(self, sock, peer, None, leading))
+        start = run_blocking(serve_client(self._services, sock, peer, None, leading))
         if isinstance(start, TunnelStart):
-            self._note_start(start, "sync")
+            self._note_start(start, Strategy.SYNC)
             run_sync(
                 start.pump,
                 idle_timeout=start.scope.websocket_idle_timeout,
@@ -348,7 +310,7 @@ class Engine:
         with self._lock:
             return list(self._live)
 
-    def _note_start(self, ts: TunnelStart, strategy: str) -> None:
+    def _note_start(self, ts: TunnelStart, strategy: Strategy) -> None:
         with self._lock:
             self.stats[f"tunnels.{strategy}"] += 1
             self.stats["tunnels.open"] += 1
@@ -368,11 +330,11 @@ class Engine:
         """Start a tunnel whose 101 has gone out (loop thread)."""
         scope = ts.scope
         self._note_start(ts, ts.strategy)
-        if ts.strategy == "async" and not ts.reserved:
+        if ts.strategy is Strategy.ASYNC and not ts.reserved:
             self._start_async(ts, fresh=True)
             return
         handover_at = None
-        if ts.strategy == "async":
+        if ts.strategy is Strategy.ASYNC:
             handover_at = time.monotonic() + scope.websocket_async_delay
         self.pool.run(lambda: self._run_sync(ts, handover_at))
 
@@ -452,9 +414,9 @@ class Engine:
             time.monotonic() - ex.started,
             ex.notes.get("strategy", "?"),
         )
-        self.log_exchange(ex)
+        self._log_exchange(ex)
 
-    def log_exchange(self, ex: Exchange) -> None:
+    def _log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""
         if not self.access_log.enabled:
             return
@@ -483,3 +445,73 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
+
+
+class _Services(Services):
+    """The engine as a client connection sees it (`tunnel.proxy.services.Services`).
+
+    Kept apart from `Engine` so that the public class carries none of these hooks.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def config(self) -> Config:
+        return self._engine.config
+
+    @property
+    def server_name(self) -> str:
+        return self._engine.server_name
+
+    def server_ssl(self, listener: Listener) -> ssl.SSLContext:
+        return self._engine._server_ssl(listener)
+
+    def backend_ssl(self, scope: Scope) -> Optional[ssl.SSLContext]:
+        return self._engine._backend_ssl(scope)
+
+    def strategy_for(self, scope: Scope) -> Strategy:
+        return select_strategy(scope, self._engine.host)
+
+    def needs_thread(self, scope: Scope, strategy: Strategy) -> bool:
+        """A tunnel needs a pool thread when the engine runs a loop (a host's own
+        thread with no loop runs its tunnel itself) and it is sync or has an AsyncDelay."""
+        loop = self._engine.loop
+        if loop is None or not loop.running:
+            return False
+        return strategy is Strategy.SYNC or scope.websocket_async_delay > 0
+
+    def reserve_thread(self, ex: Exchange) -> None:
+        engine = self._engine
+        try:
+            engine.pool.reserve()
+        except PoolFull as exc:
+            engine.stats["tunnels.refused_pool_full"] += 1
+            errlog.error("refusing tunnel from %s: %s (MaxTunnelThreads %d)", ex.peer[0], exc, engine.pool.max_threads)
+            raise ServiceUnavailable("no tunnel thread available", detail=str(exc)) from None
+        except RuntimeError:
+            raise ServiceUnavailable("server is shutting down") from None
+
+    def release_thread(self) -> None:
+        self._engine.pool.release()
+
+    def balancer(self, name: str) -> BalancerState:
+        return self._engine.balancers[name]
+
+    def check_worker(self, target: Target) -> None:
+        left = self._engine._health.retry_in(target)
+        if left is not None:
+            raise ServiceUnavailable("backend is in error state", detail=f"{target}: retry in {left:.1f}s")
+
+    def worker_failed(self, target: Target, rule: ProxyRule) -> None:
+        seconds = self._engine._health.failed(target, rule.retry)
+        if seconds > 0:
+            errlog.error("worker %s in error state for %.0fs (retry=)", target, seconds)
+
+    def new_pump(self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes) -> Pump:
+        return Pump(client, backend, to_backend=to_backend, to_client=to_client, budget=self._engine.budget)
+
+    def log_exchange(self, ex: Exchange) -> None:
+        self._engine._log_exchange(ex)

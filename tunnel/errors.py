@@ -20,9 +20,12 @@
         │                                 no usable balancer member, sync pool full)
         └── GatewayTimeout           504 (response head or send timed out)
 
-Rules (STYLE.md "Errors"): an error a peer can cause carries the HTTP status and a
+    ClientGone                       the client left while we waited on its behalf:
+                                     nothing to answer, the connection is closed
+
+Rules: an error a peer can cause carries the HTTP status and a
 short reason to answer with; the front end maps them to a response in one place
-(``server.py``) and logs the detail.  ``ClientError`` means the peer did wrong,
+(``tunnel.proxy.session``) and logs the detail.  ``ClientError`` means the peer did wrong,
 ``UpstreamError`` the backend side did; anything else reaching the front end is our
 bug and answers 500 with the traceback logged, never sent.
 """
@@ -48,6 +51,7 @@ __all__ = [
     "BadGateway",
     "ServiceUnavailable",
     "GatewayTimeout",
+    "ClientGone",
 ]
 
 
@@ -168,3 +172,9 @@ class ServiceUnavailable(UpstreamError):
 class GatewayTimeout(UpstreamError):
     status = 504
     default_reason = "Gateway Timeout"
+
+
+class ClientGone(Exception):
+    """The client closed its connection while the proxy waited for the backend (or for
+    a balancer member) on its behalf. Not a `TunnelError`: there is nobody to answer;
+    the backend connection is closed at once and the exchange is logged."""

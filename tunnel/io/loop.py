@@ -33,10 +33,10 @@ import time
 from collections import deque
 from typing import Any, Callable, Generator, Optional
 
+from .streams import EVENT_READ, EVENT_WRITE
+
 __all__ = ["Loop", "Timer", "Wait", "Task", "run_blocking", "EVENT_READ", "EVENT_WRITE"]
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 
 log = logging.getLogger("tunnel.loop")
 

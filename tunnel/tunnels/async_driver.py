@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .loop import Loop, Timer
-from .relay import Pump
+from ..io.loop import Loop, Timer
+from .pump import Pump
 
 __all__ = ["AsyncTunnel"]
 

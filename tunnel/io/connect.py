@@ -1,4 +1,4 @@
-"""Connecting to backends, and the small blocking-free socket helpers the front end uses.
+"""Connecting to backends: name lookup off the loop, non-blocking connect, TLS.
 
 Every function here that waits is a generator task step (see ``loop.Wait``): it yields
 ``Wait`` objects and gets ``TimeoutError`` thrown in at its deadline, so the same code runs
@@ -18,94 +18,20 @@ import os
 import select
 import socket
 import ssl
-import sys
 import threading
 import time
 from typing import Generator, Optional
 
-from .config import ProxyTLS, ServerTLS, Target
-from .errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
-from .loop import EVENT_READ, EVENT_WRITE, Wait
+from ..config.model import ProxyTLS, ServerTLS, Target
+from ..errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
+from .loop import Wait
+from .streams import tune
 from .tls import TLSStream
 
-__all__ = ["connect", "recv", "sendall", "tune", "client_context", "server_context", "WOULD_BLOCK"]
-
-WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-#: Bytes asked for per recv during handshakes (heads are small; bodies stream).
-RECV_SIZE = 64 * 1024
-#: TCP keepalive on every leg finds dead peers of quiet tunnels (R37 tunnel line):
-#: first probe after this many idle seconds, then every KEEPALIVE_INTERVAL, 4 probes.
-KEEPALIVE_IDLE = 60
-KEEPALIVE_INTERVAL = 15
-
-Step = Generator[Wait, None, object]
-
+__all__ = ["connect", "client_context", "server_context"]
 
 #: Sockets made non-blocking at creation where the platform can.
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
-#: Accepted sockets inherit TCP_NODELAY and the keepalive settings from their listening
-#: socket on Linux: set once on the listener (`set_tcp_options`), not per connection.
-INHERITS_OPTIONS = sys.platform.startswith("linux")
-
-
-def tune(sock: socket.socket, *, inherited: bool = False) -> None:
-    """Non-blocking, TCP_NODELAY (R27) and keepalive (R37) on a stream socket.
-
-    ``inherited``: the options came from a listener `set_tcp_options` set up.
-    """
-    if sock.gettimeout() != 0.0:
-        sock.setblocking(False)
-    if not inherited:
-        set_tcp_options(sock)
-
-
-def set_tcp_options(sock: socket.socket) -> None:
-    """TCP_NODELAY and keepalive on a socket (a listener's are inherited on Linux)."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if hasattr(socket, "TCP_KEEPIDLE"):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-        except OSError:
-            pass
-
-
-def recv(sock: socket.socket, deadline: Optional[float], size: int = RECV_SIZE) -> Generator[Wait, None, bytes]:
-    """Read at least one byte (b"" at EOF) by ``deadline``; TimeoutError after it."""
-    while True:
-        try:
-            return sock.recv(size)
-        except ssl.SSLWantWriteError:
-            yield Wait.write(sock, deadline)
-        except WOULD_BLOCK:
-            if isinstance(sock, (ssl.SSLSocket, TLSStream)) and sock.pending():
-                continue
-            if isinstance(sock, TLSStream) and sock.unsent and not sock.flush():
-                yield Wait(sock, EVENT_READ | EVENT_WRITE, deadline)  # both, or a stall
-            else:
-                yield Wait.read(sock, deadline)
-
-
-def sendall(sock: socket.socket, data: bytes, deadline: Optional[float]) -> Generator[Wait, None, None]:
-    """Send every byte of ``data`` by ``deadline``; TimeoutError after it."""
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except ssl.SSLWantReadError:
-            yield Wait.read(sock, deadline)
-            continue
-        except WOULD_BLOCK:
-            yield Wait.write(sock, deadline)
-            continue
-        view = view[sent:]
-    if isinstance(sock, TLSStream):
-        while not sock.flush():  # ciphertext the kernel has not taken yet
-            yield Wait.write(sock, deadline)
-
 
 @functools.lru_cache(maxsize=256)
 def _literal(host: str, port: int) -> Optional[tuple]:

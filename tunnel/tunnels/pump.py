@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import enum
 import mmap
-import socket
 import ssl
 from typing import Any, Optional
 
-from .tls import TLSStream
+from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, shutdown_write
+from ..io.tls import TLSStream
 
 __all__ = [
     "Pump",
@@ -53,7 +53,7 @@ __all__ = [
     "HIGH_WATER",
     "READ_BUDGET",
     "new_scratch",
-    "shutdown_write",
+
 ]
 
 #: Size of the scratch buffer each driver owns: 256 KiB measured best on loopback
@@ -69,10 +69,7 @@ READ_BUDGET = 8
 #: N of these over the cap, plus one scratch for the read that crossed it.
 CAPPED_CHUNK = 16 * 1024
 
-EVENT_READ = 1  # the same values as selectors.EVENT_READ / EVENT_WRITE
-EVENT_WRITE = 2
 
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class FlowState(enum.Enum):
@@ -112,28 +109,6 @@ def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
     mmap's pages exist only once a read has written them.
     """
     return memoryview(mmap.mmap(-1, size))
-
-
-def shutdown_write(sock: Any) -> None:
-    """Shut the write side of ``sock``; for TLS, send close_notify first.
-
-    A `TLSStream` (every TLS leg of a tunnel) does it without touching the bytes still
-    coming the other way. A blocking ``ssl.SSLSocket`` (the echo backend, after its
-    peer's EOF: nothing more can come) sends close_notify through its SSL object and
-    shuts the TCP write side underneath it.
-    """
-    if isinstance(sock, TLSStream):
-        sock.shutdown_write()
-        return
-    sslobj = getattr(sock, "_sslobj", None)
-    if sslobj is not None:
-        try:
-            sslobj.shutdown()
-        except (ssl.SSLError, OSError, ValueError):
-            pass  # close_notify is sent before want-read; a dead peer is found on next I/O
-        socket.socket.shutdown(sock, socket.SHUT_WR)
-    else:
-        sock.shutdown(socket.SHUT_WR)
 
 
 class Budget:
@@ -362,7 +337,7 @@ class Pump:
         for _ in range(READ_BUDGET):
             try:
                 n = src_recv(scratch)
-            except _WOULD_BLOCK:
+            except WOULD_BLOCK:
                 return
             except (OSError, ValueError) as exc:
                 self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
@@ -379,7 +354,7 @@ class Pump:
             else:
                 try:
                     sent = flow.dst.send(scratch[:n])
-                except _WOULD_BLOCK:
+                except WOULD_BLOCK:
                     sent = 0
                 except (OSError, ValueError) as exc:
                     self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
@@ -402,7 +377,7 @@ class Pump:
         assert pending is not None
         try:
             sent = flow.dst.send(pending)
-        except _WOULD_BLOCK:
+        except WOULD_BLOCK:
             return
         except (OSError, ValueError) as exc:
             self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
@@ -431,7 +406,7 @@ class Pump:
             shutdown_write(flow.dst)
         except OSError as exc:
             # ENOTCONN: the peer is already gone; the other flow finds out on its next I/O.
-            if getattr(exc, "errno", None) != 107:
+            if getattr(exc, "errno", None) != NOT_CONNECTED:
                 self.abort(f"error: shutdown {flow.name.split('->')[1]}: {_describe(exc)}")
                 return
         flow.state = self._move(flow.state, event)

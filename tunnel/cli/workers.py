@@ -18,8 +18,8 @@ import socket
 import time
 from typing import Callable, Optional
 
-from .config import Config, Listener
-from .server import open_listener
+from ..config import Config, Listener
+from ..io.listeners import open_listener
 
 __all__ = ["run_workers", "resolve_workers"]
 

@@ -1,7 +1,7 @@
 """balancer:// member choice, error states and stickiness, as mod_proxy_balancer does it.
 
-Pure: no sockets, no sleeping, no threads started. Time comes from an injected clock
-(``time.monotonic`` by default), so every rule below can be tested with a fake one.
+Pure: no sockets, no sleeping, no threads. Time comes from an injected clock
+(``time.monotonic`` in the engine), so every rule below can be tested with a fake one.
 
 Rules (HTTPD-BEHAVIOUR.md §7, R42-R46; mod_proxy_balancer.c and proxy_util.c):
 
@@ -47,23 +47,26 @@ Rules (HTTPD-BEHAVIOUR.md §7, R42-R46; mod_proxy_balancer.c and proxy_util.c):
 Waiting up to the balancer's ``timeout=`` for a member to come back is the caller's
 business (it may pick again); this module never sleeps.
 
-Thread safety: each `BalancerState` guards its counters with its own lock, taken by every
-public method, since the loop thread and sync tunnel threads share it.
+Thread safety: each `BalancerState` guards its counters with its own lock (made by the
+caller's lock factory: this module starts and imports no threads), taken by every public
+method, since the loop thread and sync tunnel threads share it.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Optional
 
-from .config import Balancer, Member, Target
-from .errors import ConfigError, ServiceUnavailable
+from ..config.model import Balancer, Member, Target
+from ..errors import ConfigError, ServiceUnavailable
 
 __all__ = ["MemberState", "BalancerState", "Balancers", "LBMETHODS"]
 
 Clock = Callable[[], float]
+#: Makes the lock that guards one balancer's counters (``threading.Lock`` in the engine,
+#: which shares balancers between the loop and tunnel threads).
+LockFactory = Callable[[], AbstractContextManager[Any]]
 
 #: Status flags that make a member unusable for any pick (R42): disabled, stopped.
 _OFF_FLAGS = frozenset("DS")
@@ -179,8 +182,8 @@ class BalancerState:
 
     Args:
         balancer: the configuration.
-        clock: monotonic seconds; injectable for tests.
-        lock: the lock guarding the counters; a fresh one when not given.
+        clock: monotonic seconds (``time.monotonic`` in the engine; a fake in tests).
+        lock: the lock guarding the counters; none (single-threaded use) when not given.
 
     Raises:
         ConfigError: when ``balancer.lbmethod`` is not one of `LBMETHODS`.
@@ -190,8 +193,8 @@ class BalancerState:
         self,
         balancer: Balancer,
         *,
-        clock: Clock = time.monotonic,
-        lock: Optional[threading.Lock] = None,
+        clock: Clock,
+        lock: Optional[AbstractContextManager[Any]] = None,
     ) -> None:
         try:
             self._is_best = LBMETHODS[balancer.lbmethod]
@@ -207,7 +210,7 @@ class BalancerState:
             MemberState(member, i) for i, member in enumerate(balancer.members)
         )
         self._clock = clock
-        self._lock = lock if lock is not None else threading.Lock()
+        self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         by_set: dict[int, list[MemberState]] = {}
         for state in self.members:
             by_set.setdefault(state.member.lbset, []).append(state)
@@ -545,14 +548,16 @@ class Balancers(Mapping[str, BalancerState]):
     Args:
         balancers: name (as in the URL, without ``balancer://``) to configuration.
         clock: monotonic seconds, handed to every `BalancerState`.
+        lock: makes each balancer's lock (``threading.Lock`` when shared by threads).
 
     Raises:
         ConfigError: a balancer names an unknown lbmethod.
     """
 
-    def __init__(self, balancers: Mapping[str, Balancer], *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, balancers: Mapping[str, Balancer], *, clock: Clock, lock: Optional[LockFactory] = None) -> None:
         self._states: dict[str, BalancerState] = {
-            name: BalancerState(balancer, clock=clock) for name, balancer in balancers.items()
+            name: BalancerState(balancer, clock=clock, lock=lock() if lock is not None else None)
+            for name, balancer in balancers.items()
         }
 
     def __getitem__(self, name: str) -> BalancerState:

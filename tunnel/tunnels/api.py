@@ -1,17 +1,17 @@
-"""``relay(a, b)``: move bytes between two connected sockets, with the engine's pump."""
+"""``relay_sockets(a, b)``: move bytes between two connected sockets, with the engine's pump."""
 
 from __future__ import annotations
 
 import socket
 from typing import Optional
 
-from .relay import Pump
-from .sync_tunnel import run_sync
+from .pump import Pump
+from .sync_driver import run_sync
 
-__all__ = ["relay"]
+__all__ = ["relay_sockets"]
 
 
-def relay(a: socket.socket, b: socket.socket, *, idle_timeout: Optional[float] = None) -> tuple[int, int]:
+def relay_sockets(a: socket.socket, b: socket.socket, *, idle_timeout: Optional[float] = None) -> tuple[int, int]:
     """Relay bytes between two connected sockets until both directions end.
 
     Blocks the calling thread (the sync driver). Half-close is honoured: EOF from one

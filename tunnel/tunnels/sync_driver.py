@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .relay import EVENT_READ, EVENT_WRITE, Pump, new_scratch
+from ..io.streams import EVENT_READ, EVENT_WRITE
+from .pump import Pump, new_scratch
 
 __all__ = ["run_sync", "ThreadPool"]
 

@@ -10,24 +10,13 @@ from typing import Optional, Sequence
 
 import click
 
-from ._version import __version__
-from .config import Config, ConfigError
-from .engine import Engine
+from .._version import __version__
+from ..accesslog import LOG_LEVELS
+from ..config import Config, ConfigError
+from ..engine import Engine
+from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
 __all__ = ["main", "cli"]
-
-#: httpd's LogLevel names mapped onto Python's logging levels.
-LOG_LEVELS = {
-    "emerg": logging.CRITICAL,
-    "alert": logging.CRITICAL,
-    "crit": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "notice": logging.INFO,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-}
-
 
 def setup_logging(config: Config, override: Optional[str]) -> None:
     """Route the ``tunnel`` loggers to ErrorLog (default stderr) at LogLevel."""
@@ -127,7 +116,7 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if config_file and use_async is not None:
-        config = config.replace(scope=config.scope.__class__(**{**config.scope.__dict__, "websocket_async": use_async}))
+        config = config.with_websocket_async(use_async)  # every scope: server, vhosts, locations
     if config_file and max_threads:
         config = config.replace(max_tunnel_threads=max_threads)
     if not config.listeners:
@@ -143,124 +132,6 @@ def serve(
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
 
 
-DEMO_PAGE = Path(__file__).with_name("demo.html")  # shipped as package data
-
-
-def _san_entries(hosts: Sequence[str]) -> list[tuple[str, str]]:
-    """("DNS"|"IP", value) for each name the demo certificate must cover."""
-    import ipaddress
-
-    entries: list[tuple[str, str]] = []
-    for host in hosts:
-        host = host.strip("[]")
-        if not host or host in ("0.0.0.0", "::", "*"):
-            continue
-        try:
-            entry = ("IP", str(ipaddress.ip_address(host)))
-        except ValueError:
-            entry = ("DNS", host)
-        if entry not in entries:
-            entries.append(entry)
-    return entries
-
-
-def _self_signed_with_cryptography(cert: Path, key: Path, sans: list[tuple[str, str]]) -> None:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnel demo (throw-away)")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    alt = [x509.IPAddress(ipaddress.ip_address(v)) if k == "IP" else x509.DNSName(v) for k, v in sans]
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False)
-        .sign(private, hashes.SHA256())
-    )
-    key.write_bytes(
-        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-
-
-def _self_signed_with_openssl(cert: Path, key: Path, sans: list[tuple[str, str]]) -> None:
-    import subprocess
-
-    # Our own minimal configuration: the system openssl.cnf would add CA:TRUE.
-    conf = cert.with_name("openssl.cnf")
-    conf.write_text(
-        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n"
-        "[dn]\nCN = tunnel demo (throw-away)\n"
-        "[ext]\n"
-        f"subjectAltName = {','.join(f'{k}:{v}' for k, v in sans)}\n"
-        "basicConstraints = critical,CA:FALSE\nextendedKeyUsage = serverAuth\n"
-        "subjectKeyIdentifier = hash\n"
-    )
-    subprocess.run(
-        ["openssl", "req", "-x509", "-config", str(conf), "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
-    )
-
-
-def throwaway_certificate(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path, str]:
-    """A self-signed certificate and key for ``hosts`` (plus localhost, 127.0.0.1, ::1).
-
-    Made with the ``cryptography`` package when it is installed (it is not a dependency
-    of tunnel: trustme, a test dependency, brings it), else with the ``openssl`` command.
-
-    Returns:
-        (certificate path, key path, what made them).
-
-    Raises:
-        click.ClickException: neither is available, or openssl failed.
-    """
-    cert, key = directory / "demo-cert.pem", directory / "demo-key.pem"
-    sans = _san_entries(["localhost", "127.0.0.1", "::1", *hosts])
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        _self_signed_with_cryptography(cert, key, sans)
-        return cert, key, "cryptography"
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        raise click.ClickException(
-            "--tls needs a throw-away certificate: install the 'cryptography' package or the openssl command"
-        )
-    try:
-        _self_signed_with_openssl(cert, key, sans)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        raise click.ClickException(f"openssl could not make a certificate: {detail.decode(errors='replace').strip() or exc}") from None
-    return cert, key, "openssl"
-
-
-def _listen_host(listen: str) -> str:
-    """The host part of a --listen address ("" when only a port is given)."""
-    if listen.startswith("["):
-        return listen[1 : listen.index("]")] if "]" in listen else listen
-    host, sep, _ = listen.rpartition(":")
-    return host if sep else ""
-
-
 @cli.command()
 @click.option("--listen", "-l", default="127.0.0.1:8080", show_default=True, metavar="ADDR", help="Proxy listen address.")
 @click.option("--async/--sync", "use_async", default=True, help="Tunnel strategy for the demo route.")
@@ -271,7 +142,7 @@ def demo(listen: str, use_async: bool, use_tls: bool, log_level: str) -> None:
     import tempfile
     import threading
 
-    from .echo import EchoServer
+    from ..echo import EchoServer
 
     page = DEMO_PAGE.read_bytes()
     certdir: Optional[tempfile.TemporaryDirectory[str]] = None
@@ -280,7 +151,7 @@ def demo(listen: str, use_async: bool, use_tls: bool, log_level: str) -> None:
     cert = None
     if use_tls:
         certdir = tempfile.TemporaryDirectory(prefix="tunnel-demo-")
-        cert, key, made_by = throwaway_certificate(Path(certdir.name), [_listen_host(listen)])
+        cert, key, made_by = throwaway_certificate(Path(certdir.name), [listen_host(listen)])
         tls_lines = ["SSLEngine On", f"SSLCertificateFile {cert}", f"SSLCertificateKeyFile {key}"]
     backend = EchoServer("127.0.0.1", 0, page=page).start()
     host, port = backend.address[:2]
@@ -338,7 +209,7 @@ def demo(listen: str, use_async: bool, use_tls: bool, log_level: str) -> None:
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def configtest(config_file: str) -> None:
     """Check a configuration file and print the routes it would use."""
-    from .config import summary
+    from ..configtest import summary
 
     try:
         config = Config.from_file(config_file)

@@ -11,15 +11,18 @@ request and is closed after it (no pool: simple, and what httpd does for upgrade
 
 from __future__ import annotations
 
-import socket
 from typing import Generator, NamedTuple, Optional
 
 import h11
 
-from .backend import recv, sendall
-from .errors import BadGateway, BadRequest, GatewayTimeout, RequestTimeout
-from .handshake import HOP_BY_HOP, BackendHandshake, FrontEnd, ResponseHead
-from .loop import Wait
+from ..errors import BadGateway, BadRequest, GatewayTimeout, RequestTimeout
+from ..io.loop import Wait
+from ..io.steps import recv, sendall
+from ..io.streams import Endpoint
+from ..protocol.backend import BackendHandshake
+from ..protocol.h11compat import take_trailing
+from ..protocol.heads import HOP_BY_HOP, ResponseHead
+from ..protocol.request import FrontEnd
 
 __all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client", "Counted"]
 
@@ -43,7 +46,7 @@ class _Wire:
         self.n = 0
 
 
-def send_to_client(sock: socket.socket, front: FrontEnd, event: object, deadline: Optional[float]) -> Generator[Wait, None, int]:
+def send_to_client(sock: Endpoint, front: FrontEnd, event: object, deadline: Optional[float]) -> Generator[Wait, None, int]:
     """Serialise one h11 event on the client connection and send it. Returns bytes sent."""
     data = front.conn.send(event)  # type: ignore[arg-type]
     if data:
@@ -51,7 +54,7 @@ def send_to_client(sock: socket.socket, front: FrontEnd, event: object, deadline
     return len(data or b"")
 
 
-def _client_event(sock: socket.socket, front: FrontEnd, deadline: float, wire: Optional[_Wire] = None) -> Generator[Wait, None, object]:
+def _client_event(sock: Endpoint, front: FrontEnd, deadline: float, wire: Optional[_Wire] = None) -> Generator[Wait, None, object]:
     """The next h11 event of the client's request body, reading as needed.
 
     h11 is asked first and given bytes only when it needs them, and the bytes it holds
@@ -84,23 +87,18 @@ def _client_event(sock: socket.socket, front: FrontEnd, deadline: float, wire: O
 
 
 def _reclaim_trailing(front: FrontEnd) -> int:
-    """Move the bytes h11 buffered beyond the request back to ``front.buffer``.
-
-    h11 has no public call to give unprocessed bytes back; without this, a pipelined
-    request read together with a body would be lost (and the client would hang).
-    """
-    conn = front.conn
-    data, _closed = conn.trailing_data
+    """Move the bytes h11 buffered beyond the request back to ``front.buffer``: a
+    pipelined request read together with a body would otherwise be lost."""
+    data = take_trailing(front.conn)
     if data:
         front.buffer[:0] = data
-        conn._receive_buffer = type(conn._receive_buffer)()  # noqa: SLF001 - see above
     return len(data)
 
 
 def send_request_body(
-    client: socket.socket,
+    client: Endpoint,
     front: FrontEnd,
-    backend: socket.socket,
+    backend: Endpoint,
     hs: BackendHandshake,
     *,
     timeout: float,
@@ -138,7 +136,7 @@ def send_request_body(
             return Counted(total, wire.n)
 
 
-def drain_request_body(client: socket.socket, front: FrontEnd, *, deadline: float, limit: int = 1 << 20) -> Generator[Wait, None, bool]:
+def drain_request_body(client: Endpoint, front: FrontEnd, *, deadline: float, limit: int = 1 << 20) -> Generator[Wait, None, bool]:
     """Read and drop the rest of a request we answered ourselves.
 
     Returns True when the connection can carry another request (both sides DONE: a
@@ -176,9 +174,9 @@ def response_headers(response: ResponseHead) -> list[tuple[str, str]]:
 
 
 def relay_response(
-    client: socket.socket,
+    client: Endpoint,
     front: FrontEnd,
-    backend: socket.socket,
+    backend: Endpoint,
     hs: BackendHandshake,
     response: ResponseHead,
     *,

@@ -51,8 +51,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Location, ProxyRule, Scope, Target
-from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, UpgradeRequired
+from ..config.model import ProxyRule, Scope, Target
+from ..config.scopes import alias_match, effective_scope
+from ..errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, UpgradeRequired
 
 __all__ = ["RouteResult", "normalize_target", "route", "alias_match", "effective_scope", "encode_path"]
 
@@ -218,62 +219,6 @@ def encode_path(path: str) -> str:
 
 
 # -- matching ---------------------------------------------------------------------------------
-
-
-def alias_match(uri: str, prefix: str) -> int:
-    """mod_proxy's alias_match: how many characters of ``uri`` the ``prefix`` covers.
-
-    Args:
-        uri: the normalised path.
-        prefix: a ProxyPass (or `<Location>`) path.
-
-    Returns:
-        The length of ``uri`` matched (more than ``len(prefix)`` when slash runs were
-        merged), or 0 for no match.
-    """
-    i = j = 0
-    n, m = len(uri), len(prefix)
-    while j < m and i < n:
-        if prefix[j] == "/":
-            if uri[i] != "/":
-                return 0
-            while j < m and prefix[j] == "/":
-                j += 1
-            while i < n and uri[i] == "/":
-                i += 1
-        elif uri[i] != prefix[j]:
-            return 0
-        else:
-            i += 1
-            j += 1
-    if j < m:
-        return 0  # the path ended before the prefix did
-    if prefix[-1] != "/" and i < n and uri[i] != "/":
-        return 0  # the prefix's last segment continues in the path: /chat vs /chatroom
-    return i
-
-
-def _location_matches(location: Location, path: str) -> bool:
-    if location.regex is not None:
-        return location.regex.search(path) is not None
-    return alias_match(path, location.path) > 0
-
-
-def effective_scope(scope: Scope, path: str) -> Scope:
-    """The scope with every matching `<Location>`'s settings applied, in merge order.
-
-    Args:
-        scope: the server's or vhost's scope.
-        path: the normalised path.
-
-    Returns:
-        ``scope`` itself when no location changes anything, else a new Scope.
-    """
-    changes: dict[str, object] = {}
-    for location in scope.locations:
-        if _location_matches(location, path):
-            changes.update(location.settings)
-    return dataclasses.replace(scope, **changes) if changes else scope  # type: ignore[arg-type]
 
 
 def _join(base: str, remainder: str) -> str:

@@ -1,0 +1,247 @@
+"""Freezing what the parser read into a `Config`: scopes merged, rules ordered, checked.
+
+The parser collects each context's directives as "settings" (Scope field names,
+``limits.*`` / ``proxy_tls.*`` / ``tls.*`` for the nested ones) and the scopes are built
+only here, at the end, so a `<VirtualHost>` sees the main server's values as they stand
+at the end of the file (httpd merges each vhost over the finished main server), its own
+values winning.
+
+Rule order in a scope (R1): the `<Location>` rules first (regex locations, then plain
+ones, longest path first), then the main server's ProxyPass lines, then the vhost's
+own: mod_proxy's merge_proxy_config appends a vhost's aliases to the main server's, so a
+main-server ``ProxyPass /`` shadows every vhost route, in httpd and here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..accesslog import Formatter
+from ..errors import ConfigError
+from .checks import route_warnings
+from .model import Balancer, Config, Limits, Listener, Location, LogConfig, Member, ProxyRule, ProxyTLS, Scope, ServerTLS, VirtualHost
+from ..accesslog import PREDEFINED_LOG_FORMATS
+
+@dataclass
+class ScopeDraft:
+    """One server context (main server or a vhost) while its lines are read."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    rules: list[ProxyRule] = field(default_factory=list)
+    location_rules: list[ProxyRule] = field(default_factory=list)  # configuration order
+    locations: list[Location] = field(default_factory=list)
+    ssl_engine_at: tuple[str, int] = ("", 0)
+
+
+@dataclass
+class VhostDraft:
+    addresses: tuple[tuple[str, int], ...]
+    file: str
+    line: int
+    scope: ScopeDraft = field(default_factory=ScopeDraft)
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LocationDraft:
+    path: str
+    is_regex: bool
+    regex: Optional[re.Pattern[str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    rule: Optional[ProxyRule] = None
+
+
+@dataclass
+class BalancerDraft:
+    name: str
+    members: list[Member] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    defined_at: tuple[str, int] = ("", 0)  # <Proxy> or first BalancerMember; "" = never
+
+
+
+class Draft:
+    """What the parser has read so far: the builders `finish` freezes into a `Config`."""
+
+    def __init__(self) -> None:
+        self.main = ScopeDraft()
+        self.vhosts: list[VhostDraft] = []
+        self.balancers: dict[str, BalancerDraft] = {}
+        self.balancer_refs: list[ProxyRule] = []
+        self.listeners: list[Listener] = []
+        self.warnings: list[str] = []
+        self.log: dict[str, Any] = {}
+        self.log_formats: dict[str, str] = dict(PREDEFINED_LOG_FORMATS)
+        self.custom_logs: list[tuple[str, str, str, int]] = []  # file, format|nick, where
+        self.globals: dict[str, Any] = {}
+
+
+# -- building the Config ---------------------------------------------------------------------
+
+
+def _build_scope(settings: dict[str, Any], rules: list[ProxyRule], locations: list[Location]) -> Scope:
+    groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
+    for key, value in settings.items():
+        group, _, name = key.rpartition(".")
+        groups[group][name] = value
+    return Scope(
+        rules=tuple(rules),
+        limits=Limits(**groups["limits"]),
+        proxy_tls=ProxyTLS(**groups["proxy_tls"]),
+        locations=tuple(locations),
+        **groups[""],
+    )
+
+
+def _order_location_rules(rules: list[ProxyRule]) -> list[ProxyRule]:
+    """Location rules in matching order: regex ones first (httpd merges `<LocationMatch>`
+    last, so its ProxyPass wins), then plain ones by decreasing path length (R1); ties
+    keep the given order."""
+    return sorted(rules, key=lambda r: (not r.is_regex, -len(r.path) if not r.is_regex else 0))
+
+
+def _order_locations(locations: list[Location]) -> list[Location]:
+    """httpd's merge order: plain sections in configuration order, then regex ones."""
+    return sorted(locations, key=lambda loc: loc.is_regex)
+
+
+def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[ServerTLS]:
+    if not settings.get("tls.engine"):
+        return None
+    if "tls.certificate_file" not in settings:
+        raise ConfigError("SSLEngine On needs SSLCertificateFile", file=where[0], line=where[1])
+    return ServerTLS(
+        settings["tls.certificate_file"],
+        settings.get("tls.key_file"),
+        settings.get("tls.min_protocol", "TLSv1.2"),
+    )
+
+
+def finish(p: Draft, source: str) -> Config:
+    balancers = _finish_balancers(p)
+    resolve = {name: b.members[0] for name, b in balancers.items()}
+
+    def with_balancer(rule: ProxyRule) -> ProxyRule:
+        if rule.balancer is None:
+            return rule
+        first = resolve[rule.balancer]
+        return dataclasses.replace(rule, balancer_scheme=first.target.scheme, balancer_upgrade=first.upgrade)
+
+    main_settings = {k: v for k, v in p.main.settings.items()}
+    main_rules = [with_balancer(r) for r in p.main.rules]
+    main_loc_rules = [with_balancer(r) for r in p.main.location_rules]
+    scope = _build_scope(
+        main_settings, _order_location_rules(main_loc_rules) + main_rules, _order_locations(p.main.locations)
+    )
+    _check_proxy_tls(scope, balancers, "the server context")
+    used = {r.balancer for r in p.balancer_refs}
+    for name, balancer in balancers.items():
+        if name not in used and not scope.proxy_tls.engine:
+            for member in balancer.members:
+                if member.target.tls:
+                    raise ConfigError(
+                        f"BalancerMember: {member.target} needs SSLProxyEngine On", file=member.file, line=member.line
+                    )
+    tls = _server_tls(main_settings, p.main.ssl_engine_at)
+
+    vhosts: list[VirtualHost] = []
+    for v in p.vhosts:
+        settings = {**main_settings, **v.scope.settings}
+        own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
+        rules = (
+            _order_location_rules(own_loc_rules + main_loc_rules)
+            + main_rules
+            + [with_balancer(r) for r in v.scope.rules]
+        )
+        vscope = _build_scope(settings, rules, _order_locations(p.main.locations + v.scope.locations))
+        _check_proxy_tls(vscope, balancers, f"<VirtualHost> at {v.file}:{v.line}")
+        vtls = _server_tls(settings, v.scope.ssl_engine_at) if "tls.engine" in v.scope.settings else None
+        vhosts.append(
+            VirtualHost(
+                v.addresses,
+                server_name=v.scope.settings.get("server_name", ""),
+                aliases=tuple(v.aliases),
+                scope=vscope,
+                tls=vtls,
+                file=v.file,
+                line=v.line,
+            )
+        )
+
+    custom_logs = []
+    for file, fmt, where_file, where_line in p.custom_logs:
+        if fmt in p.log_formats:
+            fmt = p.log_formats[fmt]
+        elif "%" not in fmt:
+            raise ConfigError(
+                f'CustomLog: unknown log format nickname "{fmt}" (define it with LogFormat)',
+                file=where_file,
+                line=where_line,
+            )
+        try:
+
+            Formatter(fmt)
+        except ValueError as exc:
+            raise ConfigError(f"CustomLog: bad log format: {exc}", file=where_file, line=where_line) from None
+        custom_logs.append((file, fmt))
+    config = Config(
+        listeners=tuple(p.listeners),
+        scope=scope,
+        vhosts=tuple(vhosts),
+        balancers=balancers,
+        tls=tls,
+        log=LogConfig(custom_logs=tuple(custom_logs), **p.log),
+        warnings=tuple(p.warnings),
+        source=source,
+        **p.globals,
+    )
+    return config.replace(warnings=config.warnings + tuple(route_warnings(config)))
+
+
+def _finish_balancers(p: Draft) -> dict[str, Balancer]:
+    for rule in p.balancer_refs:
+        build = p.balancers[rule.balancer or ""]
+        if not build.defined_at[0]:
+            raise ConfigError(
+                f"ProxyPass: balancer://{build.name} is not defined (no <Proxy balancer://{build.name}> "
+                "or BalancerMember for it)",
+                file=rule.file,
+                line=rule.line,
+            )
+        if not build.members:
+            raise ConfigError(
+                f"ProxyPass: balancer://{build.name} has no BalancerMember", file=rule.file, line=rule.line
+            )
+    balancers: dict[str, Balancer] = {}
+    for name, build in p.balancers.items():
+        if not build.members:
+            file, line = build.defined_at
+            raise ConfigError(f"balancer://{name} has no BalancerMember", file=file, line=line)
+        balancers[name] = Balancer(
+            name, tuple(build.members), file=build.defined_at[0], line=build.defined_at[1], **build.params
+        )
+    return balancers
+
+
+def _check_proxy_tls(scope: Scope, balancers: dict[str, Balancer], where: str) -> None:
+    """R4: a wss/https backend needs SSLProxyEngine On in the scope that uses it."""
+    if scope.proxy_tls.engine:
+        return
+    for rule in scope.rules:
+        if rule.target is not None and rule.target.tls:
+            raise ConfigError(
+                f"ProxyPass: {rule.target} needs SSLProxyEngine On (in {where})", file=rule.file, line=rule.line
+            )
+        if rule.balancer is not None:
+            for member in balancers[rule.balancer].members:
+                if member.target.tls:
+                    raise ConfigError(
+                        f"BalancerMember: {member.target} needs SSLProxyEngine On (in {where}, which uses "
+                        f"balancer://{rule.balancer} at {rule.where})",
+                        file=member.file,
+                        line=member.line,
+                    )
+

@@ -1,0 +1,371 @@
+"""The configuration model: frozen dataclasses that the rest of the package reads.
+
+A leaf: it imports nothing of tunnel but the errors (``Config.from_text`` and
+``from_file`` reach the parser only when called). Scopes nest as httpd's do: the global
+server context, ``<VirtualHost>`` blocks and ``<Location>`` blocks; a child scope
+inherits every value it does not set itself (see docs/httpd-behaviour.md, R1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+#: httpd's `Timeout` default, seconds.
+DEFAULT_TIMEOUT = 60.0
+#: httpd's `retry=` default for a worker in error state, seconds.
+DEFAULT_RETRY = 60.0
+#: `RequestReadTimeout header=` default (mod_reqtimeout's 20-40 is per-rate; we use one
+#: total deadline of 10 s, HTTPD-BEHAVIOUR.md R41).
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: httpd's LimitRequestLine / LimitRequestFieldSize / LimitRequestFields defaults.
+DEFAULT_LIMIT_REQUEST_LINE = 8190
+DEFAULT_LIMIT_REQUEST_FIELDSIZE = 8190
+DEFAULT_LIMIT_REQUEST_FIELDS = 100
+#: Sync tunnel threads when no `MaxTunnelThreads` is given: enough for a small host,
+#: bounded so a flood of tunnels cannot exhaust memory with thread stacks.
+DEFAULT_MAX_TUNNEL_THREADS = 256
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One `Listen [addr:]port [protocol]` line. ``host`` is "" for all addresses."""
+
+    host: str
+    port: int
+    tls: bool = False
+    file: str = "<config>"
+    line: int = 0
+
+    @property
+    def display(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else (self.host or "0.0.0.0")
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend URL from configuration: ``scheme://host:port/path``.
+
+    ``scheme`` is one of ws, wss, http, https. ``unix_path`` is set for
+    ``unix:/path|ws://host/...`` targets (configuration only, R11/R50).
+    ``port`` is always filled (defaults 80/443). ``path`` starts with "/".
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str = "/"
+    unix_path: Optional[str] = None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("wss", "https")
+
+    @property
+    def is_ws(self) -> bool:
+        return self.scheme in ("ws", "wss")
+
+    @property
+    def default_port(self) -> int:
+        return 443 if self.tls else 80
+
+    @property
+    def authority(self) -> str:
+        """``host[:port]`` as the Host header names it (port left out when default)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == self.default_port else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        base = f"{self.scheme}://{self.authority}{self.path}"
+        return f"unix:{self.unix_path}|{base}" if self.unix_path else base
+
+
+@dataclass(frozen=True)
+class ProxyRule:
+    """One `ProxyPass` / `ProxyPassMatch` line (or `<Location>`'s one-argument form).
+
+    Exactly one of ``target`` / ``balancer`` is set, or neither for an exclusion (``!``).
+
+    Attributes:
+        path: the prefix (ProxyPass) or the regex source (ProxyPassMatch).
+        is_regex: True for ProxyPassMatch.
+        upgrade: None when no ``upgrade=`` key was given (scheme default applies), else
+            the tokens: ``("*",)`` for ANY, ``("NONE",)`` for NONE, or a token list.
+        timeout / connectiontimeout / retry: route keys in seconds, None when not set.
+        keys: every key=value as written, for logs and configtest.
+        balancer_path: the path after ``balancer://name`` (a template for ProxyPassMatch).
+        balancer_scheme / balancer_upgrade: the scheme and ``upgrade=`` of the balancer's
+            first member, filled in at the end of parsing; routing decides a balancer
+            route's default upgrade from them (a ws/wss first member: ``websocket``).
+        regex: the compiled ProxyPassMatch pattern (or `<LocationMatch>` one), compiled
+            once at parse time.
+    """
+
+    path: str
+    target: Optional[Target] = None
+    balancer: Optional[str] = None
+    is_regex: bool = False
+    exclude: bool = False
+    upgrade: Optional[tuple[str, ...]] = None
+    timeout: Optional[float] = None
+    connectiontimeout: Optional[float] = None
+    retry: Optional[float] = None
+    nocanon: bool = False
+    keys: tuple[tuple[str, str], ...] = ()
+    file: str = "<config>"
+    line: int = 0
+    balancer_path: str = "/"
+    balancer_scheme: Optional[str] = None
+    balancer_upgrade: Optional[tuple[str, ...]] = None
+    regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One `BalancerMember`. ``status`` holds the set flags among "DSHIRN" (R42)."""
+
+    target: Target
+    loadfactor: int = 1
+    lbset: int = 0
+    route: str = ""
+    redirect: str = ""
+    retry: float = DEFAULT_RETRY
+    status: frozenset[str] = frozenset()
+    connectiontimeout: Optional[float] = None
+    timeout: Optional[float] = None
+    upgrade: Optional[tuple[str, ...]] = None
+    file: str = "<config>"
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """A `<Proxy balancer://name>` block (and `ProxySet` / `BalancerMember` lines)."""
+
+    name: str  # as in the URL: "balancer://cluster" -> "cluster"
+    members: tuple[Member, ...] = ()
+    lbmethod: str = "byrequests"  # byrequests | bybusyness | bytraffic
+    stickysession: tuple[str, ...] = ()  # cookie name, URL parameter name
+    nofailover: bool = False
+    maxattempts: Optional[int] = None  # None: members - 1
+    forcerecovery: bool = True
+    timeout: float = 0.0  # wait for a usable member, seconds
+    failonstatus: tuple[int, ...] = ()
+    file: str = "<config>"
+    line: int = 0
+    failontimeout: bool = False
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """`SSLEngine On` with its certificate, for a TLS listener (global or vhost)."""
+
+    certificate_file: str
+    key_file: Optional[str] = None
+    min_protocol: str = "TLSv1.2"  # from SSLProtocol
+
+
+@dataclass(frozen=True)
+class ProxyTLS:
+    """TLS towards backends: the SSLProxy* directives."""
+
+    engine: bool = False
+    verify: bool = True  # SSLProxyVerify require (default) / none
+    ca_file: Optional[str] = None  # None: the system store
+    check_peer_name: bool = True
+    machine_certificate_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, httpd's directive names and defaults."""
+
+    request_line: int = DEFAULT_LIMIT_REQUEST_LINE
+    field_size: int = DEFAULT_LIMIT_REQUEST_FIELDSIZE
+    fields: int = DEFAULT_LIMIT_REQUEST_FIELDS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # RequestReadTimeout header=N
+    allow_encoded_slashes: bool = False
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """`ErrorLog`, `LogLevel`, `CustomLog` (file, format string already resolved)."""
+
+    error_log: Optional[str] = None  # None: stderr
+    level: str = "warn"
+    custom_logs: tuple[tuple[str, str], ...] = ()  # (file, format) ; file "-" = stdout
+
+
+@dataclass(frozen=True)
+class Location:
+    """A `<Location>` / `<LocationMatch>` block's own settings, applied by path.
+
+    httpd merges every `<Location>` that matches a request over the server's values, in
+    configuration order (plain ones first, then regex ones), later ones winning. tunnel
+    does the same for the per-directory directives it knows (ProxyWebsocket*,
+    ProxyPreserveHost, ProxyAddHeaders): ``settings`` holds the `Scope` field names and
+    values the block sets, and routing applies them to the scope of any request whose
+    path the block matches, whichever rule takes the request. A plain path matches as
+    a ProxyPass prefix does (routing.alias_match: segment-aware, no wildcards).
+    """
+
+    path: str
+    is_regex: bool = False
+    settings: tuple[tuple[str, Any], ...] = ()
+    file: str = "<config>"
+    line: int = 0
+    regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The directives in force for one context (global, vhost, or location).
+
+    Every field has httpd's default. ``rules`` are in matching order: the `<Location>`
+    rules first (regex locations, then plain ones longest path first), then the main
+    server's ProxyPass lines, then the vhost's own, in configuration order (R1; mod_proxy
+    appends a vhost's aliases to the main server's). ``locations`` are the `<Location>`
+    blocks with settings, in httpd's merge order (see `Location`).
+    """
+
+    rules: tuple[ProxyRule, ...] = ()
+    websocket_async: bool = False
+    websocket_async_delay: float = 0.0
+    websocket_idle_timeout: float = 0.0  # 0 = none
+    fallback_to_proxy_http: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    proxy_timeout: Optional[float] = None  # None: Timeout
+    preserve_host: bool = False
+    add_headers: bool = True
+    server_name: str = ""
+    limits: Limits = field(default_factory=Limits)
+    proxy_tls: ProxyTLS = field(default_factory=ProxyTLS)
+    locations: tuple[Location, ...] = ()
+
+    def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
+        """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""
+        if rule is not None and rule.timeout is not None:
+            return rule.timeout
+        return self.proxy_timeout if self.proxy_timeout is not None else self.timeout
+
+    def connect_timeout(self, rule: Optional[ProxyRule] = None) -> float:
+        """Connect deadline: connectiontimeout=, else the head_timeout chain (R18)."""
+        if rule is not None and rule.connectiontimeout is not None:
+            return rule.connectiontimeout
+        return self.head_timeout(rule)
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    """A `<VirtualHost addr:port ...>` block, its scope merged over the global one."""
+
+    addresses: tuple[tuple[str, int], ...]  # ("*" or an address, port or 0 for any)
+    server_name: str = ""
+    aliases: tuple[str, ...] = ()
+    scope: Scope = field(default_factory=Scope)
+    tls: Optional[ServerTLS] = None
+    file: str = "<config>"
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration. Build it with `Config.from_file` or `Config.from_text`."""
+
+    listeners: tuple[Listener, ...] = ()
+    scope: Scope = field(default_factory=Scope)  # the global server context
+    vhosts: tuple[VirtualHost, ...] = ()
+    balancers: dict[str, Balancer] = field(default_factory=dict)
+    tls: Optional[ServerTLS] = None  # global SSLEngine On
+    log: LogConfig = field(default_factory=LogConfig)
+    max_tunnel_threads: int = DEFAULT_MAX_TUNNEL_THREADS
+    #: TunnelBufferLimit: bytes buffered across all tunnels before reads pause (0 = none).
+    buffer_limit: int = 0
+    warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
+    source: str = "<config>"
+
+    @classmethod
+    def from_text(cls, text: str, *, filename: str = "<config>") -> "Config":
+        """Parse configuration text. Raises ConfigError(file, line, expected)."""
+        from .parser import parse  # the model stays a leaf: the parser only when asked
+
+        return parse(text, filename=filename)
+
+    @classmethod
+    def from_file(cls, path: str) -> "Config":
+        """Read and parse a configuration file (``Include`` is relative to its folder)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration: {exc.strerror}", file=path) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("configuration is not valid UTF-8", file=path) from exc
+        from .parser import parse
+
+        return parse(text, filename=path)
+
+    def replace(self, **changes: object) -> "Config":
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_websocket_async(self, on: bool) -> "Config":
+        """This configuration with ``ProxyWebsocketAsync`` forced to ``on`` everywhere:
+        the server context, every `<VirtualHost>` and every `<Location>` in them (what
+        ``tunnel serve --async/--sync`` means: a command-line override wins)."""
+
+        def forced(scope: Scope) -> Scope:
+            locations = tuple(
+                dataclasses.replace(
+                    loc, settings=tuple((k, on if k == "websocket_async" else v) for k, v in loc.settings)
+                )
+                for loc in scope.locations
+            )
+            return dataclasses.replace(scope, websocket_async=on, locations=locations)
+
+        vhosts = tuple(dataclasses.replace(v, scope=forced(v.scope)) for v in self.vhosts)
+        return dataclasses.replace(self, scope=forced(self.scope), vhosts=vhosts)
+
+    def scope_for(self, listener: Optional[Listener], host: Optional[str]) -> Scope:
+        """The scope for a request that came in on ``listener`` with ``Host: host``.
+
+        httpd's name-based virtual hosting: among the vhosts whose address matches the
+        listener, the one whose ServerName/ServerAlias matches the host (port dropped,
+        case-insensitive) wins, else the first of them; no vhost matching → global scope.
+        """
+        return self.vhost_for(listener, host)[0]
+
+    def vhost_for(
+        self, listener: Optional[Listener], host: Optional[str]
+    ) -> tuple[Scope, Optional[VirtualHost]]:
+        candidates = [
+            v
+            for v in self.vhosts
+            if listener is None
+            or any(
+                (a in ("*", "_default_", "", listener.host) or listener.host == "")
+                and (p in (0, listener.port))
+                for a, p in v.addresses
+            )
+        ]
+        if not candidates:
+            return self.scope, None
+        name = (host or "").rsplit("]", 1)[-1]
+        hostname = (host or "").lower()
+        if hostname.startswith("["):
+            hostname = hostname[: hostname.find("]") + 1]
+        elif ":" in name:
+            hostname = hostname.rsplit(":", 1)[0]
+        for v in candidates:
+            names = (v.server_name.lower(),) + tuple(a.lower() for a in v.aliases)
+            if hostname and hostname in names:
+                return v.scope, v
+        return candidates[0].scope, candidates[0]

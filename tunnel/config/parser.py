@@ -1,0 +1,587 @@
+"""The directive parser: configuration text (and its Includes) into a `Draft`.
+
+Contexts follow httpd: server-only (Listen, MaxTunnelThreads, TunnelBufferLimit),
+server and vhost (most), also `<Location>` for the per-directory ones (ProxyWebsocket*,
+ProxyPreserveHost, ProxyAddHeaders, the one-argument ProxyPass). Balancer names are
+global: `<Proxy balancer://x>` in a vhost defines the same balancer://x everywhere.
+Paths (certificates, logs) are kept as written; ServerRoot is ignored.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from ..errors import ConfigError
+from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
+from .lexer import logical_lines, split_words
+from .model import Config, Listener, Location, Member, ProxyRule
+from .values import (
+    BadDirective,
+    Expected,
+    IGNORED_DIRECTIVES,
+    MAX_INCLUDE_DEPTH,
+    SKIPPED_SECTIONS,
+    balancer_key,
+    byte_size,
+    compile_regex,
+    encoded_slashes,
+    listen_address,
+    log_level,
+    member_key,
+    on_off,
+    parse_url,
+    positive_int,
+    rule_key,
+    seconds,
+    seconds_ms,
+    server_name,
+    ssl_protocol,
+    text_value,
+    url_keys,
+    verify,
+)
+
+class _Ctx(Enum):
+    """Where a directive stands."""
+
+    SERVER = "the server context"
+    VHOST = "<VirtualHost>"
+    LOCATION = "<Location>"
+    PROXY = "<Proxy balancer://...>"
+
+
+_S = frozenset({_Ctx.SERVER})
+_SV = frozenset({_Ctx.SERVER, _Ctx.VHOST})
+_SVL = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION})
+_SVP = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.PROXY})
+_V = frozenset({_Ctx.VHOST})
+_ALL = frozenset(_Ctx)
+
+
+@dataclass
+class _Frame:
+    """An open section. ``ctx`` None: transparent (`<IfModule>`)."""
+
+    tag: str
+    ctx: Optional[_Ctx]
+    file: str
+    line: int
+    scope: Optional[ScopeDraft] = None
+    location: Optional[LocationDraft] = None
+    balancer: Optional[str] = None
+    vhost: Optional[VhostDraft] = None
+
+
+#: Directives that set one value: lower-case name -> (name, settings key, parser, contexts).
+#: Keys without a dot are `Scope` fields; ``limits.``, ``proxy_tls.`` and ``tls.`` ones
+#: go to `Limits`, `ProxyTLS` and `ServerTLS`.
+SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[_Ctx]]] = {
+    spec[0].lower(): spec
+    for spec in (
+        ("ProxyWebsocketAsync", "websocket_async", on_off, _SVL),
+        ("ProxyWebsocketAsyncDelay", "websocket_async_delay", seconds_ms, _SVL),
+        ("ProxyWebsocketIdleTimeout", "websocket_idle_timeout", seconds_ms, _SVL),
+        ("ProxyWebsocketFallbackToProxyHttp", "fallback_to_proxy_http", on_off, _SVL),
+        ("ProxyPreserveHost", "preserve_host", on_off, _SVL),
+        ("ProxyAddHeaders", "add_headers", on_off, _SVL),
+        ("Timeout", "timeout", seconds, _SV),
+        ("ProxyTimeout", "proxy_timeout", seconds, _SV),
+        ("ServerName", "server_name", server_name, _SV),
+        ("LimitRequestLine", "limits.request_line", positive_int, _SV),
+        ("LimitRequestFieldSize", "limits.field_size", positive_int, _SV),
+        ("LimitRequestFields", "limits.fields", positive_int, _SV),
+        ("AllowEncodedSlashes", "limits.allow_encoded_slashes", encoded_slashes, _SV),
+        ("SSLProxyEngine", "proxy_tls.engine", on_off, _SV),
+        ("SSLProxyVerify", "proxy_tls.verify", verify, _SV),
+        ("SSLProxyCACertificateFile", "proxy_tls.ca_file", text_value, _SV),
+        ("SSLProxyCheckPeerName", "proxy_tls.check_peer_name", on_off, _SV),
+        ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
+        ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
+        ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
+    )
+}
+
+#: Directives with their own handler: lower-case name -> (name, method, contexts).
+_HANDLERS: dict[str, tuple[str, str, frozenset[_Ctx]]] = {
+    spec[0].lower(): spec
+    for spec in (
+        ("Listen", "_listen", _S),
+        ("ServerAlias", "_server_alias", _V),
+        ("ProxyPass", "_proxy_pass", _SVL),
+        ("ProxyPassMatch", "_proxy_pass_match", _SVL),
+        ("BalancerMember", "_balancer_member", _SVP),
+        ("ProxySet", "_proxy_set", _SVP),
+        ("MaxTunnelThreads", "_max_tunnel_threads", _S),
+        ("TunnelBufferLimit", "_tunnel_buffer_limit", _S),
+        ("RequestReadTimeout", "_request_read_timeout", _SV),
+        ("SSLEngine", "_ssl_engine", _SV),
+        ("SSLProtocol", "ssl_protocol", _SV),
+        ("LogLevel", "log_level", _SV),
+        ("ErrorLog", "_error_log", _SV),
+        ("LogFormat", "_log_format", _SV),
+        ("CustomLog", "_custom_log", _SV),
+        ("Include", "_include", _ALL),
+        ("IncludeOptional", "_include_optional", _ALL),
+    )
+}
+
+#: Sections: lower-case name -> (name, contexts).
+_SECTIONS: dict[str, tuple[str, frozenset[_Ctx]]] = {
+    "virtualhost": ("VirtualHost", _S),
+    "location": ("Location", _SV),
+    "locationmatch": ("LocationMatch", _SV),
+    "proxy": ("Proxy", _SV),
+    "ifmodule": ("IfModule", _ALL),
+}
+
+
+def _one(args: list[str], what: str = "one argument") -> str:
+    if len(args) != 1:
+        raise BadDirective(f"expected {what}, got {len(args)} arguments")
+    return args[0]
+
+
+class _Parser(Draft):
+    """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[_Frame] = [_Frame("", _Ctx.SERVER, "", 0, scope=self.main)]
+        self.includes: list[str] = []
+        self.file = ""
+        self.line = 0
+        #: while skipping a section: [name, nesting depth, file, line]
+        self.skipping: Optional[list[Any]] = None
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, text: str, filename: str) -> None:
+        depth = len(self.stack)
+        for number, line in logical_lines(text):
+            self.file, self.line = filename, number
+            if not line or line.startswith("#"):
+                continue
+            try:
+                self._line(line)
+            except BadDirective as exc:
+                raise ConfigError(str(exc), file=filename, line=number) from None
+        if self.skipping is not None:
+            name, _, file, line = self.skipping
+            raise ConfigError(f"<{name}> is not closed", file=file, line=line)
+        if len(self.stack) > depth:
+            frame = self.stack[-1]
+            raise ConfigError(f"<{frame.tag}> is not closed", file=frame.file, line=frame.line)
+
+    def _line(self, line: str) -> None:
+        if self.skipping is not None:
+            if line.startswith("</"):
+                self.skipping[1] -= 1
+                if self.skipping[1] == 0:
+                    self.skipping = None
+            elif line.startswith("<"):
+                self.skipping[1] += 1
+            return
+        if line.startswith("</"):
+            self._close(line)
+        elif line.startswith("<"):
+            self._open(line)
+        else:
+            self._directive(split_words(line))
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(f"{self.file}:{self.line}: {text}")
+
+    # -- contexts ----------------------------------------------------------------------
+    @property
+    def frame(self) -> _Frame:
+        """The innermost section that is not transparent."""
+        return next(f for f in reversed(self.stack) if f.ctx is not None)
+
+    @property
+    def scope(self) -> ScopeDraft:
+        """The main server's or the enclosing vhost's builder."""
+        return next(f.scope for f in reversed(self.stack) if f.scope is not None)
+
+    def _check_context(self, contexts: frozenset[_Ctx]) -> None:
+        ctx = self.frame.ctx
+        assert ctx is not None
+        if ctx not in contexts:
+            allowed = ", ".join(c.value for c in _Ctx if c in contexts)
+            raise BadDirective(f"not allowed in {ctx.value} (allowed in: {allowed})")
+
+    # -- sections ----------------------------------------------------------------------
+    def _open(self, line: str) -> None:
+        if not line.endswith(">"):
+            raise BadDirective(f'a section line must end with ">": {line}')
+        words = split_words(line[1:-1])
+        if not words:
+            raise BadDirective("empty section name")
+        key = words[0].lower()
+        args = words[1:]
+        if key in SKIPPED_SECTIONS or (key == "proxy" and not (args and args[0].lower().startswith("balancer://"))):
+            self.warn(f"<{words[0]}> section is not used by tunnel; skipped")
+            self.skipping = [words[0], 1, self.file, self.line]
+            return
+        if key not in _SECTIONS:
+            raise BadDirective(f"unknown section <{words[0]}>")
+        name, contexts = _SECTIONS[key]
+        try:
+            self._check_context(contexts)
+            frame = getattr(self, f"_open_{key}")(args)
+        except BadDirective as exc:
+            raise BadDirective(f"<{name}>: {exc}") from None
+        self.stack.append(frame)
+
+    def _new_frame(self, tag: str, ctx: Optional[_Ctx], **kw: Any) -> _Frame:
+        return _Frame(tag, ctx, self.file, self.line, **kw)
+
+    def _open_ifmodule(self, args: list[str]) -> _Frame:
+        _one(args, "a module name")
+        return self._new_frame("IfModule", None)
+
+    def _open_virtualhost(self, args: list[str]) -> _Frame:
+        if not args:
+            raise BadDirective("expected one or more addr:port")
+        vhost = VhostDraft(tuple(listen_address(a, vhost=True) for a in args), self.file, self.line)
+        return self._new_frame("VirtualHost", _Ctx.VHOST, scope=vhost.scope, vhost=vhost)
+
+    def _open_location(self, args: list[str], tag: str = "Location") -> _Frame:
+        regex = tag == "LocationMatch"
+        if len(args) == 2 and args[0] == "~" and not regex:
+            regex, args = True, args[1:]
+        path = _one(args, "a URL path" if not regex else "a regular expression")
+        compiled = compile_regex(path) if regex else None
+        if not regex and not path.startswith("/"):
+            raise Expected("a URL path starting with /", path)
+        return self._new_frame(tag, _Ctx.LOCATION, location=LocationDraft(path, regex, compiled))
+
+    def _open_locationmatch(self, args: list[str]) -> _Frame:
+        return self._open_location(args, "LocationMatch")
+
+    def _open_proxy(self, args: list[str]) -> _Frame:
+        url = parse_url(_one(args, "balancer://name"))
+        assert url.balancer is not None
+        build = self._balancer(url.balancer)
+        if not build.defined_at[0]:
+            build.defined_at = (self.file, self.line)
+        return self._new_frame("Proxy", _Ctx.PROXY, balancer=url.balancer)
+
+    def _close(self, line: str) -> None:
+        if not line.endswith(">"):
+            raise BadDirective(f'a section line must end with ">": {line}')
+        name = line[2:-1].strip()
+        top = self.stack[-1]
+        if len(self.stack) == 1:
+            raise BadDirective(f"</{name}> without a matching <{name}>")
+        if name.lower() != top.tag.lower():
+            raise BadDirective(f"</{name}> does not close <{top.tag}> (opened at {top.file}:{top.line})")
+        if top.file != self.file:
+            raise BadDirective(f"</{name}> closes a section opened in {top.file}")
+        self.stack.pop()
+        if top.vhost is not None:
+            self.vhosts.append(top.vhost)
+        elif top.location is not None:
+            loc, parent = top.location, self.scope
+            if loc.rule is not None:
+                parent.location_rules.append(loc.rule)
+            if loc.settings:
+                parent.locations.append(
+                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex)
+                )
+
+    # -- directives --------------------------------------------------------------------
+    def _directive(self, words: list[str]) -> None:
+        name, args = words[0], words[1:]
+        key = name.lower()
+        if key in IGNORED_DIRECTIVES:
+            self.warn(f"{name} is not used by tunnel; ignored")
+            return
+        if key in SETTINGS:
+            canonical, setting, parser, contexts = SETTINGS[key]
+        elif key in _HANDLERS:
+            canonical, method, contexts = _HANDLERS[key]
+        else:
+            raise BadDirective(f'unknown directive "{name}" (not an httpd directive tunnel knows or ignores)')
+        try:
+            self._check_context(contexts)
+            if key in SETTINGS:
+                self._set(setting, parser(_one(args)))
+            else:
+                getattr(self, method)(args)
+        except BadDirective as exc:
+            raise BadDirective(f"{canonical}: {exc}") from None
+
+    def _set(self, setting: str, value: Any) -> None:
+        frame = self.frame
+        target = frame.location.settings if frame.location is not None else self.scope.settings
+        target[setting] = value
+
+    def _listen(self, args: list[str]) -> None:
+        if not 1 <= len(args) <= 2:
+            raise BadDirective("expected [addr:]port [protocol]")
+        host, port = listen_address(args[0])
+        tls = False
+        if len(args) == 2:
+            protocol = args[1].lower()
+            if protocol not in ("http", "https"):
+                raise Expected("http or https as the protocol", args[1])
+            tls = protocol == "https"
+        if port and any(other.host == host and other.port == port for other in self.listeners):
+            raise BadDirective(f"{args[0]} is already a listener")
+        self.listeners.append(Listener(host, port, tls, self.file, self.line))
+
+    def _server_alias(self, args: list[str]) -> None:
+        if not args:
+            raise BadDirective("expected one or more host names")
+        vhost = self.frame.vhost
+        assert vhost is not None
+        vhost.aliases.extend(server_name(a) for a in args)
+
+    # ProxyPass / ProxyPassMatch ---------------------------------------------------------
+    def _proxy_pass(self, args: list[str], regex: bool = False) -> None:
+        frame = self.frame
+        loc = frame.location
+        if loc is not None:
+            if not args or args[0].startswith("/") and len(args) > 1 and ("://" in args[1] or args[1] == "!"):
+                raise BadDirective("inside <Location> the path is the location's: expected URL [key=value ...]")
+            if loc.rule is not None:
+                raise BadDirective("only one ProxyPass per <Location>")
+            path, url, rest = loc.path, args[0], args[1:]
+            # ProxyPassMatch in a plain <Location> takes its path as the regex (httpd).
+            compiled = loc.regex if loc.is_regex else (compile_regex(path) if regex else None)
+            regex = regex or loc.is_regex
+        else:
+            if len(args) < 2:
+                raise BadDirective("expected PATH URL [key=value ...] or PATH !")
+            path, url, rest = args[0], args[1], args[2:]
+            compiled = compile_regex(path) if regex else None
+            if not regex and not path.startswith("/"):
+                raise Expected("a URL path starting with /", path)
+        rule = self._rule(path, url, rest, regex, compiled)
+        if loc is not None:
+            loc.rule = rule
+        else:
+            self.scope.rules.append(rule)
+
+    def _proxy_pass_match(self, args: list[str]) -> None:
+        self._proxy_pass(args, regex=True)
+
+    def _rule(
+        self, path: str, url: str, rest: list[str], regex: bool, compiled: Optional[re.Pattern[str]]
+    ) -> ProxyRule:
+        where = {"file": self.file, "line": self.line, "is_regex": regex, "regex": compiled}
+        if url == "!":
+            if rest:
+                raise BadDirective("an exclusion (!) takes no keys")
+            return ProxyRule(path, exclude=True, **where)
+        parsed = parse_url(url)
+        pairs, flags = url_keys(rest, flags=("nocanon",))
+        keys = tuple(pairs)
+        if parsed.balancer is not None:
+            build = self._balancer(parsed.balancer)
+            for key, value in pairs:
+                build.params[key] = balancer_key(key, value)
+            rule = ProxyRule(
+                path,
+                balancer=parsed.balancer,
+                balancer_path=parsed.balancer_path,
+                nocanon="nocanon" in flags,
+                keys=keys,
+                **where,
+            )
+            self.balancer_refs.append(rule)
+            return rule
+        values: dict[str, Any] = {}
+        for key, value in pairs:
+            try:
+                rule_key(key, value, values)
+            except Expected as exc:
+                raise BadDirective(f"{key}= {exc}") from None
+        return ProxyRule(path, target=parsed.target, nocanon="nocanon" in flags, keys=keys, **values, **where)
+
+    # balancers --------------------------------------------------------------------------
+    def _balancer(self, name: str) -> BalancerDraft:
+        return self.balancers.setdefault(name, BalancerDraft(name))
+
+    def _balancer_from(self, args: list[str], directive_form: str) -> tuple[BalancerDraft, list[str]]:
+        """The block's balancer, or the ``balancer://name`` first argument outside one."""
+        frame = self.frame
+        if frame.balancer is not None:
+            return self.balancers[frame.balancer], args
+        if not args or not args[0].lower().startswith("balancer://"):
+            raise BadDirective(f"outside <Proxy balancer://...> expected {directive_form}")
+        url = parse_url(args[0])
+        assert url.balancer is not None
+        return self._balancer(url.balancer), args[1:]
+
+    def _balancer_member(self, args: list[str]) -> None:
+        build, args = self._balancer_from(args, "balancer://name URL [key=value ...]")
+        if not args:
+            raise BadDirective("expected URL [key=value ...]")
+        parsed = parse_url(args[0])
+        if parsed.target is None:
+            raise Expected("a ws://, wss://, http://, https:// or unix: URL", args[0])
+        pairs, _ = url_keys(args[1:])
+        values = {key: member_key(key, value) for key, value in pairs}
+        build.members.append(Member(parsed.target, file=self.file, line=self.line, **values))
+        if not build.defined_at[0]:
+            build.defined_at = (self.file, self.line)
+
+    def _proxy_set(self, args: list[str]) -> None:
+        build, args = self._balancer_from(args, "balancer://name key=value ...")
+        if not args:
+            raise BadDirective("expected key=value ...")
+        pairs, _ = url_keys(args)
+        for key, value in pairs:
+            build.params[key] = balancer_key(key, value)
+
+    # global values ------------------------------------------------------------------------
+    def _max_tunnel_threads(self, args: list[str]) -> None:
+        self.globals["max_tunnel_threads"] = positive_int(_one(args))
+
+    def _tunnel_buffer_limit(self, args: list[str]) -> None:
+        self.globals["buffer_limit"] = byte_size(_one(args))
+
+    def _request_read_timeout(self, args: list[str]) -> None:
+        if not args:
+            raise BadDirective("expected header=N[-M][,MinRate=R] ...")
+        for word in args:
+            kind, eq, spec = word.partition("=")
+            parts = spec.split(",")
+            valid = (
+                eq
+                and kind.lower() in ("header", "body", "handshake")
+                and re.fullmatch(r"[0-9]{1,12}(?:\.[0-9]{1,9})?(?:-[0-9]{1,12})?", parts[0])
+                and all(re.fullmatch(r"(?i)minrate=[0-9]{1,12}", p) for p in parts[1:])
+            )
+            if not valid:
+                raise Expected("header=N[-M][,MinRate=R] (or body=, handshake=)", word)
+            if kind.lower() == "header":
+                self._set("limits.header_timeout", seconds(parts[0].split("-")[0]))
+
+    # TLS -----------------------------------------------------------------------------------
+    def _ssl_engine(self, args: list[str]) -> None:
+        self._set("tls.engine", on_off(_one(args)))
+        self.scope.ssl_engine_at = (self.file, self.line)
+
+    def ssl_protocol(self, args: list[str]) -> None:
+        if not args:
+            raise BadDirective("expected [+-]protocol ...")
+        self._set("tls.min_protocol", ssl_protocol(args))
+
+    # logs -----------------------------------------------------------------------------------
+    def _in_vhost_warning(self, name: str, what: str) -> bool:
+        if self.frame.ctx is _Ctx.VHOST:
+            self.warn(f"{name} inside <VirtualHost>: {what}")
+            return True
+        return False
+
+    def log_level(self, args: list[str]) -> None:
+        levels = [a for a in args if ":" not in a]
+        if not args or len(levels) > 1:
+            raise BadDirective("expected [level] [module:level ...]")
+        for extra in args:
+            if ":" in extra:
+                self.warn(f"LogLevel {extra}: per-module levels are ignored")
+        if levels and not self._in_vhost_warning("LogLevel", "ignored (one log for all hosts)"):
+            self.log["level"] = log_level(levels[0])
+
+    def _error_log(self, args: list[str]) -> None:
+        path = _one(args, "a file name")
+        if path.startswith("|") or path.lower() == "syslog" or path.lower().startswith("syslog:"):
+            raise BadDirective("piped logs and syslog are not supported; give a file name")
+        if not self._in_vhost_warning("ErrorLog", "ignored (one error log for all hosts)"):
+            self.log["error_log"] = path
+
+    def _log_format(self, args: list[str]) -> None:
+        if len(args) != 2:
+            raise BadDirective('expected "FORMAT" nickname')
+        self.log_formats[args[1]] = args[0]
+
+    def _custom_log(self, args: list[str]) -> None:
+        if len(args) < 2:
+            raise BadDirective("expected FILE FORMAT|nickname")
+        if args[0].startswith("|"):
+            raise BadDirective("piped logs are not supported; give a file name or -")
+        for extra in args[2:]:
+            if not extra.lower().startswith(("env=", "expr=")):
+                raise Expected("env=... or expr=... after the format", extra)
+            self.warn(f"CustomLog condition {extra} is ignored: every request is logged")
+        self._in_vhost_warning("CustomLog", "logs the requests of every host, not only this one")
+        self.custom_logs.append((args[0], args[1], self.file, self.line))
+
+    # Include -----------------------------------------------------------------------------------
+    def _include(self, args: list[str], optional: bool = False) -> None:
+        pattern = _one(args, "a file, directory or glob")
+        if not os.path.isabs(pattern):
+            real_file = os.path.isabs(self.file) or os.path.isfile(self.file)
+            base = os.path.dirname(os.path.abspath(self.file)) if real_file else os.getcwd()
+            pattern = os.path.join(base, pattern)
+        if any(c in pattern for c in "*?["):
+            files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+            if not files and not optional:
+                raise BadDirective(f"no file matches {pattern} (IncludeOptional allows that)")
+        elif os.path.isdir(pattern):
+            files = sorted(
+                os.path.join(root, f) for root, _, names in os.walk(pattern) for f in names
+            )
+        elif os.path.exists(pattern):
+            files = [pattern]
+        elif optional:
+            files = []
+        else:
+            raise BadDirective(f"{pattern} does not exist")
+        for path in files:
+            self._read_file(path)
+
+    def _include_optional(self, args: list[str]) -> None:
+        self._include(args, optional=True)
+
+    def _read_file(self, path: str) -> None:
+        real = os.path.realpath(path)
+        if real in self.includes:
+            raise BadDirective(f"include loop: {path} is already being read")
+        if len(self.includes) >= MAX_INCLUDE_DEPTH:
+            raise BadDirective(f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise BadDirective(f"{path} is not valid UTF-8") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+            raise BadDirective(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        file, line = self.file, self.line
+        self.includes.append(real)
+        try:
+            self.read(text, path)
+        finally:
+            self.includes.pop()
+            self.file, self.line = file, line
+
+
+
+
+def parse(text: str, *, filename: str = "<config>") -> Config:
+    """Parse httpd-style configuration text into a `Config`.
+
+    Args:
+        text: the configuration.
+        filename: named in errors and warnings; ``Include`` paths are relative to its
+            folder when it is a file, else to the working directory.
+
+    Returns:
+        The configuration, its warnings in ``Config.warnings`` ("file:line: text").
+
+    Raises:
+        ConfigError: naming the file, the line and what was expected.
+    """
+    parser = _Parser()
+    if os.path.isfile(filename):
+        parser.includes.append(os.path.realpath(filename))
+    parser.read(text, filename)
+    return finish(parser, filename)

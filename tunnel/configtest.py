@@ -1,0 +1,91 @@
+"""What `tunnel configtest` prints: the listeners, each scope's routes in match order
+with their backends and effective ProxyWebsocket* values, and the balancers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config.checks import named_scopes, rule_backend
+from .config.model import Config, ProxyRule, Scope
+from .config.parser import SETTINGS
+
+__all__ = ["summary"]
+
+
+def _seconds_text(value: float) -> str:
+    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
+
+
+def _rule_line(rule: ProxyRule, config: Config) -> str:
+    kind = "ProxyPassMatch" if rule.is_regex else "ProxyPass"
+    if rule.exclude:
+        return f"{kind} {rule.path} ! (excluded)"
+    display, _, is_ws = rule_backend(rule, config)
+    upgrade = rule.upgrade or (rule.balancer_upgrade if rule.balancer else None)
+    if upgrade is None:
+        up = "websocket (default)" if is_ws else "none (plain HTTP)"
+    else:
+        up = {("*",): "ANY", ("NONE",): "NONE"}.get(upgrade, ",".join(upgrade))
+    extras = "".join(f" {k}={v}" for k, v in rule.keys if k != "upgrade")
+    nocanon = " nocanon" if rule.nocanon else ""
+    return f"{kind} {rule.path} -> {display}  upgrade={up}{extras}{nocanon}"
+
+
+def _scope_values(scope: Scope) -> str:
+    return (
+        f"ProxyWebsocketAsync {'On' if scope.websocket_async else 'Off'}, "
+        f"AsyncDelay {_seconds_text(scope.websocket_async_delay)}, "
+        f"IdleTimeout {_seconds_text(scope.websocket_idle_timeout) if scope.websocket_idle_timeout else 'none'}, "
+        f"FallbackToProxyHttp {'On' if scope.fallback_to_proxy_http else 'Off'}, "
+        f"Timeout {_seconds_text(scope.timeout)}, ProxyTimeout "
+        f"{_seconds_text(scope.proxy_timeout) if scope.proxy_timeout is not None else '(Timeout)'}"
+    )
+
+
+#: Scope field -> the directive that sets it, for configtest.
+_DIRECTIVE_OF = {spec[1]: spec[0] for spec in SETTINGS.values()}
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "On" if value else "Off"
+    return _seconds_text(value) if isinstance(value, float) else str(value)
+
+
+def summary(config: Config) -> str:
+    """The route table `tunnel configtest` prints.
+
+    Args:
+        config: a parsed configuration.
+
+    Returns:
+        Listeners, then each scope's rules in match order with their backend, keys and
+        the effective ProxyWebsocket* values (per `<Location>` where one changes them),
+        then the balancers. Warnings are in ``config.warnings``, not repeated here.
+    """
+    out: list[str] = ["Listeners:"]
+    out += [f"  {l.display}{' (https)' if l.tls else ''}  {l.file}:{l.line}" for l in config.listeners] or [
+        "  (none)"
+    ]
+    for name, scope in named_scopes(config):
+        out += ["", f"{name}:", f"  {_scope_values(scope)}"]
+        if not scope.rules:
+            out.append("  (no routes)")
+        for n, rule in enumerate(scope.rules, 1):
+            out.append(f"  {n}. {_rule_line(rule, config)}  [{rule.where}]")
+        for loc in scope.locations:
+            values = ", ".join(f"{_DIRECTIVE_OF.get(k, k)} {_value_text(v)}" for k, v in loc.settings)
+            out.append(f"  <Location{'Match' if loc.is_regex else ''} {loc.path}> sets {values}  [{loc.file}:{loc.line}]")
+    for b in config.balancers.values():
+        sticky = "|".join(b.stickysession) or "none"
+        out += ["", f"balancer://{b.name}: lbmethod={b.lbmethod} stickysession={sticky}  [{b.file}:{b.line}]"]
+        for m in b.members:
+            flags = "".join(sorted(m.status))
+            out.append(
+                f"  {m.target} loadfactor={m.loadfactor} lbset={m.lbset}"
+                + (f" route={m.route}" if m.route else "")
+                + (f" status=+{flags}" if flags else "")
+                + (f" upgrade={','.join(m.upgrade)}" if m.upgrade else "")
+                + f"  [{m.file}:{m.line}]"
+            )
+    return "\n".join(out)

@@ -1,0 +1,93 @@
+"""Request and response heads as the protocol layer passes them around, and the
+HTTP grammar fragments the fast paths check lines against (RFC 9110 as h11 applies it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = ["RequestHead", "ResponseHead", "HOP_BY_HOP", "MAX_RESPONSE_HEAD"]
+
+#: Removed from every forwarded request and relayed response (R14 plus the
+#: tunnel line: Proxy-Authorization is never forwarded, Proxy-Authenticate never relayed).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "upgrade",
+        "trailer",
+        "te",
+        "transfer-encoding",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+#: The longest response head we read from a backend (R19: lines ≤ 8192; a head this big
+#: is already suspicious).
+MAX_RESPONSE_HEAD = 64 * 1024
+
+TOKEN_SPLIT = re.compile(r"\s*,\s*")
+#: A Host value httpd's fix_hostname accepts: a name or IPv4 address of letters, digits,
+#: ``-``, ``_`` and ``.``, or a bracketed IPv6 literal; an optional numeric port.
+HOST_VALUE = re.compile(rb"(?:[A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+#: RFC 9110's grammar as h11 applies it: a token (method, field name), a request target,
+#: a field value (no leading or trailing blanks).
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+TARGET = rb"[\x21-\x7e]+"
+VALUE = rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?"
+#: One header line as h11 reads it (name, value without the blanks around it).
+FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(" + VALUE + rb")[ \t]*")
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head. Header names keep the client's case; lookups ignore it."""
+
+    method: str
+    target: str
+    http_version: str
+    headers: list[tuple[str, str]]
+    raw_size: int = 0  # bytes of the head on the wire (for %I)
+
+    def get(self, name: str) -> Optional[str]:
+        """The header's value, repeated lines joined with ", " (R12), or None."""
+        name = name.lower()
+        values = [v for k, v in self.headers if k.lower() == name]
+        return ", ".join(values) if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def tokens(self, name: str) -> list[str]:
+        """The comma-separated tokens of a header, lower-cased, empty ones dropped."""
+        value = self.get(name)
+        return [t.lower() for t in TOKEN_SPLIT.split(value.strip())] if value else []
+
+    @property
+    def request_line(self) -> str:
+        return f"{self.method} {self.target} HTTP/{self.http_version}"
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = self.tokens("connection")
+        if self.http_version == "1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    http_version: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, name: str) -> Optional[str]:
+        name = name.lower()
+        values = [v for k, v in self.headers if k.lower() == name]
+        return ", ".join(values) if values else None

@@ -1,0 +1,50 @@
+"""What one request or tunnel did (`Exchange`), and what a client connection hands back
+when its handshake has made a tunnel (`TunnelStart`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config.model import Listener, Scope
+from ..protocol.balancer import BalancerState, MemberState
+from ..protocol.heads import RequestHead
+from ..tunnels.pump import Pump
+from ..tunnels.strategy import Strategy
+
+__all__ = ["Exchange", "TunnelStart"]
+
+
+@dataclass
+class Exchange:
+    """What one request/tunnel did, for the access log and the caller."""
+
+    peer: tuple[str, int]
+    listener: Optional[Listener]
+    head: Optional[RequestHead] = None
+    status: int = 0
+    start: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    body_bytes: int = 0
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+    tunnel: bool = False
+    vhost: str = ""
+    early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
+    early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
+
+
+@dataclass
+class TunnelStart:
+    """What ``serve_client`` returns when a tunnel is to be started by the caller."""
+
+    pump: Pump
+    scope: Scope
+    strategy: Strategy
+    exchange: Exchange
+    reserved: bool  # a sync pool thread is reserved for it
+    member: Optional[MemberState] = None
+    balancer: Optional[BalancerState] = None

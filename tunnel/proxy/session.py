@@ -1,0 +1,347 @@
+"""The front end of each client connection, as a generator task on the loop.
+
+``serve_client`` is one client connection's life (`tunnel.io.loop.Wait` steps): read a
+head (one total deadline), route it, validate an upgrade, connect the backend (failing
+over between balancer members while nothing has reached the client, see
+`tunnel.proxy.failover`), forward the request, read the backend's head, and then either
+open a tunnel (a checked 101) or relay an HTTP answer and go round for the next request
+on the same connection (R48).
+
+Every error a peer can cause arrives here as a ``TunnelError`` and is answered in one
+place (``_answer_error``) with its status and reason; anything else is our bug, logged
+with its traceback and answered 500. After a 101 nothing HTTP is ever written (R32).
+The engine is reached only through `Services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Any, Generator, Optional, Union
+
+import h11
+
+from ..config.model import Listener
+from ..errors import (
+    BadGateway,
+    BadRequest,
+    ClientError,
+    ClientGone,
+    GatewayTimeout,
+    RequestTimeout,
+    TunnelError,
+    UpstreamError,
+)
+from ..io.loop import Wait
+from ..io.steps import recv, sendall
+from ..io.streams import INHERITS_OPTIONS, Endpoint, tune
+from ..io.tls import TLSStream
+from ..protocol import routing
+from ..protocol.balancer import BalancerState, MemberState
+from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
+from ..protocol.heads import RequestHead
+from ..protocol.request import FrontEnd
+from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
+from ..protocol.upgrade import validate_upgrade
+from .failover import connect_backend, peer_ip, read_response_head
+from .forward import drain_request_body, relay_response, send_request_body, send_to_client
+from .records import Exchange, TunnelStart
+from .services import Services
+
+__all__ = ["serve_client"]
+
+log = logging.getLogger("tunnel.server")
+errlog = logging.getLogger("tunnel.error")
+
+#: What one request leaves the connection with: a tunnel to start, or whether the
+#: connection goes on to another request (True) or closes (False).
+Outcome = Union[TunnelStart, bool]
+
+
+def _status_line_ok(front: FrontEnd) -> bool:
+    return front.conn.our_state is h11.SEND_RESPONSE
+
+
+def serve_client(
+    engine: Services,
+    sock: Endpoint,
+    peer: Any,
+    listener: Optional[Listener],
+    leading: bytes = b"",
+) -> Generator[Wait, None, Optional[TunnelStart]]:
+    """One client connection, as a generator task. Returns a `TunnelStart` or None.
+
+    The socket is closed here unless a tunnel is returned (the caller then owns it).
+    """
+    config = engine.config
+    clock = time.monotonic
+    limits = config.scope.limits
+    front = FrontEnd(limits)
+    if leading:
+        front.feed(leading)
+    peer = peer if isinstance(peer, tuple) else ("unix", 0)
+    result: Optional[TunnelStart] = None
+    try:
+        tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
+        if listener is not None and listener.tls:
+            try:
+                sock = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
+            except _TLSRefused as exc:
+                log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
+                return None
+        while True:
+            ex = Exchange(peer=peer, listener=listener)
+            ex.bytes_in = len(front.buffer)
+            try:
+                head = yield from _read_head(sock, front, clock() + limits.header_timeout, ex)
+            except ClientError as exc:
+                _log_client_error(ex, exc)
+                yield from _answer_error(sock, front, ex, exc, close=True)
+                return None
+            if head is None:
+                return None  # clean EOF between requests
+            ex.head = head
+            ex.bytes_in = head.raw_size  # %I: this head; body and tunnel bytes added as they pass
+            ex.start = time.time()
+            ex.started = clock()
+            try:
+                outcome = yield from _handle(engine, sock, front, head, ex)
+            except ClientGone:
+                log.info("client %s left during the backend handshake; backend connection closed", peer_ip(peer))
+                return None
+            except TunnelError as exc:
+                if isinstance(exc, UpstreamError):
+                    errlog.error(
+                        "%s %s for %s: %s%s",
+                        exc.status,
+                        exc.reason,
+                        ex.notes.get("route", head.target),
+                        exc.detail or "",
+                        f" [backend {ex.notes['backend']}]" if "backend" in ex.notes else "",
+                    )
+                else:
+                    _log_client_error(ex, exc)
+                keep = yield from _answer_error(sock, front, ex, exc, close=False)
+                engine.log_exchange(ex)
+                if not keep:
+                    return None
+                continue
+            if isinstance(outcome, TunnelStart):
+                result = outcome
+                return result
+            engine.log_exchange(ex)
+            if not outcome:
+                return None
+    except GeneratorExit:
+        raise
+    except Exception:
+        errlog.exception("internal error serving %s", peer_ip(peer))
+        try:
+            if _status_line_ok(front):
+                sock.send(error_response_bytes(500, "internal error"))
+        except OSError:
+            pass
+        return None
+    finally:
+        if result is None:
+            sock.close()
+
+
+class _TLSRefused(Exception):
+    """A client's TLS handshake failed (plain HTTP on a TLS port, bad hello, timeout)."""
+
+
+def _tls_accept(
+    engine: Services, raw: Endpoint, listener: Listener, deadline: float
+) -> Generator[Wait, None, TLSStream]:
+    """The server side of TLS, non-blocking on the loop: one slow client stalls nobody."""
+    ctx = engine.server_ssl(listener)
+    sock = TLSStream(raw, ctx, server_side=True)
+    while True:
+        try:
+            sock.do_handshake()
+            return sock
+        except ssl.SSLWantReadError:
+            wait = Wait.read(sock, deadline)
+        except ssl.SSLWantWriteError:
+            wait = Wait.write(sock, deadline)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            raise _TLSRefused(reason) from None
+        try:
+            yield wait
+        except TimeoutError:
+            raise _TLSRefused("no complete TLS handshake before the deadline") from None
+
+
+def _log_client_error(ex: Exchange, exc: TunnelError) -> None:
+    target = ex.head.request_line if ex.head is not None else "(no request line)"
+    log.info("client %s: %d %s [%s]", peer_ip(ex.peer), exc.status, exc.reason, target)
+
+
+def _read_head(sock: Endpoint, front: FrontEnd, deadline: float, ex: Exchange) -> Generator[Wait, None, Optional[RequestHead]]:
+    while True:
+        head = front.next_head()
+        if head is not None:
+            return head
+        if front.eof:
+            if front.buffer:
+                raise BadRequest("connection closed in the middle of a request head")
+            return None
+        try:
+            data = yield from recv(sock, deadline)
+        except TimeoutError:
+            if not front.buffer and front.conn.their_state is h11.IDLE and front.conn.our_state is h11.IDLE:
+                return None  # an idle keep-alive connection: close quietly
+            raise RequestTimeout("request head not received in time") from None
+        except OSError:
+            return None
+        ex.bytes_in += len(data)
+        front.feed(data)
+
+
+def _answer_error(
+    sock: Endpoint, front: FrontEnd, ex: Exchange, exc: TunnelError, *, close: bool
+) -> Generator[Wait, None, bool]:
+    """Answer ``exc`` with its status and reason. Returns True if the connection goes on."""
+    if front.conn.our_state in (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE):
+        # A response is already under way (the backend broke its body): a second status
+        # line would be read as body bytes. Closing is the only signal left, as in httpd;
+        # the access log keeps the status that was sent.
+        return False
+    ex.status = exc.status
+    body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
+    keep = (
+        not close
+        and exc.status not in DROPS_CONNECTION
+        and ex.head is not None
+        and ex.head.keep_alive
+        and _status_line_ok(front)
+    )
+    deadline = time.monotonic() + 5.0
+    try:
+        if _status_line_ok(front):
+            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+            headers += exc.headers
+            if not keep:
+                headers.append(("Connection", "close"))
+            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers, reason=phrase(exc.status).encode("ascii")), deadline)
+            n += yield from send_to_client(sock, front, h11.Data(data=body), deadline)
+            n += yield from send_to_client(sock, front, h11.EndOfMessage(), deadline)
+        else:
+            data = error_response_bytes(exc.status, exc.reason, headers=exc.headers)
+            yield from sendall(sock, data, deadline)
+            n = len(data)
+            keep = False
+        ex.bytes_out += n
+        ex.body_bytes += len(body)
+        if keep:
+            keep = yield from drain_request_body(sock, front, deadline=time.monotonic() + 5.0)
+    except (OSError, TimeoutError, h11.LocalProtocolError):
+        return False
+    return keep
+
+
+def _handle(
+    engine: Services, sock: Endpoint, front: FrontEnd, head: RequestHead, ex: Exchange
+) -> Generator[Wait, None, Outcome]:
+    """Route and serve one request.
+
+    Returns:
+        A `TunnelStart`, or True to keep the connection for another request, False to
+        close it.
+
+    Raises:
+        TunnelError: answered by the caller with its status.
+        ClientGone: the client left while the backend was being reached.
+    """
+    clock = time.monotonic
+    scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
+    ex.vhost = vhost.server_name if vhost is not None else ""
+    decision = routing.route(scope, head.target, head.get("upgrade"), method=head.method)
+    scope = decision.scope
+    rule = decision.rule
+    ex.notes["route"] = f"{rule.path} ({rule.where})"
+    key: Optional[str] = None
+    token = decision.upgrade_token if decision.tunnel else None
+    if decision.tunnel:
+        key = validate_upgrade(head, token or "websocket", none_mode=rule.upgrade == ("NONE",))
+    strategy = engine.strategy_for(scope)
+    reserved = False
+    if decision.tunnel and engine.needs_thread(scope, strategy):
+        engine.reserve_thread(ex)  # raises ServiceUnavailable when full
+        reserved = True
+
+    backend_sock: Optional[Endpoint] = None
+    member: Optional[MemberState] = None
+    balancer: Optional[BalancerState] = None
+    try:
+        backend_sock, target, member, balancer = yield from connect_backend(engine, scope, decision, head, ex, sock, front)
+        hs = BackendHandshake(
+            head.method,
+            decision.backend_path,
+            backend_headers(
+                head,
+                host=target.authority,
+                upgrade_token=token,
+                client_ip=peer_ip(ex.peer),
+                add_headers=scope.add_headers,
+                server_name=scope.server_name or engine.server_name,
+                preserve_host=scope.preserve_host,
+                keep_framing=not decision.tunnel or head.method != "GET",
+            )
+            + ([] if decision.tunnel else [("Connection", "close")]),
+            upgrade_token=token,
+            client_key=key,
+        )
+        has_body = head.get("content-length") not in (None, "0") or head.get("transfer-encoding") is not None
+        timeout = scope.head_timeout(rule)
+        try:
+            yield from sendall(backend_sock, hs.request_bytes(end=not has_body), clock() + timeout)
+        except TimeoutError:
+            raise GatewayTimeout("backend did not take the request in time") from None
+        except OSError as exc:
+            raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
+        if has_body:
+            sent = yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
+            ex.bytes_in += sent.wire
+        response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        if response.status == 101:
+            hs.check_switch(response)
+            data = client_switch_bytes(response, token or "websocket")
+            yield from sendall(sock, data, clock() + scope.timeout)
+            ex.status = 101
+            ex.bytes_out += len(data)
+            ex.tunnel = True
+            ex.response_headers = response.headers
+            early = front.take_buffer()
+            ex.early_in, ex.early_out = len(early), len(hs.trailing)
+            ex.bytes_in += ex.early_in
+            ex.bytes_out += ex.early_out
+            pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing)
+            backend_sock = None  # the pump owns it now
+            start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer)
+            reserved = False
+            member = None
+            return start
+        # Any other answer is relayed; the client connection stays HTTP (R20, R48).
+        ex.status = response.status
+        ex.response_headers = response.headers
+        relayed = yield from relay_response(sock, front, backend_sock, hs, response, timeout=timeout, clock=clock)
+        ex.body_bytes = relayed.body
+        ex.bytes_out += relayed.wire  # head, framing and body (%O)
+        if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:
+            return True
+        if front.conn.their_state is h11.SEND_BODY:
+            return (yield from drain_request_body(sock, front, deadline=clock() + scope.timeout))
+        return False
+    finally:
+        if backend_sock is not None:
+            backend_sock.close()
+        if reserved:
+            engine.release_thread()
+        if member is not None and balancer is not None:
+            balancer.release(member)
+
+
