@@ -34,7 +34,7 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Benchmarks (bench/, issue 8): C load generator and backend built with cc into bench/build/,
+# Benchmarks (bench/): C load generator and backend built with cc into bench/build/,
 # the proxy run as separate processes. `bench` is the full run (3 interleaved rounds) and
 # writes bench/results/latest.{json,md,png}; `bench-quick` is a short run of every scenario
 # (bench/results/quick.*) that prints the table; `bench-peers` installs nginx, HAProxy and
@@ -64,7 +64,7 @@ bench-peers: $(STAMP)
 	fi
 	$(MAKE) bench
 
-# Long runs kept out of `make test` (issue 9): the soak scales tests/test_soak.py; fuzz runs
+# Long runs kept out of `make test`: the soak scales tests/test_soak.py; fuzz runs
 # the atheris target for the handshake parser for FUZZ_SECONDS, then the hypothesis
 # properties once more.
 SOAK_TUNNELS ?= 2000

@@ -1,4 +1,4 @@
-"""Issue 8's benchmark suite: one scenario per test, every target in each round.
+"""The benchmark suite: one scenario per test, every target in each round.
 
 Each test runs its scenario against the direct connection to the C echo backend, the
 tunnel (async and sync, one process and ``--workers 2``) and every peer installed

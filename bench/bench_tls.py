@@ -1,4 +1,4 @@
-"""wss next to ws (issue 7): bulk throughput and handshake rate through the tunnel with
+"""wss next to ws: bulk throughput and handshake rate through the tunnel with
 TLS on neither, either or both legs, reported as ratios to the clear-text tunnel.
 
 The proxy is a separate ``tunnel serve`` process (async). The clear backend is the C echo
@@ -26,7 +26,7 @@ import trustme
 from tunnel.echo import EchoServer
 from tunnel.io.tls import TLSStream
 
-from .harness import BUILD, Backend, Proc, build, read_line, wait_until
+from .harness import BUILD, Backend, Proc, build, wait_until
 
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 sample key: the C backend answers its Accept

@@ -13,14 +13,15 @@ import os
 import platform
 import statistics
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 
 from . import report
 from .harness import BUILD, Backend, BenchError, Target, TargetSpec, build, find_peer, peer_version
-from .scenarios import FULL, QUICK, SCENARIOS, Mode, Scenario
+from .scenarios import FULL, QUICK, Mode, Scenario
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -99,7 +100,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     _RUN.update(
         mode=mode.name,
         rounds=rounds,
-        started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        started=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         machine={"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         targets=[{"name": s.name, "kind": s.kind, "label": s.label, "strategy": s.strategy, "workers": s.workers}
                  for s in specs],
@@ -172,7 +173,7 @@ def run_scenario(benchmark: Any, env: Env, scenario: Scenario) -> dict[str, dict
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _RUN.get("scenarios"):
         return
-    _RUN["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    _RUN["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     # the full run's reports are kept (docs/performance.md); a quick run's go to build/
     full = _RUN["mode"] == "full"
     name = session.config.getoption("--bench-out") or ("latest" if full else "quick")

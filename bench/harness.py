@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -296,7 +297,7 @@ class Holder:
             pass
         self.proc.stop()
 
-    def __enter__(self) -> "Holder":
+    def __enter__(self) -> Holder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -567,7 +568,7 @@ class Meter:
     backend: Backend
     usage: Usage = field(default_factory=Usage)
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.target.check_alive()
         self._t0 = time.monotonic()
         self._p0 = self.target.cpu()

@@ -136,7 +136,7 @@ def markdown(run: dict[str, Any]) -> str:
         out.append("")
 
     # 4. milestones
-    out.append("## Milestones (issue 8)")
+    out.append("## Milestones")
     out.append("")
     out.append("| goal | " + " | ".join(tunnels) + " |")
     out.append("|---|" + "---|" * len(tunnels))

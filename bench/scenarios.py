@@ -1,4 +1,4 @@
-"""The seven scenarios of issue 8, each a function ``(env, target) -> metrics``.
+"""The seven benchmark scenarios, each a function ``(env, target) -> metrics``.
 
 A metrics dict holds numbers (None when a figure does not apply, e.g. the memory of a
 proxy for the direct connection), ``errors``, and the CPU of the proxy (all its
@@ -9,8 +9,9 @@ measurement (`harness.Usage`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .harness import BenchError, Holder, Meter, Target, run_loadgen, thread_count, wait_until
 
@@ -33,7 +34,7 @@ class Mode:
 
 #: CI's run: every scenario, small (1,000 idle tunnels, 2,000 held), one round.
 QUICK = Mode("quick", 1, 128 << 20, 0.2, 0.8, 1000, 2000, 0.1, 0.4, 10.0)
-#: ``make bench``: the sizes of issue 8, medians of 3 interleaved rounds.
+#: ``make bench``: the full sizes, medians of 3 interleaved rounds.
 FULL = Mode("full", 3, 512 << 20, 0.5, 3.0, 4000, 9900, 0.3, 2.0, 30.0)
 
 

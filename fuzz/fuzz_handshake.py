@@ -9,9 +9,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from tunnel.protocol import routing
     from tunnel.config import Config
     from tunnel.errors import BadGateway, ClientError
+    from tunnel.protocol import routing
     from tunnel.protocol.backend import BackendHandshake
 from tunnel.protocol.request import FrontEnd
 from tunnel.protocol.upgrade import validate_upgrade

@@ -7,7 +7,8 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from wsproto.utilities import generate_accept_token
 
@@ -139,7 +140,7 @@ class Silent:
         while not self._stop:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             if self.answer is not None:
                 conn.settimeout(2)

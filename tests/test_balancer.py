@@ -10,15 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel.protocol.balancer import Balancers, BalancerState, MemberState
 from tunnel.config import Balancer, Member, Target
 from tunnel.errors import ConfigError, ServiceUnavailable
+from tunnel.protocol.balancer import Balancers, BalancerState, MemberState
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,17 +10,17 @@ Configurations are written as an httpd user would: ``<Proxy balancer://c>`` with
 from __future__ import annotations
 
 import socket
-import threading
 import ssl
+import threading
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import trustme
 from websockets.sync.client import connect as ws_connect
 
-from tunnel.protocol.balancer import Balancers
 from tunnel.echo import EchoServer
+from tunnel.protocol.balancer import Balancers
 
 from .conftest import STRATEGY_CONFIGS
 from .helpers import free_port_refused, http_get, raw_upgrade, recv_exactly, recv_until_eof, status_of, wait_for

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from websockets.sync.client import connect as ws_connect
 from tunnel import __version__
 from tunnel.cli import cli
 
-from .helpers import http_get, wait_for
+from .helpers import http_get
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,8 @@ the lexical rules, Include, vhost merging, <Location>, balancers, configtest out
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -511,10 +512,7 @@ def test_route_warnings(text: str, warning: Optional[str]) -> None:
 # -- property: a Config or a ConfigError, nothing else --------------------------------------------
 
 WORDS = st.sampled_from(
-    "ProxyPass ProxyPassMatch Listen Timeout ProxyWebsocketAsyncDelay BalancerMember ProxySet SSLEngine "
-    "<VirtualHost </VirtualHost> <Location </Location> <Proxy </Proxy> <IfModule </IfModule> <Directory "
-    "</Directory> > / /chat ws://b/ wss://b balancer://c unix:/s|ws://x/ ! \\ \" ' # = upgrade=ANY "
-    "timeout=1 On Off 10ms -1 *:80 [::1]:80 status=+H LogFormat CustomLog combined ( $1 %2F \t".split(" ")
+    ["ProxyPass", "ProxyPassMatch", "Listen", "Timeout", "ProxyWebsocketAsyncDelay", "BalancerMember", "ProxySet", "SSLEngine", "<VirtualHost", "</VirtualHost>", "<Location", "</Location>", "<Proxy", "</Proxy>", "<IfModule", "</IfModule>", "<Directory", "</Directory>", ">", "/", "/chat", "ws://b/", "wss://b", "balancer://c", "unix:/s|ws://x/", "!", "\\", '"', "'", "#", "=", "upgrade=ANY", "timeout=1", "On", "Off", "10ms", "-1", "*:80", "[::1]:80", "status=+H", "LogFormat", "CustomLog", "combined", "(", "$1", "%2F", "\t"]
 )
 TEXT = st.lists(st.one_of(WORDS, st.text(max_size=8), st.just("\n"), st.just("\\\n")), max_size=40).map(" ".join)
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tunnel import Config, Engine, relay_sockets as relay
+from tunnel import Config, Engine
+from tunnel import relay_sockets as relay
 
 from .helpers import open_fds, recv_exactly, recv_until_eof, thread_count, wait_for
 

@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunnel.config import Limits
-from tunnel.errors import BadGateway, BadRequest, ClientError, HeaderFieldsTooLarge, MethodNotAllowed, UpgradeRequired, URITooLong
+from tunnel.errors import (
+    BadGateway,
+    BadRequest,
+    ClientError,
+    HeaderFieldsTooLarge,
+    MethodNotAllowed,
+    UpgradeRequired,
+    URITooLong,
+)
 from tunnel.protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from tunnel.protocol.request import FrontEnd
 from tunnel.protocol.upgrade import validate_upgrade

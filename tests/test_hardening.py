@@ -1,4 +1,4 @@
-"""Hostile input (issue 9): each case gets its status from the proxy, nothing reaches the
+"""Hostile input: each case gets its status from the proxy, nothing reaches the
 backend that should not, no traceback, and nothing is left behind."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TunnelBufferLimit: a global cap on bytes buffered by all tunnels (issue 9, item 5).
+"""TunnelBufferLimit: a global cap on bytes buffered by all tunnels .
 
 Twenty tunnels whose clients stop reading while their backends flood: the proxy's
 buffered bytes stay near the cap (not 20 x the per-tunnel high-water mark), then the

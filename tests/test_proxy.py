@@ -15,7 +15,6 @@ from websockets.sync.client import connect as ws_connect
 from .conftest import STRATEGY_CONFIGS
 from .helpers import (
     ACCEPT,
-    KEY,
     Silent,
     free_port_refused,
     open_fds,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunnel.io.streams import EVENT_READ, EVENT_WRITE
-from tunnel.tunnels.pump import HIGH_WATER, Budget, FlowState, Pump, new_scratch
+from tunnel.tunnels.pump import Budget, FlowState, Pump, new_scratch
 from tunnel.tunnels.sync_driver import run_sync
 
 pytestmark = pytest.mark.timeout(30)

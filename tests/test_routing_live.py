@@ -1,4 +1,4 @@
-"""Routing on a live proxy (HTTPD-BEHAVIOUR.md §1, with the tunnel lines): ws and http on
+"""Routing on a live proxy (docs/httpd-behaviour.md, R1-R3, with the tunnel lines): ws and http on
 one path, upgrade= values, fallback On and Off, exclusions, ProxyPassMatch, and the status
 of each backend failure with its timing bound."""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import select
 import socket
 import ssl
-import select
 import time
 
 import pytest
@@ -278,8 +278,9 @@ class Firehose:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        from tunnel.protocol.request import FrontEnd
         from wsproto.utilities import generate_accept_token
+
+        from tunnel.protocol.request import FrontEnd
 
         try:
             conn, _ = self.sock.accept()

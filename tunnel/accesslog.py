@@ -1,4 +1,4 @@
-"""Access log entries in httpd's mod_log_config formats (HTTPD-BEHAVIOUR.md R58)."""
+"""Access log entries in httpd's mod_log_config formats (docs/httpd-behaviour.md, R58)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TextIO
+from typing import TextIO
 
 __all__ = ["COMMON", "COMBINED", "PREDEFINED_LOG_FORMATS", "LOG_LEVELS", "Entry", "Formatter", "AccessLog"]
 

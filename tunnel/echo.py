@@ -64,7 +64,7 @@ class EchoServer:
         with self._lock:
             return len(self._conns)
 
-    def start(self) -> "EchoServer":
+    def start(self) -> EchoServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,7 +76,7 @@ class EchoServer:
         self._thread.start()
         return self
 
-    def __enter__(self) -> "EchoServer":
+    def __enter__(self) -> EchoServer:
         return self.start() if self._sock is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,7 +22,8 @@ import ssl
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
@@ -180,7 +181,7 @@ class Engine:
         finally:
             self._teardown(loop)
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Serve on a background thread; returns once the listeners are bound."""
         self._thread = threading.Thread(target=self._serve_quietly, name="tunnel-loop", daemon=True)
         self._thread.start()
@@ -198,7 +199,7 @@ class Engine:
                 log.exception("engine loop failed")
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["Engine"]:
+    def running(self) -> Iterator[Engine]:
         """``with engine.running():`` serve on a background thread, stop on exit."""
         self.start()
         try:

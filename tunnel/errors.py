@@ -32,7 +32,7 @@ bug and answers 500 with the traceback logged, never sent.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = [
     "TunnelError",

@@ -4,8 +4,8 @@ throw-away self-signed certificate (with ``cryptography`` when installed, else t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -44,7 +44,7 @@ def _self_signed_with_cryptography(cert: Path, key: Path, sans: list[tuple[str, 
 
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnel demo (throw-away)")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt = [x509.IPAddress(ipaddress.ip_address(v)) if k == "IP" else x509.DNSName(v) for k, v in sans]
     certificate = (
         x509.CertificateBuilder()

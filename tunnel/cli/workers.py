@@ -1,7 +1,7 @@
 """``tunnel serve --workers N``: N processes sharing the listening ports (SO_REUSEPORT).
 
 Each worker is a forked process running its own `Engine` and loop; the kernel spreads new
-connections among them (nginx's model, DESIGN.md §4). The parent only supervises:
+connections among them (nginx's model). The parent only supervises:
 
 * it resolves every ``Listen`` with port 0 to a real port first (binding, without
   listening, a SO_REUSEPORT socket it keeps), so all workers share the same ports;
@@ -16,7 +16,8 @@ import os
 import signal
 import socket
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from ..config import Config, Listener
 from ..io.listeners import open_listener

@@ -19,11 +19,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..accesslog import Formatter
+from ..accesslog import PREDEFINED_LOG_FORMATS, Formatter
 from ..errors import ConfigError
 from .checks import route_warnings
-from .model import Balancer, Config, Limits, Listener, Location, LogConfig, Member, ProxyRule, ProxyTLS, Scope, ServerTLS, VirtualHost
-from ..accesslog import PREDEFINED_LOG_FORMATS
+from .model import (
+    Balancer,
+    Config,
+    Limits,
+    Listener,
+    Location,
+    LogConfig,
+    Member,
+    ProxyRule,
+    ProxyTLS,
+    Scope,
+    ServerTLS,
+    VirtualHost,
+)
+
 
 @dataclass
 class ScopeDraft:

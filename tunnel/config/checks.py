@@ -11,6 +11,7 @@ from typing import Optional
 from .model import Config, ProxyRule, Scope
 from .scopes import alias_match, effective_scope
 
+
 def named_scopes(config: Config) -> list[tuple[str, Scope]]:
     scopes = [("server context", config.scope)]
     for v in config.vhosts:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from .values import BadDirective
 
+
 def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first line number, logical line) with continuations joined, blanks stripped."""
     pending: list[str] = []

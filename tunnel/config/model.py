@@ -20,7 +20,7 @@ DEFAULT_TIMEOUT = 60.0
 #: httpd's `retry=` default for a worker in error state, seconds.
 DEFAULT_RETRY = 60.0
 #: `RequestReadTimeout header=` default (mod_reqtimeout's 20-40 is per-rate; we use one
-#: total deadline of 10 s, HTTPD-BEHAVIOUR.md R41).
+#: total deadline of 10 s, docs/httpd-behaviour.md, R41).
 DEFAULT_HEADER_TIMEOUT = 10.0
 #: httpd's LimitRequestLine / LimitRequestFieldSize / LimitRequestFields defaults.
 DEFAULT_LIMIT_REQUEST_LINE = 8190
@@ -294,14 +294,14 @@ class Config:
     source: str = "<config>"
 
     @classmethod
-    def from_text(cls, text: str, *, filename: str = "<config>") -> "Config":
+    def from_text(cls, text: str, *, filename: str = "<config>") -> Config:
         """Parse configuration text. Raises ConfigError(file, line, expected)."""
         from .parser import parse  # the model stays a leaf: the parser only when asked
 
         return parse(text, filename=filename)
 
     @classmethod
-    def from_file(cls, path: str) -> "Config":
+    def from_file(cls, path: str) -> Config:
         """Read and parse a configuration file (``Include`` is relative to its folder)."""
         try:
             with open(path, encoding="utf-8") as fh:
@@ -314,10 +314,10 @@ class Config:
 
         return parse(text, filename=path)
 
-    def replace(self, **changes: object) -> "Config":
+    def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-    def with_websocket_async(self, on: bool) -> "Config":
+    def with_websocket_async(self, on: bool) -> Config:
         """This configuration with ``ProxyWebsocketAsync`` forced to ``on`` everywhere:
         the server context, every `<VirtualHost>` and every `<Location>` in them (what
         ``tunnel serve --async/--sync`` means: a command-line override wins)."""

@@ -22,11 +22,11 @@ from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, 
 from .lexer import logical_lines, split_words
 from .model import Config, Listener, Location, Member, ProxyRule
 from .values import (
-    BadDirective,
-    Expected,
     IGNORED_DIRECTIVES,
     MAX_INCLUDE_DEPTH,
     SKIPPED_SECTIONS,
+    BadDirective,
+    Expected,
     balancer_key,
     byte_size,
     compile_regex,
@@ -46,6 +46,7 @@ from .values import (
     url_keys,
     verify,
 )
+
 
 class _Ctx(Enum):
     """Where a directive stands."""

@@ -7,8 +7,9 @@ naming what was expected; the directive parser adds the directive name, file and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..accesslog import LOG_LEVELS
 from .model import Target
@@ -20,12 +21,7 @@ MAX_INCLUDE_DEPTH = 32
 #: httpd directives accepted and ignored with a warning, so an httpd file can be reused.
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
-    for name in (
-        "LoadModule ServerRoot User Group PidFile DocumentRoot DirectoryIndex ServerAdmin "
-        "ServerTokens ServerSignature KeepAlive KeepAliveTimeout MaxKeepAliveRequests "
-        "AddDefaultCharset Mutex TypesConfig AddType Options AllowOverride Require Order "
-        "Allow Deny"
-    ).split()
+    for name in ["LoadModule", "ServerRoot", "User", "Group", "PidFile", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride", "Require", "Order", "Allow", "Deny"]
 )
 
 #: Sections skipped whole, with one warning (tunnel serves no files). `<Proxy>` blocks

@@ -4,7 +4,7 @@ Every function here that waits is a generator task step (see ``loop.Wait``): it 
 ``Wait`` objects and gets ``TimeoutError`` thrown in at its deadline, so the same code runs
 on the engine's loop and, through ``loop.run_blocking``, in a host's thread.
 
-Failure statuses (HTTPD-BEHAVIOUR.md §3 table): DNS failure 500, refused or timed out
+Failure statuses (docs/httpd-behaviour.md, R18): DNS failure 500, refused or timed out
 connect 503, TLS handshake failure 502.
 """
 
@@ -20,7 +20,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Generator, Optional
+from collections.abc import Generator
+from typing import Optional
 
 from ..config.model import ProxyTLS, ServerTLS, Target
 from ..errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable

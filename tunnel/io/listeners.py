@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from ..config.model import Listener
 from .loop import Loop

@@ -31,7 +31,8 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Generator, Optional
+from collections.abc import Callable, Generator
+from typing import Any, Optional
 
 from .streams import EVENT_READ, EVENT_WRITE
 
@@ -51,7 +52,7 @@ class Timer:
 
     __slots__ = ("when", "callback", "args", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: "Loop") -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Loop) -> None:
         self.when = when
         self.callback = callback
         self.args = args
@@ -63,7 +64,7 @@ class Timer:
             self.cancelled = True
             self._loop._cancelled_timers += 1
 
-    def __lt__(self, other: "Timer") -> bool:
+    def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
 
     def __repr__(self) -> str:
@@ -98,16 +99,16 @@ class Wait:
         self.future = future
 
     @classmethod
-    def until(cls, future: concurrent.futures.Future, deadline: Optional[float] = None) -> "Wait":
+    def until(cls, future: concurrent.futures.Future, deadline: Optional[float] = None) -> Wait:
         """Resume when ``future`` (run by another thread) is done, or at ``deadline``."""
         return cls(None, 0, deadline, future=future)
 
     @classmethod
-    def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
+    def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> Wait:
         return cls(sock, EVENT_READ, deadline)
 
     @classmethod
-    def write(cls, sock: socket.socket, deadline: Optional[float] = None) -> "Wait":
+    def write(cls, sock: socket.socket, deadline: Optional[float] = None) -> Wait:
         return cls(sock, EVENT_WRITE, deadline)
 
 
@@ -252,7 +253,7 @@ class Loop:
         return self._running
 
     # -- tasks -------------------------------------------------------------------------
-    def spawn(self, gen: TaskGen, *, name: str = "task") -> "Task":
+    def spawn(self, gen: TaskGen, *, name: str = "task") -> Task:
         """Run generator task ``gen`` on this loop (starts on the next iteration)."""
         task = Task(self, gen, name)
         self.call_soon(task._step, None)
@@ -357,11 +358,11 @@ class Task:
         self.error: Optional[BaseException] = None
         self._regs: list[tuple[Any, int]] = []  # (file object, fd it was registered under)
         self._timer: Optional[Timer] = None
-        self._on_done: Optional[Callable[["Task"], None]] = None
+        self._on_done: Optional[Callable[[Task], None]] = None
         self._ready_cb = self._on_ready  # one bound method: the loop compares owners with it
         self._future: Optional[concurrent.futures.Future] = None
 
-    def add_done_callback(self, fn: Callable[["Task"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[Task], None]) -> None:
         if self.done:
             fn(self)
         else:

@@ -6,7 +6,8 @@ engine's loop and, through `run_blocking`, in a host's thread.
 from __future__ import annotations
 
 import ssl
-from typing import Generator, Optional
+from collections.abc import Generator
+from typing import Optional
 
 from .loop import Wait
 from .streams import EVENT_READ, EVENT_WRITE, RECV_SIZE, WOULD_BLOCK, Endpoint

@@ -11,7 +11,8 @@ the tunnel's first bytes to the client.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 import h11
 from wsproto.utilities import generate_accept_token

@@ -3,7 +3,7 @@
 Pure: no sockets, no sleeping, no threads. Time comes from an injected clock
 (``time.monotonic`` in the engine), so every rule below can be tested with a fake one.
 
-Rules (HTTPD-BEHAVIOUR.md §7, R42-R46; mod_proxy_balancer.c and proxy_util.c):
+Rules (docs/httpd-behaviour.md: R42-R46; mod_proxy_balancer.c and proxy_util.c):
 
 * **Usable.** A member is usable (httpd's ``PROXY_WORKER_IS_USABLE``) unless its status
   has ``D`` (disabled) or ``S`` (stopped), or it is in error state. ``N`` (draining) is

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import http
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["error_response_bytes", "phrase", "DROPS_CONNECTION"]
 

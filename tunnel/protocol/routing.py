@@ -1,7 +1,7 @@
 """ProxyPass / ProxyPassMatch matching, ``upgrade=`` and fallback: request target in,
 routing decision out. Pure: no sockets, no clock, no logging.
 
-Rules (HTTPD-BEHAVIOUR.md §1-2, R1-R3, R5, R9, R13, R15-R17, R49-R53, R57):
+Rules (docs/httpd-behaviour.md: R1-R3, R5, R9, R13, R15-R17, R49-R53, R57):
 
 * **Canonical path** (`normalize_target`, R5/R52/R53). In httpd's order: the form of the
   target (``*`` and authority-form → 400; absolute-form is routed by its path only, its

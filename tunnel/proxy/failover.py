@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any, Optional
 
 from ..config.model import Scope, Target
 from ..errors import BadGateway, ClientGone, GatewayTimeout, ServiceUnavailable, TunnelError, UpstreamError

@@ -11,7 +11,8 @@ request and is closed after it (no pool: simple, and what httpd does for upgrade
 
 from __future__ import annotations
 
-from typing import Generator, NamedTuple, Optional
+from collections.abc import Generator
+from typing import NamedTuple, Optional
 
 import h11
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import Any, Generator, Optional, Union
+from collections.abc import Generator
+from typing import Any, Optional, Union
 
 import h11
 
@@ -38,8 +39,8 @@ from ..io.steps import recv, sendall
 from ..io.streams import INHERITS_OPTIONS, Endpoint, tune
 from ..io.tls import TLSStream
 from ..protocol import routing
-from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
+from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase

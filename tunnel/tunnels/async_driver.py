@@ -9,7 +9,8 @@ last activity stamp when it fires, never touched per event (R38).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from ..io.loop import Loop, Timer
 from .pump import Pump

@@ -11,7 +11,7 @@ An *endpoint* is anything with ``recv_into(buffer) -> int``, ``send(buffer) -> i
 ``ssl.SSLWantReadError`` / ``SSLWantWriteError``) instead of blocking: a non-blocking
 socket is one.
 
-Rules (HTTPD-BEHAVIOUR.md R24-R30, DESIGN.md §4):
+Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
 
 * Reads go into a scratch buffer the driver owns and shares among all its tunnels; a
   chunk is sent at once from a memoryview of it, and only what the peer did not accept
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: Size of the scratch buffer each driver owns: 256 KiB measured best on loopback
-#: (fewer calls per byte; Python pays per call, not per byte). DESIGN.md §4.
+#: (fewer calls per byte; Python pays per call, not per byte).
 SCRATCH_SIZE = 256 * 1024
 #: Pending bytes at which a flow's source stops being read. One scratch-full: a
 #: tunnel never buffers more than this (plus one chunk) per direction.

@@ -3,7 +3,7 @@
 It drives the same `relay.Pump` as the async driver, so buffering, backpressure and
 half-close behave identically; only the waiting differs. Threads come from a bounded
 `ThreadPool`: when every thread is busy a new tunnel is refused (503), never queued
-(HTTPD-BEHAVIOUR.md R34).
+(docs/httpd-behaviour.md, R34).
 
 ``run_sync`` can stop at a hand-over time (``ProxyWebsocketAsyncDelay``): it then returns
 with the pump still open, and the caller hands the same pump to the loop.
@@ -16,7 +16,8 @@ import queue
 import select
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import Pump, new_scratch
@@ -157,7 +158,7 @@ class ThreadPool:
         self.max_threads = max_threads
         self.name = name
         self._lock = threading.Lock()
-        self._work: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
         self._threads = 0
         self._idle = 0
         self._busy = 0
