@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.strategies import STRATEGY_CONFIGS
 from tunnel import Config, Engine, HostCapabilities
 from tunnel.echo import EchoServer
 
@@ -55,13 +56,6 @@ def make_proxy() -> Iterator[ProxyFactory]:
     yield factory
     for engine in engines:
         engine.stop()
-
-
-STRATEGY_CONFIGS = {
-    "sync": "ProxyWebsocketAsync Off\n",
-    "async": "ProxyWebsocketAsync On\n",
-    "async-delay": "ProxyWebsocketAsync On\nProxyWebsocketAsyncDelay 30ms\n",
-}
 
 
 @pytest.fixture(params=sorted(STRATEGY_CONFIGS))

@@ -1,0 +1,440 @@
+"""proxy/session.py on a live engine: hostile input gets its status from the proxy and
+reaches no backend; the head deadlines; routing (docs/httpd-behaviour.md, R1-R3, with
+the tunnel lines): ws and http on one path, upgrade= values, fallback On and Off,
+exclusions, ProxyPassMatch."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from tests.support.backends import Recorder
+from tests.support.clients import KEY, http_get, read_head, recv_until_eof, status_of, upgrade_request
+from tests.support.resources import open_fds
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+UP = f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+
+
+def req(line: str, headers: str = "Host: t\r\n", body: bytes = b"") -> bytes:
+    return f"{line}\r\n{headers}\r\n".encode("latin-1") + body
+
+
+CASES = [
+    # id, request bytes, expected statuses
+    ("bare-cr", req("GET /app/ HTTP/1.1", "Host: t\r\nX-A: a\rb\r\n"), {400}),
+    ("obs-fold", req("GET /app/ HTTP/1.1", "Host: t\r\nX-A: a\r\n  folded\r\n"), {400}),
+    ("bare-lf", b"GET /app/ HTTP/1.1\nHost: t\n\n", {400}),
+    ("cl-and-te", req("POST /app/ HTTP/1.1", "Host: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"), {400}),
+    ("two-cl", req("POST /app/ HTTP/1.1", "Host: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n", b"abcd"), {400}),
+    ("bad-name", req("GET /app/ HTTP/1.1", "Host: t\r\nBad Name: x\r\n"), {400}),
+    ("no-host", req("GET /app/ HTTP/1.1", ""), {400}),
+    ("long-line", req("GET /app/" + "a" * 9000 + " HTTP/1.1"), {414}),
+    ("long-field", req("GET /app/ HTTP/1.1", "Host: t\r\nX-Big: " + "b" * 9000 + "\r\n"), {431, 400}),
+    ("many-fields", req("GET /app/ HTTP/1.1", "Host: t\r\n" + "".join(f"X-{i}: v\r\n" for i in range(101))), {431, 400}),
+    ("connect", req("CONNECT internal.test:443 HTTP/1.1", "Host: internal.test:443\r\n"), {405}),
+    ("dotdot", req("GET /ws/../admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-dotdot", req("GET /ws/%2e%2e/admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-dotdot-mixed", req("GET /ws/%2E%2e/admin HTTP/1.1", "Host: t\r\n" + UP), {400, 403, 404}),
+    ("enc-slash", req("GET /ws/a%2fb HTTP/1.1", "Host: t\r\n" + UP), {404}),
+    ("nul", req("GET /ws/a%00b HTTP/1.1", "Host: t\r\n" + UP), {400, 404}),
+    ("ctl-in-path", req("GET /ws/a\x01b HTTP/1.1", "Host: t\r\n" + UP), {400}),
+    ("http10-upgrade", req("GET /ws/x HTTP/1.0", "Host: t\r\n" + UP), {400}),
+    ("version-8", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace("Version: 13", "Version: 8")), {426}),
+    ("no-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(f"Sec-WebSocket-Key: {KEY}\r\n", "")), {400}),
+    ("short-key", req("GET /ws/x HTTP/1.1", "Host: t\r\n" + UP.replace(KEY, "c2hvcnQ=")), {400}),
+    ("post-upgrade", req("POST /ws/x HTTP/1.1", "Host: t\r\nContent-Length: 5\r\n" + UP, b"SMUGG"), {400}),
+    ("host-not-a-name", req("GET /ws/x HTTP/1.1", "Host: caf\xe9\r\n" + UP), {400}),
+    ("host-with-space", req("GET /app/ HTTP/1.1", "Host: a b\r\n"), {400}),
+    ("two-hosts", req("GET /ws/x HTTP/1.1", "Host: t\r\nHost: internal.test\r\n" + UP), {400}),
+]
+
+
+@pytest.fixture
+def proxied(make_proxy):
+    ws, http = Recorder("WS"), Recorder("HTTP")
+    engine = make_proxy(f"ProxyPass /ws/ ws://127.0.0.1:{ws.port}/\nProxyPass /app/ http://127.0.0.1:{http.port}/\n")
+    yield engine, ws, http
+    ws.close()
+    http.close()
+
+
+@pytest.mark.parametrize("name, data, statuses", CASES, ids=[c[0] for c in CASES])
+def test_hostile_request(proxied, caplog, name, data, statuses):
+    caplog.set_level(logging.DEBUG)
+    engine, ws, http = proxied
+    started = time.monotonic()
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(data)
+        head, _ = read_head(sock)
+    assert status_of(head) in statuses, head
+    assert time.monotonic() - started < 5
+    assert ws.heads == [] and http.heads == [], "a refused request reached a backend"
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_absolute_form_is_routed_by_path_only(proxied):
+    engine, ws, _ = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req("GET http://evil.invalid:1/ws/x HTTP/1.1", "Host: evil.invalid:1\r\n" + UP))
+        head, _ = read_head(sock)
+    assert status_of(head) == 101
+    assert ws.heads[0].startswith(b"GET /x HTTP/1.1")  # the backend of the route, by path
+
+
+def test_path_is_re_encoded_for_the_backend(proxied):
+    engine, ws, _ = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req("GET /ws/a%20b/./c/%7Euser HTTP/1.1", "Host: t\r\n" + UP))
+        head, _ = read_head(sock)
+    assert status_of(head) == 101
+    first = ws.heads[0].split(b"\r\n")[0]
+    assert b" " not in first.split(b" ", 1)[1].rsplit(b" ", 1)[0]  # no raw space in the target
+    assert b"/./" not in first
+
+
+def test_dripping_client_gets_408_by_the_total_deadline(make_proxy, raw_echo):
+    engine = make_proxy(f"RequestReadTimeout header=1\nProxyPass / ws://127.0.0.1:{raw_echo.address[1]}/\n")
+    request = upgrade_request("/")
+    sock = socket.create_connection(engine.addresses[0], timeout=5)
+    started = time.monotonic()
+    got = b""
+    sock.settimeout(0.1)
+    for byte in request:  # one byte per 100 ms: each read is in time, the head is not
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            break
+        try:
+            chunk = sock.recv(4096)
+            got += chunk
+            if not chunk or b"\r\n\r\n" in got:
+                break
+        except TimeoutError:
+            pass
+        if time.monotonic() - started > 5:
+            break
+    took = time.monotonic() - started
+    sock.close()
+    assert took < 3, took
+    assert got == b"" or status_of(got) == 408
+
+
+@pytest.mark.parametrize(
+    "answer, status",
+    [
+        (b"garbage garbage\r\n\r\n", 502),
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\nLEAK", 502),  # no Upgrade
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nLEAK", 502),  # no Accept
+    ],
+    ids=["garbage", "101-no-upgrade", "101-no-accept"],
+)
+def test_misbehaving_backend_answers(make_proxy, answer, status):
+    from tests.support.backends import Silent
+
+    backend = Silent(answer=answer)
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, rest = read_head(sock)
+            assert status_of(head) == status
+            sock.shutdown(socket.SHUT_WR)
+            assert b"LEAK" not in rest + recv_until_eof(sock)
+        assert engine.stats["tunnels.open"] == 0
+    finally:
+        backend.close()
+
+
+def test_client_leaving_during_backend_handshake_closes_the_backend_at_once(make_proxy):
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{silent.getsockname()[1]}/ timeout=20\n")
+        client = socket.create_connection(engine.addresses[0], timeout=5)
+        client.sendall(upgrade_request("/"))
+        conn, _ = silent.accept()
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        client.close()  # the client leaves before the backend answers
+        started = time.monotonic()
+        assert conn.recv(4096) == b""  # the proxy closed the backend connection
+        assert time.monotonic() - started < 2
+        conn.close()
+    finally:
+        silent.close()
+
+
+def test_nothing_left_behind_after_many_hostile_connections(proxied):
+    engine, _, _ = proxied
+    baseline = open_fds()
+    for i in range(50):
+        data = CASES[i % len(CASES)][1]
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(data)
+            read_head(sock)
+    wait_for(lambda: open_fds() <= baseline, timeout=10, what=f"fds back to {baseline}")
+
+
+def test_backend_dripping_its_head_gets_504_by_the_total_deadline(make_proxy):
+    """One deadline for the whole response head, whatever the drip rate (R41 tunnel line)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" * 10:
+                if stop.wait(0.05):  # pacing the drip, not waiting for a condition
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/ timeout=1\n")
+        started = time.monotonic()
+        with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, _ = read_head(sock, timeout=10)
+        took = time.monotonic() - started
+        assert status_of(head) == 504 and 0.9 <= took < 3, (head, took)
+    finally:
+        stop.set()
+        server.close()
+        t.join(5)
+
+
+def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog):
+    import struct
+    import threading
+
+    from tests.support.clients import ACCEPT
+
+    server = socket.create_server(("127.0.0.1", 0))
+    ready = threading.Event()
+
+    def reset_after_some_bytes():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\nhello"
+        )
+        ready.wait(5)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    t = threading.Thread(target=reset_after_some_bytes, daemon=True)
+    t.start()
+    try:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/\n")
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, rest = read_head(sock)
+            assert status_of(head) == 101
+            ready.set()
+            try:
+                rest += recv_until_eof(sock)
+            except ConnectionResetError:
+                pass
+            assert rest == b"hello"  # what came before the reset, then the end
+        wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
+        assert engine.stats["tunnels.open"] == 0
+    finally:
+        server.close()
+        t.join(5)
+
+
+@pytest.mark.parametrize("path", ["/ws/x", "/app/x"])
+def test_obs_text_and_idna_hosts_pass_byte_for_byte(proxied, caplog, path):
+    """Latin-1 bytes in a field value (obs-text) reach the backend as they came, on the
+    tunnel and the HTTP path alike; a punycode-looking Host is just a name."""
+    engine, ws, http = proxied
+    with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+        sock.sendall(req(f"GET {path} HTTP/1.1", "Host: xn--zz\r\nX-Name: caf\xe9\r\n" + (UP if path.startswith("/ws") else "")))
+        head, _ = read_head(sock)
+    assert status_of(head) == (101 if path.startswith("/ws") else 200), head
+    heads = ws.heads if path.startswith("/ws") else http.heads
+    assert b"\r\nX-Name: caf\xe9\r\n" in heads[0] + b"\r\n"
+    assert b"X-Forwarded-Host: xn--zz" in heads[0]
+    assert "Traceback" not in caplog.text
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ws_b():
+    r = Recorder("WS")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def http_b():
+    r = Recorder("HTTP")
+    yield r
+    r.close()
+
+
+def upgrade(engine, path="/app/", token="websocket", with_upgrade=True):
+    extra = ""
+    req = upgrade_request(path)
+    if token != "websocket":
+        req = req.replace(b"Upgrade: websocket", b"Upgrade: " + token.encode())
+    if not with_upgrade:
+        req = req.replace(b"Upgrade: websocket\r\n", b"").replace(b"Connection: Upgrade\r\n", b"")
+    with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+        sock.sendall(req)
+        head, rest = read_head(sock, timeout=10)
+        status = status_of(head)
+        if status == 101:
+            while not rest:
+                rest += sock.recv(100)
+        else:
+            length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+            while len(rest) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+        return status, head, rest
+
+
+def test_ws_then_http_on_one_path_fallback_off(make_proxy, ws_b, http_b):
+    engine = make_proxy(
+        "ProxyWebsocketFallbackToProxyHttp Off\n"
+        f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\nProxyPass /app/ http://127.0.0.1:{http_b.port}/\n"
+    )
+    status, _, rest = upgrade(engine)
+    assert status == 101 and rest == b"WS"
+    assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in ws_b.heads[-1] + b"\r\n"  # R8 on upgrades too
+    assert http_get(engine.addresses[0], "/app/x")[::2] == (200, b"HTTP")  # plain: the http route
+    assert ws_b.heads[-1].startswith(b"GET / HTTP/1.1") and len(ws_b.heads) == 1
+
+
+def test_ws_route_serves_plain_requests_as_http_with_fallback_on(make_proxy, ws_b, http_b):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\nProxyPass /app/ http://127.0.0.1:{http_b.port}/\n")
+    assert upgrade(engine)[::2] == (101, b"WS")
+    # R3/R17: the ws route takes every request under its path; a plain one goes as HTTP to it.
+    assert http_get(engine.addresses[0], "/app/x")[::2] == (200, b"WS")
+    assert b"Upgrade" not in ws_b.heads[-1]
+
+
+def test_fallback_off_with_no_other_route_is_404(make_proxy, ws_b):
+    engine = make_proxy(f"ProxyWebsocketFallbackToProxyHttp Off\nProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\n")
+    assert http_get(engine.addresses[0], "/app/x")[0] == 404
+    assert ws_b.heads == []
+
+
+@pytest.mark.parametrize(
+    "upgrade_key, token, expected",
+    [
+        ("", "websocket", 101),
+        ("", "WebSocket", 101),  # tokens compare ignoring case
+        ("", "chat", 200),  # not allowed on a ws route by default: plain HTTP (fallback On)
+        ("upgrade=chat", "chat", 101),
+        ("upgrade=chat", "websocket", 200),  # a list replaces the default
+        ("upgrade=chat,websocket", "websocket", 101),
+        ("upgrade=chat,websocket", "chat", 101),
+        ("upgrade=chat,websocket", "other", 200),
+        ("upgrade=ANY", "anything", 101),
+        ("upgrade=ANY", "websocket", 101),
+        ("upgrade=ANY", "TLS/1.2", 200),  # ANY never means TLS/* (R57)
+    ],
+)
+def test_upgrade_values(make_proxy, ws_b, upgrade_key, token, expected):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ {upgrade_key}\n")
+    status, _, rest = upgrade(engine, token=token)
+    assert status == expected
+    if expected == 101:
+        assert rest == b"WS"
+        assert f"upgrade: {token}".lower().encode() in ws_b.heads[-1].lower()
+    else:  # proxied as plain HTTP (fallback On): the backend never sees the Upgrade
+        assert rest == b"WS"
+        assert b"upgrade:" not in ws_b.heads[-1].lower()
+
+
+def test_offered_list_selects_the_first_allowed_token(make_proxy, ws_b):
+    """R13 tunnel line: Upgrade is a token list; the first token the route allows is
+    selected and alone forwarded."""
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ upgrade=chat\n")
+    status, _, rest = upgrade(engine, token="h2c, chat, websocket")
+    assert (status, rest) == (101, b"WS")
+    assert b"\r\nUpgrade: chat\r\n" in ws_b.heads[-1] + b"\r\n"
+
+
+def test_http_route_upgrades_only_with_an_upgrade_key(make_proxy, ws_b):
+    engine = make_proxy(
+        f"ProxyPass /plain/ http://127.0.0.1:{ws_b.port}/\n"
+        f"ProxyPass /app/ http://127.0.0.1:{ws_b.port}/ upgrade=websocket\n"
+    )
+    assert upgrade(engine, path="/plain/")[::2] == (200, b"WS")  # http never upgrades by default
+    assert b"upgrade:" not in ws_b.heads[-1].lower()
+    assert upgrade(engine, path="/app/")[::2] == (101, b"WS")
+    assert b"Upgrade: websocket" in ws_b.heads[-1]
+
+
+def test_fallback_off_refuses_a_token_the_ws_route_does_not_take_with_426(make_proxy, ws_b):
+    engine = make_proxy(f"ProxyWebsocketFallbackToProxyHttp Off\nProxyPass /app/ ws://127.0.0.1:{ws_b.port}/\n")
+    status, head, _ = upgrade(engine, token="chat")
+    assert status == 426
+    assert b"upgrade: websocket" in head.lower()
+    assert ws_b.heads == []
+
+
+@pytest.mark.parametrize("with_upgrade", [False, True], ids=["no-upgrade-header", "upgrade-header"])
+def test_upgrade_none_makes_every_request_a_handshake(make_proxy, ws_b, with_upgrade):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ upgrade=NONE\n")
+    status, _, rest = upgrade(engine, with_upgrade=with_upgrade)
+    assert status == 101 and rest == b"WS"
+    assert b"Upgrade: websocket" in ws_b.heads[-1]  # the backend is asked for WebSocket
+
+
+def test_upgrade_none_still_checks_the_websocket_handshake(make_proxy, ws_b):
+    engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ upgrade=NONE\n")
+    status, _, _ = http_get(engine.addresses[0], "/app/x")  # no Sec-WebSocket-Key
+    assert status == 400
+    assert ws_b.heads == []
+
+
+def test_exclusion_and_proxy_pass_match(make_proxy, ws_b, http_b):
+    engine = make_proxy(
+        "ProxyPass /app/static/ !\n"
+        f"ProxyPassMatch ^/rooms/([0-9]+)/(\\w+)$ ws://127.0.0.1:{ws_b.port}/room/$1/u/$2\n"
+        f"ProxyPass /app/ http://127.0.0.1:{http_b.port}/\n"
+    )
+    assert http_get(engine.addresses[0], "/app/static/x")[0] == 404  # excluded: not proxied
+    assert http_get(engine.addresses[0], "/app/page")[::2] == (200, b"HTTP")
+    assert upgrade(engine, path="/rooms/42/ann")[::2] == (101, b"WS")
+    assert ws_b.heads[-1].startswith(b"GET /room/42/u/ann HTTP/1.1")
+    assert upgrade(engine, path="/rooms/x/ann")[0] == 404  # the regex does not match
+
+
+def test_proxy_pass_match_exclusion_and_whole_uri_appended(make_proxy, ws_b, http_b):
+    """R1: a ProxyPassMatch URL without $n gets the whole request URI appended; a
+    ProxyPassMatch ! excludes what it matches."""
+    engine = make_proxy(
+        "ProxyPassMatch \\.png$ !\n"
+        f"ProxyPassMatch ^/api/ http://127.0.0.1:{http_b.port}/prefix\n"
+        f"ProxyPass / ws://127.0.0.1:{ws_b.port}/\n"
+    )
+    assert http_get(engine.addresses[0], "/img/a.png")[0] == 404
+    assert http_get(engine.addresses[0], "/api/v1?x=1")[::2] == (200, b"HTTP")
+    assert http_b.heads[-1].startswith(b"GET /prefix/api/v1?x=1 HTTP/1.1"), http_b.heads[-1]
+    assert upgrade(engine, path="/img/b.jpg")[::2] == (101, b"WS")
+    assert ws_b.heads[-1].startswith(b"GET /img/b.jpg HTTP/1.1")
