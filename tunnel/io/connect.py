@@ -20,13 +20,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Generator
-from typing import Optional
+from collections.abc import Generator, Sequence
+from typing import Optional, Union
 
 from ..config.model import ProxyTLS, ServerTLS, Target
 from ..errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
 from .loop import Wait
-from .streams import tune
+from .streams import Endpoint, tune
 from .tls import TLSStream
 
 __all__ = ["connect", "client_context", "server_context"]
@@ -34,8 +34,13 @@ __all__ = ["connect", "client_context", "server_context"]
 #: Sockets made non-blocking at creation where the platform can.
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
+#: One address to try, as ``getaddrinfo`` gives it: (family, type, proto, canonname,
+#: address); the address is a path for a unix socket.
+AddrInfo = tuple[int, int, int, str, Union[str, tuple[str, int], tuple[str, int, int, int], tuple[int, bytes]]]
+
+
 @functools.lru_cache(maxsize=256)
-def _literal(host: str, port: int) -> Optional[tuple]:
+def _literal(host: str, port: int) -> Optional[AddrInfo]:
     """The address of an IP-literal backend host, or None for a name (cached: the
     configured backends are few, and parsing the literal per connect costs more than
     the rest of the connect's Python)."""
@@ -53,7 +58,7 @@ DNS_TTL = 30.0
 #: Lookups run here, never on the loop thread: a slow resolver must not stall tunnels.
 _RESOLVER: Optional[concurrent.futures.ThreadPoolExecutor] = None
 _RESOLVER_LOCK = threading.Lock()
-_dns_cache: dict[tuple[str, int], tuple[float, list[tuple]]] = {}
+_dns_cache: dict[tuple[str, int], tuple[float, Sequence[AddrInfo]]] = {}
 
 
 def _resolver() -> concurrent.futures.ThreadPoolExecutor:
@@ -64,7 +69,7 @@ def _resolver() -> concurrent.futures.ThreadPoolExecutor:
         return _RESOLVER
 
 
-def _addresses(target: Target, deadline: float) -> Generator[Wait, None, list[tuple]]:
+def _addresses(target: Target, deadline: float) -> Generator[Wait, None, Sequence[AddrInfo]]:
     """The addresses to try for ``target``: a socket path, an IP literal, or a name looked
     up in a resolver thread (cached for `DNS_TTL`) while the task waits.
 
@@ -128,12 +133,15 @@ def connect(
     *,
     ssl_context: Optional[ssl.SSLContext] = None,
     tls_deadline: Optional[float] = None,
-) -> Generator[Wait, None, socket.socket]:
+) -> Generator[Wait, None, Endpoint]:
     """Open a fresh, non-blocking connection to ``target`` (never pooled, R18).
 
     Every address the host resolves to is tried in turn, each with the whole connect
     timeout (``deadline`` minus now, as httpd times each address): an address that
     refuses or does not answer in time moves on to the next one.
+
+    Returns:
+        The connected socket, or a `TLSStream` over it for a TLS target.
 
     Raises:
         BackendDNSError: the host name does not resolve (500).
@@ -166,7 +174,7 @@ def connect(
                 continue
             tune(sock)
             if target.tls:
-                sock = yield from _tls_handshake(sock, target, ssl_context, tls_deadline or deadline)
+                return (yield from _tls_handshake(sock, target, ssl_context, tls_deadline or deadline))
             return sock
         except BaseException:
             sock.close()

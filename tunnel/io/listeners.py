@@ -6,11 +6,11 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Optional
 
 from ..config.model import Listener
 from .loop import Loop
-from .streams import EVENT_READ, set_tcp_options
+from .streams import EVENT_READ, PeerAddress, set_tcp_options
 
 __all__ = ["open_listener", "Acceptor", "Adopt"]
 
@@ -24,7 +24,7 @@ EMFILE_BACKOFF = 0.1
 BACKLOG = 1024
 
 #: What an acceptor hands each accepted connection to: (socket, peer address, listener).
-Adopt = Callable[[socket.socket, Any, Optional[Listener]], None]
+Adopt = Callable[[socket.socket, PeerAddress, Optional[Listener]], None]
 
 
 def open_listener(listener: Listener, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:

@@ -32,9 +32,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
-from .streams import EVENT_READ, EVENT_WRITE
+from .streams import EVENT_READ, EVENT_WRITE, Endpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from _typeshed import FileDescriptorLike
 
 __all__ = ["Loop", "Timer", "Wait", "Task", "run_blocking", "EVENT_READ", "EVENT_WRITE"]
 
@@ -52,7 +55,7 @@ class Timer:
 
     __slots__ = ("when", "callback", "args", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Loop) -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[object, ...], loop: Loop) -> None:
         self.when = when
         self.callback = callback
         self.args = args
@@ -83,11 +86,11 @@ class Wait:
 
     def __init__(
         self,
-        sock: Optional[socket.socket],
+        sock: Optional[Endpoint],
         events: int,
         deadline: Optional[float],
-        also: Optional[socket.socket] = None,
-        future: Optional[concurrent.futures.Future] = None,
+        also: Optional[Endpoint] = None,
+        future: Optional[concurrent.futures.Future[Any]] = None,
     ) -> None:
         self.sock = sock
         self.events = events
@@ -99,20 +102,21 @@ class Wait:
         self.future = future
 
     @classmethod
-    def until(cls, future: concurrent.futures.Future, deadline: Optional[float] = None) -> Wait:
+    def until(cls, future: concurrent.futures.Future[Any], deadline: Optional[float] = None) -> Wait:
         """Resume when ``future`` (run by another thread) is done, or at ``deadline``."""
         return cls(None, 0, deadline, future=future)
 
     @classmethod
-    def read(cls, sock: socket.socket, deadline: Optional[float] = None) -> Wait:
+    def read(cls, sock: Endpoint, deadline: Optional[float] = None) -> Wait:
         return cls(sock, EVENT_READ, deadline)
 
     @classmethod
-    def write(cls, sock: socket.socket, deadline: Optional[float] = None) -> Wait:
+    def write(cls, sock: Endpoint, deadline: Optional[float] = None) -> Wait:
         return cls(sock, EVENT_WRITE, deadline)
 
 
 TaskGen = Generator[Wait, None, Any]
+_T = TypeVar("_T")
 
 
 class Loop:
@@ -124,7 +128,7 @@ class Loop:
         self._masks: dict[int, int] = {}
         self._timers: list[Timer] = []
         self._cancelled_timers = 0
-        self._ready: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._ready: deque[tuple[Callable[..., Any], tuple[object, ...]]] = deque()
         self._lock = threading.Lock()
         self._stopping = False
         self._running = False
@@ -138,7 +142,7 @@ class Loop:
         self.register(self._wake_r, EVENT_READ, self._on_wake)
 
     # -- registration --------------------------------------------------------------
-    def register(self, fileobj: Any, events: int, callback: Callable[[int], None]) -> None:
+    def register(self, fileobj: FileDescriptorLike, events: int, callback: Callable[[int], None]) -> None:
         """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready.
 
         A file already registered changes hands: its callback is replaced and its mask
@@ -164,7 +168,7 @@ class Loop:
         if events:
             self._selector.register(fd, events)
 
-    def modify(self, fileobj: Any, events: int) -> None:
+    def modify(self, fileobj: FileDescriptorLike, events: int) -> None:
         """Change the interest of a registered file; a no-op when it is unchanged."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         old = self._masks[fd]
@@ -178,7 +182,7 @@ class Loop:
         else:
             self._selector.modify(fd, events)
 
-    def unregister(self, fileobj: Any) -> None:
+    def unregister(self, fileobj: FileDescriptorLike) -> None:
         """Stop watching ``fileobj``. Unknown files are ignored (idempotent close paths)."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         if fd < 0:
@@ -195,7 +199,7 @@ class Loop:
         if self._callbacks.get(fd) is callback:
             self.unregister(fd)
 
-    def is_registered(self, fileobj: Any) -> bool:
+    def is_registered(self, fileobj: FileDescriptorLike) -> bool:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         return fd in self._callbacks
 
@@ -351,16 +355,17 @@ class Task:
 
     def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
         self.loop = loop
-        self.gen = gen
+        #: the generator; None once the task is done (its frame is not kept alive).
+        self.gen: Optional[TaskGen] = gen
         self.name = name
         self.done = False
         self.result: Any = None
         self.error: Optional[BaseException] = None
-        self._regs: list[tuple[Any, int]] = []  # (file object, fd it was registered under)
+        self._regs: list[tuple[Endpoint, int]] = []  # (file object, fd it was registered under)
         self._timer: Optional[Timer] = None
         self._on_done: Optional[Callable[[Task], None]] = None
         self._ready_cb = self._on_ready  # one bound method: the loop compares owners with it
-        self._future: Optional[concurrent.futures.Future] = None
+        self._future: Optional[concurrent.futures.Future[Any]] = None
 
     def add_done_callback(self, fn: Callable[[Task], None]) -> None:
         if self.done:
@@ -370,11 +375,12 @@ class Task:
 
     def cancel(self) -> None:
         """Throw ``GeneratorExit`` into the task (its ``finally`` blocks run)."""
-        if self.done:
+        gen = self.gen
+        if gen is None:  # done
             return
         self._cancel_timer()
         try:
-            self.gen.close()
+            gen.close()
         except Exception as exc:  # pragma: no cover - a finally block failed
             log.exception("task %s failed while cancelled", self.name)
             self.error = exc
@@ -392,17 +398,18 @@ class Task:
         self._timer = None
         self._step(TimeoutError("deadline passed"))
 
-    def _future_done(self, future: concurrent.futures.Future) -> None:
+    def _future_done(self, future: concurrent.futures.Future[Any]) -> None:
         if self._future is future:  # still waiting for it (not timed out meanwhile)
             self._step(None)
 
     def _step(self, exc: Optional[BaseException]) -> None:
-        if self.done:
+        gen = self.gen
+        if gen is None:  # done
             return
         self._cancel_timer()
         self._future = None
         try:
-            wait = self.gen.throw(exc) if exc is not None else self.gen.send(None)
+            wait = gen.throw(exc) if exc is not None else gen.send(None)
         except StopIteration as stop:
             self.result = stop.value
             self._finish()
@@ -439,17 +446,17 @@ class Task:
         elif sock is None and future is None:
             loop.call_soon(self._step, None)
 
-    def _watch(self, obj: Any, events: int) -> None:
+    def _watch(self, obj: Endpoint, events: int) -> None:
         fd = obj.fileno()
         self.loop.register(fd, events, self._ready_cb)
-        for kept, kept_fd in self._regs:
+        for kept, _ in self._regs:
             if kept is obj:
                 return
         self._regs.append((obj, fd))
 
     def _finish(self) -> None:
         self.done = True
-        self.gen = None  # type: ignore[assignment]
+        self.gen = None
         self._cancel_timer()
         regs, self._regs = self._regs, []
         loop = self.loop
@@ -471,7 +478,7 @@ class Task:
         return f"<Task {self.name} {'done' if self.done else 'waiting'}>"
 
 
-def run_blocking(gen: TaskGen) -> Any:
+def run_blocking(gen: Generator[Wait, None, _T]) -> _T:
     """Drive a generator task in the calling thread, waiting with ``poll``.
 
     Returns the generator's return value; its exceptions propagate.
@@ -482,7 +489,8 @@ def run_blocking(gen: TaskGen) -> Any:
         try:
             wait = gen.throw(exc) if exc is not None else gen.send(None)
         except StopIteration as stop:
-            return stop.value
+            result: _T = stop.value
+            return result
         exc = None
         timeout_ms: Optional[int] = None
         if wait.deadline is not None:

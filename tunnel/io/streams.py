@@ -12,12 +12,17 @@ import selectors
 import socket
 import ssl
 import sys
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 from .tls import TLSStream
 
+if TYPE_CHECKING:  # pragma: no cover
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
 __all__ = [
     "Endpoint",
+    "InetAddress",
+    "PeerAddress",
     "EVENT_READ",
     "EVENT_WRITE",
     "WOULD_BLOCK",
@@ -35,6 +40,12 @@ EVENT_WRITE = selectors.EVENT_WRITE
 #: What a non-blocking call raises when it would have to wait.
 WOULD_BLOCK: tuple[type[Exception], ...] = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
+#: An IP socket address as ``getpeername``/``getsockname`` give it: (host, port) for
+#: IPv4, (host, port, flowinfo, scope_id) for IPv6.
+InetAddress = Union[tuple[str, int], tuple[str, int, int, int]]
+#: A peer's address: an IP address, or a unix socket's path (often "").
+PeerAddress = Union[InetAddress, str]
+
 
 class Endpoint(Protocol):
     """One end of a connection as the front end and the tunnels use it: a connected
@@ -42,12 +53,12 @@ class Endpoint(Protocol):
     is the model: the same calls whatever is underneath)."""
 
     def fileno(self) -> int: ...
-    def recv(self, size: int = ..., /) -> bytes: ...
-    def recv_into(self, buffer: Any, nbytes: int = ..., /) -> int: ...
-    def send(self, data: Any, /) -> int: ...
+    def recv(self, size: int, /) -> bytes: ...
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = ..., /) -> int: ...
+    def send(self, data: ReadableBuffer, /) -> int: ...
     def shutdown(self, how: int, /) -> None: ...
     def close(self) -> None: ...
-    def getpeername(self) -> Any: ...
+    def getpeername(self) -> PeerAddress: ...
     def setblocking(self, flag: bool, /) -> None: ...
 
 
@@ -92,7 +103,7 @@ def set_tcp_options(sock: socket.socket) -> None:
             pass
 
 
-def shutdown_write(sock: Any) -> None:
+def shutdown_write(sock: Endpoint) -> None:
     """Shut the write side of ``sock``; for TLS, send close_notify first.
 
     A `TLSStream` (every TLS leg of a tunnel) does it without touching the bytes still
@@ -103,8 +114,7 @@ def shutdown_write(sock: Any) -> None:
     if isinstance(sock, TLSStream):
         sock.shutdown_write()
         return
-    sslobj = getattr(sock, "_sslobj", None)
-    if sslobj is not None:
+    if isinstance(sock, ssl.SSLSocket) and (sslobj := getattr(sock, "_sslobj", None)) is not None:
         try:
             sslobj.shutdown()
         except (ssl.SSLError, OSError, ValueError):

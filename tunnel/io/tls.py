@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ssl import _PeerCertRetType
+
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from .streams import PeerAddress
 
 __all__ = ["TLSStream", "RAW_CHUNK", "SEND_CHUNK"]
 
@@ -62,11 +69,13 @@ class TLSStream:
     def fileno(self) -> int:
         return self.raw.fileno()
 
-    def getpeername(self) -> Any:
-        return self.raw.getpeername()
+    def getpeername(self) -> PeerAddress:
+        peer: PeerAddress = self.raw.getpeername()
+        return peer
 
-    def getsockname(self) -> Any:
-        return self.raw.getsockname()
+    def getsockname(self) -> PeerAddress:
+        name: PeerAddress = self.raw.getsockname()
+        return name
 
     def setsockopt(self, *args: Any) -> None:
         self.raw.setsockopt(*args)
@@ -81,13 +90,13 @@ class TLSStream:
     def version(self) -> Optional[str]:
         return self.sslobj.version()
 
-    def cipher(self) -> Any:
+    def cipher(self) -> Optional[tuple[str, str, int]]:
         return self.sslobj.cipher()
 
     def selected_alpn_protocol(self) -> Optional[str]:
         return self.sslobj.selected_alpn_protocol()
 
-    def getpeercert(self, binary_form: bool = False) -> Any:
+    def getpeercert(self, binary_form: bool = False) -> _PeerCertRetType:
         return self.sslobj.getpeercert(binary_form)
 
     @property
@@ -118,7 +127,7 @@ class TLSStream:
             return
 
     # -- reading -------------------------------------------------------------------------
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0) -> int:
         view = memoryview(buffer).cast("B")
         size = nbytes or len(view)
         if self._plain:
@@ -128,7 +137,8 @@ class TLSStream:
             return n
         while True:
             try:
-                n = self.sslobj.read(size, view)
+                # typeshed has read() -> bytes; with a buffer it returns the count read.
+                n = self.sslobj.read(size, view)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 self._fill()
                 continue
@@ -159,7 +169,7 @@ class TLSStream:
             self._in.write_eof()
 
     # -- writing -------------------------------------------------------------------------
-    def send(self, data: Any) -> int:
+    def send(self, data: ReadableBuffer) -> int:
         """Encrypt up to SEND_CHUNK bytes of ``data``; returns how many were taken."""
         if self._shut_wanted:
             raise BrokenPipeError(32, "TLS write side already shut")
@@ -172,7 +182,7 @@ class TLSStream:
         self._try_flush()
         return n
 
-    def sendall(self, data: Any) -> None:  # pragma: no cover - not for non-blocking use
+    def sendall(self, data: ReadableBuffer) -> None:  # pragma: no cover - not for non-blocking use
         raise TypeError("TLSStream is non-blocking: use send() and flush()")
 
     def flush(self) -> bool:
@@ -207,7 +217,8 @@ class TLSStream:
         chunk = bytearray(RAW_CHUNK)
         while True:
             try:
-                n = self.sslobj.read(RAW_CHUNK, chunk)
+                # typeshed has read() -> bytes; with a buffer it returns the count read.
+                n: int = self.sslobj.read(RAW_CHUNK, chunk)  # type: ignore[assignment]
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 break
             except ssl.SSLError:

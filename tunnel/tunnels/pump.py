@@ -9,7 +9,7 @@ drive it with in-memory endpoints as well as with sockets.
 An *endpoint* is anything with ``recv_into(buffer) -> int``, ``send(buffer) -> int``,
 ``shutdown(how)``, ``fileno()`` and ``close()`` that raises ``BlockingIOError`` (or
 ``ssl.SSLWantReadError`` / ``SSLWantWriteError``) instead of blocking: a non-blocking
-socket is one.
+socket is one, and so is a `TLSStream` (``tunnel.io.streams.Endpoint`` is the type).
 
 Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
 
@@ -39,9 +39,9 @@ from __future__ import annotations
 import enum
 import mmap
 import ssl
-from typing import Any, Optional
+from typing import Optional, Union
 
-from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, shutdown_write
+from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
 from ..io.tls import TLSStream
 
 __all__ = [
@@ -135,7 +135,7 @@ class Flow:
 
     __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls")
 
-    def __init__(self, name: str, src: Any, dst: Any) -> None:
+    def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
         self.src = src
         self.dst = dst
@@ -144,14 +144,18 @@ class Flow:
         self.state = FlowState.OPEN
         #: bytes read from the source (all of them reach dst unless the tunnel aborts).
         self.count = 0
-        self.src_tls = isinstance(src, (ssl.SSLSocket, TLSStream))
-        #: dst may hold encrypted bytes of its own (``TLSStream.unsent``) to flush.
-        self.dst_tls = isinstance(dst, TLSStream)
+        #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
+        self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
+            src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None
+        )
+        #: dst when it may hold encrypted bytes of its own (``TLSStream.unsent``) to
+        #: flush, else None.
+        self.dst_tls: Optional[TLSStream] = dst if isinstance(dst, TLSStream) else None
 
     @property
     def backlog(self) -> bool:
         """Bytes of this flow not yet handed to the kernel (pending or TLS ciphertext)."""
-        return self.pending is not None or (self.dst_tls and self.dst.unsent > 0)
+        return self.pending is not None or (self.dst_tls is not None and self.dst_tls.unsent > 0)
 
     @property
     def pending_len(self) -> int:
@@ -191,8 +195,8 @@ class Pump:
 
     def __init__(
         self,
-        client: Any,
-        backend: Any,
+        client: Endpoint,
+        backend: Endpoint,
         *,
         high_water: int = HIGH_WATER,
         to_backend: bytes = b"",
@@ -215,7 +219,7 @@ class Pump:
         #: ends again soon. Only set here; the driver clears it when it acts on it, so
         #: a request made while one flow is served survives the other flow's read.
         self.more = False
-        self._stall_mark: tuple = ()
+        self._stall_mark: tuple[int, ...] = ()
         self._stall_since = 0.0
         for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
             if data:
@@ -241,8 +245,8 @@ class Pump:
         if mask & EVENT_WRITE:
             if incoming.pending is not None:
                 self._flush(incoming)
-            elif incoming.dst_tls and incoming.dst.unsent:
-                self._flush_tls(incoming)
+            elif incoming.dst_tls is not None and incoming.dst_tls.unsent:
+                self._flush_tls(incoming, incoming.dst_tls)
         if mask & EVENT_READ and not self.done and outgoing.state is FlowState.OPEN:
             self._read(outgoing, scratch)
 
@@ -287,8 +291,8 @@ class Pump:
         mark = (
             c2b.count - c2b.pending_len,
             b2c.count - b2c.pending_len,
-            c2b.dst.unsent if c2b.dst_tls else 0,
-            b2c.dst.unsent if b2c.dst_tls else 0,
+            c2b.dst_tls.unsent if c2b.dst_tls is not None else 0,
+            b2c.dst_tls.unsent if b2c.dst_tls is not None else 0,
         )
         if mark != self._stall_mark or not self._stall_since:
             self._stall_mark = mark
@@ -313,7 +317,7 @@ class Pump:
             budget = self.budget
             if budget is None or not budget.exhausted or outgoing.pending is None:
                 mask = EVENT_READ
-        if incoming.pending is not None or (incoming.dst_tls and incoming.dst.unsent):
+        if incoming.pending is not None or (incoming.dst_tls is not None and incoming.dst_tls.unsent):
             mask |= EVENT_WRITE
         return mask
 
@@ -367,9 +371,9 @@ class Pump:
                 len(pending) >= self.high_water or (budget is not None and budget.exhausted)
             ):
                 return
-            if n < size and not flow.src_tls:
+            if n < size and flow.src_tls is None:
                 return  # a short read: the kernel buffer is most likely empty
-        if flow.src_tls:
+        if flow.src_tls is not None:
             self.more = True
 
     def _flush(self, flow: Flow) -> None:
@@ -390,7 +394,7 @@ class Pump:
         flow.pending = None
         if flow.state is FlowState.EOF_READ:
             self._shut(flow, _Event.FLUSHED)
-        elif flow.src_tls and flow.src.pending():
+        elif flow.src_tls is not None and flow.src_tls.pending():
             # The source was paused; its SSL object may hold decrypted bytes that no
             # poll will ever report: ask the driver to read again.
             self.more = True
@@ -412,10 +416,10 @@ class Pump:
         flow.state = self._move(flow.state, event)
         self._check_done()
 
-    def _flush_tls(self, flow: Flow) -> None:
-        """Push a TLS destination's waiting ciphertext (and its FIN, if due)."""
+    def _flush_tls(self, flow: Flow, dst: TLSStream) -> None:
+        """Push a TLS destination's (``flow.dst``) waiting ciphertext (and its FIN, if due)."""
         try:
-            flow.dst.flush()
+            dst.flush()
         except OSError as exc:
             self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
             return

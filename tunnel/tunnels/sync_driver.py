@@ -130,7 +130,7 @@ def run_sync(
             pump.more = False
             pump.on_event(True, EVENT_READ, scratch)
             pump.on_event(False, EVENT_READ, scratch)
-        if pump.done:
+        if _ended(pump):
             break
         if handover_at is not None and now >= handover_at:
             return False
@@ -140,6 +140,12 @@ def run_sync(
             next_stall_check = now + send_timeout / 2
             pump.check_stall(now, send_timeout)
     return True
+
+
+def _ended(pump: Pump) -> bool:
+    """``pump.done``, read again: the pump calls above may have ended the tunnel, which
+    a type checker, keeping the loop condition's ``not pump.done``, cannot see."""
+    return pump.done
 
 
 class PoolFull(Exception):
