@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Optional
 
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
@@ -31,7 +31,7 @@ from .errors import ServiceUnavailable
 from .io.connect import client_context, server_context
 from .io.listeners import Acceptor, open_listener
 from .io.loop import Loop, Task, run_blocking
-from .io.streams import Endpoint
+from .io.streams import Endpoint, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
 from .proxy.records import Exchange, TunnelStart
@@ -150,7 +150,7 @@ class Engine:
                     if chosen is not None:
                         sslsock.context = chosen
 
-                default.sni_callback = pick  # type: ignore[assignment]
+                default.sni_callback = pick
             self._server_contexts[listener] = default
             return default
 
@@ -262,7 +262,7 @@ class Engine:
         loop.close()
 
     # -- connections -------------------------------------------------------------------
-    def _adopt(self, sock: socket.socket, peer: Any, listener: Optional[Listener], leading: bytes = b"") -> None:
+    def _adopt(self, sock: socket.socket, peer: PeerAddress, listener: Optional[Listener], leading: bytes = b"") -> None:
         """Serve an accepted client connection on the loop (loop thread only)."""
         loop = self._loop
         if loop is None or self._stopping.is_set():
@@ -277,7 +277,7 @@ class Engine:
         if isinstance(task.result, TunnelStart):
             self._start_tunnel(task.result)
 
-    def handle(self, sock: socket.socket, leading: bytes = b"", *, peer: Any = None) -> None:
+    def handle(self, sock: socket.socket, leading: bytes = b"", *, peer: Optional[PeerAddress] = None) -> None:
         """Adopt a connected client socket whose request head is not read yet.
 
         ``leading`` holds bytes already read from it (e.g. a head a host parsed). Callable
@@ -430,8 +430,8 @@ class Engine:
                 path=head.target if head else "-",
                 protocol=f"HTTP/{head.http_version}" if head else "-",
                 status=ex.status,
-                request_headers=dict((k.lower(), v) for k, v in head.headers) if head else {},
-                response_headers=dict((k.lower(), v) for k, v in ex.response_headers),
+                request_headers={k.lower(): v for k, v in head.headers} if head else {},
+                response_headers={k.lower(): v for k, v in ex.response_headers},
                 bytes_in=ex.bytes_in,
                 bytes_out=ex.bytes_out,
                 body_bytes=ex.body_bytes,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator
-from typing import Any, Optional
+from typing import Optional
 
 from ..config.model import Scope, Target
 from ..errors import BadGateway, ClientGone, GatewayTimeout, ServiceUnavailable, TunnelError, UpstreamError
 from ..io.connect import connect
 from ..io.loop import Wait
-from ..io.streams import EVENT_READ, RECV_SIZE, WOULD_BLOCK, Endpoint
+from ..io.streams import EVENT_READ, RECV_SIZE, WOULD_BLOCK, Endpoint, PeerAddress
 from ..protocol.backend import BackendHandshake
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
@@ -30,7 +30,7 @@ errlog = logging.getLogger("tunnel.error")
 MAX_EARLY_DATA = 256 * 1024
 
 
-def peer_ip(peer: Any) -> str:
+def peer_ip(peer: PeerAddress) -> str:
     """The client's address as logs and X-Forwarded-For name it ("unix" for a unix socket)."""
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
@@ -48,7 +48,8 @@ def connect_backend(
     clock = time.monotonic
     rule = decision.rule
     if decision.balancer is None:
-        target: Target = decision.target
+        target = decision.target
+        assert target is not None  # routing: a rule has a target, a balancer, or is an exclusion
         ex.notes["backend"] = str(target)
         engine.check_worker(target)
         try:
@@ -157,7 +158,7 @@ def read_response_head(
             except TimeoutError:
                 raise GatewayTimeout("backend did not answer in time") from None
             if also is not None and not _watch_client(client, front):
-                raise ClientGone()
+                raise ClientGone() from None
             continue
         except OSError as exc:
             raise BadGateway("backend reset the connection before a response head", detail=str(exc)) from exc

@@ -11,8 +11,8 @@ request and is closed after it (no pool: simple, and what httpd does for upgrade
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import NamedTuple, Optional
+from collections.abc import Callable, Generator
+from typing import NamedTuple, Optional, Union
 
 import h11
 
@@ -28,6 +28,8 @@ from ..protocol.request import FrontEnd
 __all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client", "Counted"]
 
 Step = Generator[Wait, None, object]
+#: What ``h11.Connection.next_event`` returns: an event, or NEED_DATA / PAUSED.
+NextEvent = Union[h11.Event, type[h11.NEED_DATA], type[h11.PAUSED]]
 
 
 class Counted(NamedTuple):
@@ -47,15 +49,15 @@ class _Wire:
         self.n = 0
 
 
-def send_to_client(sock: Endpoint, front: FrontEnd, event: object, deadline: Optional[float]) -> Generator[Wait, None, int]:
+def send_to_client(sock: Endpoint, front: FrontEnd, event: h11.Event, deadline: Optional[float]) -> Generator[Wait, None, int]:
     """Serialise one h11 event on the client connection and send it. Returns bytes sent."""
-    data = front.conn.send(event)  # type: ignore[arg-type]
+    data = front.conn.send(event)
     if data:
         yield from sendall(sock, data, deadline)
     return len(data or b"")
 
 
-def _client_event(sock: Endpoint, front: FrontEnd, deadline: float, wire: Optional[_Wire] = None) -> Generator[Wait, None, object]:
+def _client_event(sock: Endpoint, front: FrontEnd, deadline: float, wire: Optional[_Wire] = None) -> Generator[Wait, None, NextEvent]:
     """The next h11 event of the client's request body, reading as needed.
 
     h11 is asked first and given bytes only when it needs them, and the bytes it holds
@@ -103,7 +105,7 @@ def send_request_body(
     hs: BackendHandshake,
     *,
     timeout: float,
-    clock,
+    clock: Callable[[], float],
 ) -> Generator[Wait, None, Counted]:
     """Stream the client's request body to the backend.
 
@@ -182,7 +184,7 @@ def relay_response(
     response: ResponseHead,
     *,
     timeout: float,
-    clock,
+    clock: Callable[[], float],
 ) -> Generator[Wait, None, Counted]:
     """Send ``response`` and stream its body from the backend.
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config.model import Listener, Scope
+from ..io.streams import InetAddress
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead
 from ..tunnels.pump import Pump
@@ -20,7 +21,7 @@ __all__ = ["Exchange", "TunnelStart"]
 class Exchange:
     """What one request/tunnel did, for the access log and the caller."""
 
-    peer: tuple[str, int]
+    peer: InetAddress  # ("unix", 0) for a unix socket client
     listener: Optional[Listener]
     head: Optional[RequestHead] = None
     status: int = 0

@@ -16,10 +16,11 @@ The engine is reached only through `Services`.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Generator
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import h11
 
@@ -36,7 +37,7 @@ from ..errors import (
 )
 from ..io.loop import Wait
 from ..io.steps import recv, sendall
-from ..io.streams import INHERITS_OPTIONS, Endpoint, tune
+from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
 from ..io.tls import TLSStream
 from ..protocol import routing
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
@@ -66,8 +67,8 @@ def _status_line_ok(front: FrontEnd) -> bool:
 
 def serve_client(
     engine: Services,
-    sock: Endpoint,
-    peer: Any,
+    sock: socket.socket,
+    peer: PeerAddress,
     listener: Optional[Listener],
     leading: bytes = b"",
 ) -> Generator[Wait, None, Optional[TunnelStart]]:
@@ -83,11 +84,12 @@ def serve_client(
         front.feed(leading)
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
     result: Optional[TunnelStart] = None
+    client: Endpoint = sock  # or a TLSStream over it on a TLS listener
     try:
         tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
         if listener is not None and listener.tls:
             try:
-                sock = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
+                client = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
             except _TLSRefused as exc:
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
@@ -95,10 +97,10 @@ def serve_client(
             ex = Exchange(peer=peer, listener=listener)
             ex.bytes_in = len(front.buffer)
             try:
-                head = yield from _read_head(sock, front, clock() + limits.header_timeout, ex)
+                head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
             except ClientError as exc:
                 _log_client_error(ex, exc)
-                yield from _answer_error(sock, front, ex, exc, close=True)
+                yield from _answer_error(client, front, ex, exc, close=True)
                 return None
             if head is None:
                 return None  # clean EOF between requests
@@ -107,7 +109,7 @@ def serve_client(
             ex.start = time.time()
             ex.started = clock()
             try:
-                outcome = yield from _handle(engine, sock, front, head, ex)
+                outcome = yield from _handle(engine, client, front, head, ex)
             except ClientGone:
                 log.info("client %s left during the backend handshake; backend connection closed", peer_ip(peer))
                 return None
@@ -123,7 +125,7 @@ def serve_client(
                     )
                 else:
                     _log_client_error(ex, exc)
-                keep = yield from _answer_error(sock, front, ex, exc, close=False)
+                keep = yield from _answer_error(client, front, ex, exc, close=False)
                 engine.log_exchange(ex)
                 if not keep:
                     return None
@@ -140,13 +142,13 @@ def serve_client(
         errlog.exception("internal error serving %s", peer_ip(peer))
         try:
             if _status_line_ok(front):
-                sock.send(error_response_bytes(500, "internal error"))
+                client.send(error_response_bytes(500, "internal error"))
         except OSError:
             pass
         return None
     finally:
         if result is None:
-            sock.close()
+            client.close()
 
 
 class _TLSRefused(Exception):
@@ -154,7 +156,7 @@ class _TLSRefused(Exception):
 
 
 def _tls_accept(
-    engine: Services, raw: Endpoint, listener: Listener, deadline: float
+    engine: Services, raw: socket.socket, listener: Listener, deadline: float
 ) -> Generator[Wait, None, TLSStream]:
     """The server side of TLS, non-blocking on the loop: one slow client stalls nobody."""
     ctx = engine.server_ssl(listener)
