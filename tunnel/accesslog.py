@@ -137,6 +137,11 @@ def _custom_time(arg: str) -> Callable[[Entry], str]:
 _TOKEN = re.compile(r"%(?:\{([^}]*)\})?(>?[a-zA-Z%])")
 
 
+def _literal(text: str) -> Callable[[Entry], str]:
+    """A part of the format that is written as it stands."""
+    return lambda e: text
+
+
 class Formatter:
     """A LogFormat string compiled once into parts."""
 
@@ -146,15 +151,13 @@ class Formatter:
         pos = 0
         for m in _TOKEN.finditer(fmt):
             if m.start() > pos:
-                lit = fmt[pos : m.start()]
-                self.parts.append(lambda e, lit=lit: lit)
+                self.parts.append(_literal(fmt[pos : m.start()]))
             self.parts.append(self._directive(m.group(1), m.group(2)))
             pos = m.end()
         if "%" in fmt[pos:]:
             raise ValueError(f"unknown log format directive {fmt[pos:]!r}")
         if pos < len(fmt):
-            lit = fmt[pos:]
-            self.parts.append(lambda e, lit=lit: lit)
+            self.parts.append(_literal(fmt[pos:]))
 
     @staticmethod
     def _directive(arg: str | None, code: str) -> Callable[[Entry], str]:

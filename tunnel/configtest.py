@@ -16,6 +16,10 @@ def _seconds_text(value: float) -> str:
     return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
 
 
+#: ``upgrade=`` values shown by name rather than as a token list.
+_UPGRADE_NAMES: dict[tuple[str, ...], str] = {("*",): "ANY", ("NONE",): "NONE"}
+
+
 def _rule_line(rule: ProxyRule, config: Config) -> str:
     kind = "ProxyPassMatch" if rule.is_regex else "ProxyPass"
     if rule.exclude:
@@ -25,7 +29,7 @@ def _rule_line(rule: ProxyRule, config: Config) -> str:
     if upgrade is None:
         up = "websocket (default)" if is_ws else "none (plain HTTP)"
     else:
-        up = {("*",): "ANY", ("NONE",): "NONE"}.get(upgrade, ",".join(upgrade))
+        up = _UPGRADE_NAMES.get(upgrade, ",".join(upgrade))
     extras = "".join(f" {k}={v}" for k, v in rule.keys if k != "upgrade")
     nocanon = " nocanon" if rule.nocanon else ""
     return f"{kind} {rule.path} -> {display}  upgrade={up}{extras}{nocanon}"
@@ -64,7 +68,7 @@ def summary(config: Config) -> str:
         then the balancers. Warnings are in ``config.warnings``, not repeated here.
     """
     out: list[str] = ["Listeners:"]
-    out += [f"  {l.display}{' (https)' if l.tls else ''}  {l.file}:{l.line}" for l in config.listeners] or [
+    out += [f"  {lst.display}{' (https)' if lst.tls else ''}  {lst.file}:{lst.line}" for lst in config.listeners] or [
         "  (none)"
     ]
     for name, scope in named_scopes(config):

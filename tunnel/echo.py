@@ -27,7 +27,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import generate_accept_token
 
-from .io.streams import shutdown_write
+from .io.streams import InetAddress, shutdown_write
 
 __all__ = ["EchoServer", "main"]
 
@@ -50,7 +50,7 @@ class EchoServer:
         self.page = page
         self.ssl_context = ssl_context
         self.raw = raw
-        self.address: tuple = (host, port)
+        self.address: InetAddress = (host, port)
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._conns: set[socket.socket] = set()

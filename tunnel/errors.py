@@ -97,7 +97,7 @@ class ConfigError(TunnelError):
         Exception.__init__(self, f"{file}:{line}: {message}" if line else f"{file}: {message}")
 
     def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.args[0]
+        return str(self.args[0])
 
 
 class ClientError(TunnelError):
@@ -139,9 +139,14 @@ class UpgradeRequired(ClientError):
     status = 426
     default_reason = "Upgrade Required"
 
-    def __init__(self, reason: str | None = None, **kw) -> None:  # type: ignore[no-untyped-def]
-        kw.setdefault("headers", [("Sec-WebSocket-Version", "13")])
-        super().__init__(reason, **kw)
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        detail: str | None = None,
+        headers: Sequence[tuple[str, str]] = (("Sec-WebSocket-Version", "13"),),
+    ) -> None:
+        super().__init__(reason, detail=detail, headers=headers)
 
 
 class HeaderFieldsTooLarge(ClientError):

@@ -26,8 +26,8 @@ def setup_logging(config: Config, override: Optional[str]) -> None:
         level_name = "debug"
     level = LOG_LEVELS.get(level_name, logging.WARNING)
     root = logging.getLogger("tunnel")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     if config.log.error_log:
         handler: logging.Handler = logging.FileHandler(config.log.error_log)
     else:

@@ -109,21 +109,21 @@ def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
                         os.kill(p, signal.SIGKILL)
                 time.sleep(0.05)  # polling children during shutdown only
                 continue
-            slot = children.pop(pid, None)
-            if slot is None or stopping:
+            lost = children.pop(pid, None)
+            if lost is None or stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            log.error("worker %d (pid %d) exited with status %d; restarting", slot, pid, code)
+            log.error("worker %d (pid %d) exited with status %d; restarting", lost, pid, code)
             now = time.monotonic()
             restarts[:] = [t for t in restarts if now - t < 60] + [now]
             if len(restarts) > MAX_RESTARTS_PER_MINUTE:
                 log.critical("workers keep dying: giving up")
                 on_signal(signal.SIGTERM, None)
                 continue
-            spawn(slot)
+            spawn(lost)
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        for s in held:
-            s.close()
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        for sock in held:
+            sock.close()
     return 0

@@ -375,11 +375,11 @@ class _Parser(Draft):
     def _rule(
         self, path: str, url: str, rest: list[str], regex: bool, compiled: Optional[re.Pattern[str]]
     ) -> ProxyRule:
-        where = {"file": self.file, "line": self.line, "is_regex": regex, "regex": compiled}
+        file, line = self.file, self.line
         if url == "!":
             if rest:
                 raise BadDirective("an exclusion (!) takes no keys")
-            return ProxyRule(path, exclude=True, **where)
+            return ProxyRule(path, exclude=True, file=file, line=line, is_regex=regex, regex=compiled)
         parsed = parse_url(url)
         pairs, flags = url_keys(rest, flags=("nocanon",))
         keys = tuple(pairs)
@@ -393,7 +393,10 @@ class _Parser(Draft):
                 balancer_path=parsed.balancer_path,
                 nocanon="nocanon" in flags,
                 keys=keys,
-                **where,
+                file=file,
+                line=line,
+                is_regex=regex,
+                regex=compiled,
             )
             self.balancer_refs.append(rule)
             return rule
@@ -403,7 +406,17 @@ class _Parser(Draft):
                 rule_key(key, value, values)
             except Expected as exc:
                 raise BadDirective(f"{key}= {exc}") from None
-        return ProxyRule(path, target=parsed.target, nocanon="nocanon" in flags, keys=keys, **values, **where)
+        return ProxyRule(
+            path,
+            target=parsed.target,
+            nocanon="nocanon" in flags,
+            keys=keys,
+            file=file,
+            line=line,
+            is_regex=regex,
+            regex=compiled,
+            **values,
+        )
 
     # balancers --------------------------------------------------------------------------
     def _balancer(self, name: str) -> BalancerDraft:

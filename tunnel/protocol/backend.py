@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Optional
+from typing import Optional, Union
 
 import h11
 from wsproto.utilities import generate_accept_token
@@ -115,7 +115,7 @@ def _wire_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
-def parse_101(buf: bytes) -> Optional[tuple[ResponseHead, int]]:
+def parse_101(buf: Union[bytes, bytearray]) -> Optional[tuple[ResponseHead, int]]:
     """A complete ``HTTP/1.1 101`` head with plain header lines at the start of ``buf``:
     the head and its length. None for anything else (more bytes needed, another status,
     an unusual line): h11 reads those."""
@@ -197,7 +197,7 @@ class BackendHandshake:
                 data += self.conn.send(h11.EndOfMessage())
         except (h11.LocalProtocolError, UnicodeError) as exc:
             raise BadRequest(f"request cannot be forwarded: {exc}") from exc
-        return data  # type: ignore[return-value]
+        return data
 
     def feed(self, data: bytes) -> Optional[ResponseHead]:
         """Bytes from the backend (b"" = EOF). Returns its final or 101 head once whole.
