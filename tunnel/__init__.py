@@ -8,7 +8,8 @@ A connection's life, one module a line (imports only go down this list's layers)
     protocol/routing.py     ProxyPass / ProxyPassMatch matching, upgrade=, fallback
     protocol/upgrade.py     upgrade checks (wsproto's rules, the key)
     proxy/failover.py       a plain worker (health: protocol/health.py) or a balancer
-                            member (protocol/balancer.py) with failover
+                            member (protocol/balancer.py, protocol/lbmethods.py)
+                            with failover
     io/connect.py           name lookup off the loop, non-blocking connect, TLS (io/tls.py)
     protocol/backend.py     the forwarded request, the backend's 101 and its Accept check
     proxy/forward.py        plain HTTP forwarding and relayed non-101 answers, with h11
@@ -28,7 +29,7 @@ draws the layers.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .config import Config
@@ -39,8 +40,10 @@ from .tunnels.strategy import HostCapabilities, Strategy
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
+    relay = relay_sockets  # deprecated: what __getattr__ gives for "relay"
 
-def __getattr__(name: str) -> Any:
+
+def __getattr__(name: str) -> object:
     # Engine pulls in the whole I/O stack: imported on first use, so that
     # `import tunnel.config` (configtest, the pure modules' tests) stays light.
     if name == "Engine":

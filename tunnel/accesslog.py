@@ -198,7 +198,9 @@ class AccessLog:
             if path == "-":
                 self._outs.append((sys.stdout, Formatter(fmt), False))
             else:
-                self._outs.append((open(path, "a", buffering=1, encoding="utf-8"), Formatter(fmt), True))
+                # Open for the log's whole life (``close()`` closes it): no ``with`` block fits.
+                log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by close()
+                self._outs.append((log_file, Formatter(fmt), True))
 
     @property
     def enabled(self) -> bool:

@@ -143,7 +143,7 @@ def finish(p: Draft, source: str) -> Config:
         first = resolve[rule.balancer]
         return dataclasses.replace(rule, balancer_scheme=first.target.scheme, balancer_upgrade=first.upgrade)
 
-    main_settings = {k: v for k, v in p.main.settings.items()}
+    main_settings = dict(p.main.settings)
     main_rules = [with_balancer(r) for r in p.main.rules]
     main_loc_rules = [with_balancer(r) for r in p.main.location_rules]
     scope = _build_scope(

@@ -30,16 +30,7 @@ Rules (docs/httpd-behaviour.md: R42-R46; mod_proxy_balancer.c and proxy_util.c):
   candidates only when neither gave a member. Draining spares and standbys are skipped.
 * **lbmethods** (balancers/mod_lbmethod_*.c): each candidate is offered in order to an
   ``is_best(candidate, best_so_far)`` test, and the last one it accepted is elected.
-
-  - ``byrequests``: the candidate's ``lbstatus`` grows by its loadfactor and the total of
-    loadfactors offered is kept; the highest ``lbstatus`` wins, the earlier on a tie, and
-    the winner loses the total. Loadfactors 1:2:3 give C B A C B C, then repeat.
-  - ``bybusyness``: the least ``busy`` wins, ties decided as byrequests (whose counters it
-    keeps too). ``busy`` counts in-flight requests and open tunnels (`acquire`/`release`).
-  - ``bytraffic``: the least ``(transferred + read) / loadfactor`` wins, the earlier on a
-    tie. **tunnel:** tunnel bytes count (`add_traffic`), and the ratio is compared
-    exactly; httpd divides each counter by loadfactor × 100 in integers, which only
-    loses precision.
+  ``byrequests``, ``bybusyness`` and ``bytraffic`` are in `tunnel.protocol.lbmethods`.
 * ``exclude`` (member indexes) makes members unusable for one pick: the caller's way to
   fail over after a connect failure (R46). An excluded plain member may be replaced by a
   hot spare, as any unusable one.
@@ -60,6 +51,7 @@ from typing import Any, Optional
 
 from ..config.model import Balancer, Member, Target
 from ..errors import ConfigError, ServiceUnavailable
+from .lbmethods import LBMETHODS, Tally, charge
 
 __all__ = ["MemberState", "BalancerState", "Balancers", "LBMETHODS"]
 
@@ -125,56 +117,6 @@ class MemberState:
             f"<MemberState #{self.index} {self.name} flags={flags or '-'} busy={self.busy} "
             f"lbstatus={self.lbstatus} elected={self.elected} error_until={self.error_until}>"
         )
-
-
-class _Tally:
-    """What one election carries between ``is_best`` calls: the loadfactors offered."""
-
-    __slots__ = ("total",)
-
-    def __init__(self) -> None:
-        self.total = 0
-
-
-#: ``is_best(candidate, best_so_far, tally)``: True when the candidate becomes the best.
-IsBest = Callable[[MemberState, Optional[MemberState], _Tally], bool]
-
-
-def _charge(candidate: MemberState, tally: _Tally) -> None:
-    """byrequests' bookkeeping for one offered candidate."""
-    candidate.lbstatus += candidate.member.loadfactor
-    tally.total += candidate.member.loadfactor
-
-
-def _is_best_byrequests(candidate: MemberState, best: Optional[MemberState], tally: _Tally) -> bool:
-    _charge(candidate, tally)
-    # Strictly greater: on a tie the member offered first stays the best.
-    return best is None or candidate.lbstatus > best.lbstatus
-
-
-def _is_best_bybusyness(candidate: MemberState, best: Optional[MemberState], tally: _Tally) -> bool:
-    _charge(candidate, tally)
-    if best is None or candidate.busy < best.busy:
-        return True
-    return candidate.busy == best.busy and candidate.lbstatus > best.lbstatus
-
-
-def _is_best_bytraffic(candidate: MemberState, best: Optional[MemberState], tally: _Tally) -> bool:
-    if best is None:
-        return True
-    # traffic / loadfactor, compared by cross-multiplying: exact, no rounding.
-    ours = (candidate.transferred + candidate.read) * best.member.loadfactor
-    theirs = (best.transferred + best.read) * candidate.member.loadfactor
-    return ours < theirs
-
-
-#: The lbmethods by their ``lbmethod=`` name. bytraffic never adds to the tally, so the
-#: winner's ``lbstatus -= total`` that follows every election leaves it untouched.
-LBMETHODS: Mapping[str, IsBest] = {
-    "byrequests": _is_best_byrequests,
-    "bybusyness": _is_best_bybusyness,
-    "bytraffic": _is_best_bytraffic,
-}
 
 
 class BalancerState:
@@ -471,17 +413,17 @@ class BalancerState:
 
     def _charge_sticky(self, chosen: MemberState, excluded: frozenset[int]) -> None:
         """byrequests' counters for a sticky pick, as httpd's default updatelbstatus."""
-        tally = _Tally()
+        tally = Tally()
         for m in self.members:
             if self._usable(m, excluded):
-                _charge(m, tally)
+                charge(m, tally)
         chosen.lbstatus -= tally.total
 
     def _elect(self, excluded: frozenset[int]) -> Optional[MemberState]:
         """The lbmethod's choice, lbset by lbset (proxy_balancer_get_best_worker)."""
         is_best = self._is_best
         for tier in self._tiers:
-            tally = _Tally()
+            tally = Tally()
             best: Optional[MemberState] = None
             unusable = 0
             spares: list[MemberState] = []

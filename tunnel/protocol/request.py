@@ -90,6 +90,10 @@ def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     return RequestHead(method, start.group(2).decode("latin-1"), "1.1", headers, len(raw))
 
 
+#: The limits of a `FrontEnd` made without any (``Limits`` is frozen: one is shared).
+DEFAULT_LIMITS = Limits()
+
+
 class FrontEnd:
     """The client side of one connection: finds, checks and parses request heads.
 
@@ -99,7 +103,7 @@ class FrontEnd:
     of the connection (plain proxying streams bodies through it).
     """
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.buffer = bytearray()
         self._conn: Optional[h11.Connection] = None
