@@ -3,13 +3,13 @@ host's listener while the engine runs its loop."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from tests.support.backends import Server
 from tests.support.waiting import wait_for
 from tunnel import Config, Engine
 
@@ -60,22 +60,11 @@ def test_threading_http_server_hands_upgrades_to_engine(echo):
 
 def test_handle_joins_the_loop_when_running(echo):
     engine = Engine(Config.from_text(f"ProxyWebsocketAsync On\nProxyPass / ws://127.0.0.1:{echo.address[1]}/\n"))
-    with engine.running():
-        # Our own listener: accept, then give the raw socket to the engine.
-        lst = socket.socket()
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1)
-
-        def accept_and_handle():
-            conn, _ = lst.accept()
-            engine.handle(conn)
-
-        th = threading.Thread(target=accept_and_handle)
-        th.start()
-        with ws_connect(f"ws://127.0.0.1:{lst.getsockname()[1]}/x", open_timeout=5) as ws:
+    # Our own listener: each accepted raw socket (blocking, as accept() gives it) goes to
+    # the engine, which joins it to its loop.
+    with engine.running(), Server(engine.handle, timeout=None) as listener:
+        with ws_connect(f"ws://127.0.0.1:{listener.port}/x", open_timeout=5) as ws:
             ws.send("hi")
             assert ws.recv(timeout=5) == "hi"
-        th.join(5)
-        lst.close()
         wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
-        assert engine.stats["tunnels.async"] == 1
+        assert engine.stats["tunnels.async"] == 1 and listener.accepted == 1

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from tests.support.backends import Silent
+from tests.support.backends import Answering, HTTPBackend, switching_protocols
 from tests.support.clients import (
-    ACCEPT,
     KEY,
     free_port_refused,
     http_get,
@@ -193,11 +192,8 @@ def test_error_log_file_and_log_level(tmp_path, level):
 def test_early_data_both_ways_is_counted(make_proxy, tmp_path, strategy):
     """Bytes that ride with the heads (the client's after its request head, the backend's
     after its 101) are tunnel bytes like any other: in %I/%O, %b and the notes."""
-    answer = (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
-    ).encode() + b"backend-early"
-    backend = Silent(answer=answer)
+    answer = switching_protocols() + b"backend-early"
+    backend = Answering(answer)
     log = tmp_path / "access.log"
     try:
         engine = make_proxy(
@@ -233,9 +229,7 @@ def test_early_data_both_ways_is_counted(make_proxy, tmp_path, strategy):
 def test_pipelined_chunked_head_and_304_each_get_their_own_counts(make_proxy, tmp_path):
     """Three pipelined requests in one packet: each line counts only its own bytes (%I
     includes chunk framing), and bodiless answers log %b as "-" and %B as 0."""
-    from tests.proxy.test_forward import Backend
-
-    backend = Backend()
+    backend = HTTPBackend()
     log = tmp_path / "access.log"
     try:
         engine = make_proxy(

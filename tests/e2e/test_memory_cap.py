@@ -8,12 +8,12 @@ clients read and every byte the backends sent arrives.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
 
-from tests.support.clients import ACCEPT, read_head, status_of, upgrade_request
+from tests.support.backends import Flood
+from tests.support.clients import read_head, status_of, upgrade_request
 from tests.support.waiting import wait_for
 from tunnel.tunnels.pump import CAPPED_CHUNK, HIGH_WATER, SCRATCH_SIZE
 
@@ -21,60 +21,6 @@ pytestmark = pytest.mark.timeout(60)
 
 TUNNELS = 20
 CAP = 1 << 20
-
-
-class Flood:
-    """Answers the upgrade, then sends until told to stop; counts what the kernel took."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.sent: list[int] = []
-        self.threads: list[threading.Thread] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            idx = len(self.sent)
-            self.sent.append(0)
-            t = threading.Thread(target=self._run, args=(conn, idx), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def _run(self, conn: socket.socket, idx: int) -> None:
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\n"
-            )
-            chunk = b"f" * 65536
-            conn.settimeout(0.1)
-            while not self.stop.is_set():
-                try:
-                    self.sent[idx] += conn.send(chunk)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-            conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(10)
-            try:
-                conn.recv(1)  # until the client is done
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])

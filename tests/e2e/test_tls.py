@@ -13,7 +13,9 @@ import time
 import pytest
 import trustme
 
+from tests.support.backends import Firehose
 from tests.support.clients import read_head, recv_until_eof, status_of, upgrade_request
+from tests.support.resources import open_fds
 from tests.support.waiting import wait_for
 from tunnel.echo import EchoServer
 from tunnel.io.streams import shutdown_write
@@ -266,73 +268,26 @@ def test_client_stalling_after_a_whole_client_hello_is_closed_at_the_deadline(ma
     assert "Traceback" not in caplog.text
 
 
-class Firehose:
-    """A WebSocket backend that answers the 101, then writes as fast as it can until the
-    connection breaks (so the proxy's TLS leg to the client piles up ciphertext)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        from wsproto.utilities import generate_accept_token
-
-        from tunnel.protocol.request import FrontEnd
-
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            front = FrontEnd()
-            head = None
-            while head is None:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                front.feed(data)
-                head = front.next_head()
-            accept = generate_accept_token(head.get("sec-websocket-key").encode()).decode()
-            conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode())
-            chunk = os.urandom(1 << 16)
-            deadline = time.monotonic() + 20
-            try:
-                while time.monotonic() < deadline:
-                    conn.sendall(chunk)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("strategy", ["sync", "async"])
 def test_tls_client_reset_with_ciphertext_unsent_ends_the_tunnel(make_proxy, ca, certs, strategy, caplog):
     """The client stops reading, the proxy's TLS leg to it holds ciphertext the kernel
     will not take, and the client resets: the tunnel ends with an error at once (no
     hang on the unsent bytes), the backend connection is closed, nothing is left open."""
-    from tests.support.resources import open_fds
-
     caplog.set_level(logging.INFO)
-    hose = Firehose()
-    engine = make_proxy(config_for(certs, client_tls=True, backend_tls=False, strategy=strategy, backend_port=hose.port))
-    baseline = open_fds()
-    raw = socket.create_connection(engine.addresses[0], timeout=5)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock = client_ctx(ca).wrap_socket(raw, server_hostname="localhost")
-    sock.sendall(upgrade_request())
-    head, _ = read_head(sock)
-    assert status_of(head) == 101
-    # Stop reading until the proxy's leg to us is stuck with ciphertext it cannot send.
-    wait_for(lambda: any(getattr(p.client, "unsent", 0) or p.b2c.pending for p in engine.live_tunnels()), timeout=10, what="bytes stuck toward the client")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()  # RST (the SSLSocket owns the fd now)
-    wait_for(lambda: engine.stats["tunnels.closed"] == 1, timeout=10, what="the tunnel to end")
-    wait_for(lambda: open_fds() <= baseline, timeout=10, what="fds back to the baseline")
-    assert engine.live_tunnels() == []
-    assert "error" in caplog.text and "Traceback" not in caplog.text
-    hose.close()
+    with Firehose() as hose:
+        engine = make_proxy(config_for(certs, client_tls=True, backend_tls=False, strategy=strategy, backend_port=hose.port))
+        baseline = open_fds()
+        raw = socket.create_connection(engine.addresses[0], timeout=5)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = client_ctx(ca).wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(upgrade_request())
+        head, _ = read_head(sock)
+        assert status_of(head) == 101
+        # Stop reading until the proxy's leg to us is stuck with ciphertext it cannot send.
+        wait_for(lambda: any(getattr(p.client, "unsent", 0) or p.b2c.pending for p in engine.live_tunnels()), timeout=10, what="bytes stuck toward the client")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST (the SSLSocket owns the fd now)
+        wait_for(lambda: engine.stats["tunnels.closed"] == 1, timeout=10, what="the tunnel to end")
+        wait_for(lambda: open_fds() <= baseline, timeout=10, what="fds back to the baseline")
+        assert engine.live_tunnels() == []
+        assert "error" in caplog.text and "Traceback" not in caplog.text

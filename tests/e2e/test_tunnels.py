@@ -12,9 +12,8 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.support.backends import Silent
+from tests.support.backends import Answering, HalfCloser, closing, silent, switching_protocols
 from tests.support.clients import (
-    ACCEPT,
     free_port_refused,
     raw_upgrade,
     read_head,
@@ -65,11 +64,8 @@ def test_mebibyte_echo_intact(make_proxy, echo, strategy):
 def test_early_data_both_ways(make_proxy, strategy):
     # The backend sends its 101 and its first frame in one packet; the client sends its
     # first bytes in the same packet as the request head.
-    answer = (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
-    ).encode() + b"backend-early"
-    backend = Silent(answer=answer)
+    answer = switching_protocols() + b"backend-early"
+    backend = Answering(answer)
     try:
         engine = proxy_for(make_proxy, backend.port, strategy)
         sock = socket.create_connection(engine.addresses[0], timeout=5)
@@ -100,54 +96,19 @@ def test_half_close_from_client_with_data_in_flight(make_proxy, raw_echo, strate
     assert engine.live_tunnels() == []
 
 
-class HalfCloser:
-    """A backend that answers the upgrade, sends `payload`, shuts its write side, then
-    keeps reading the client until EOF and records what it got."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.got = bytearray()
-        self.done = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        conn, _ = self.sock.accept()
-        conn.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(4096)
-        conn.sendall(
-            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n".encode()
-        )
-        conn.sendall(self.payload)
-        conn.shutdown(socket.SHUT_WR)
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            self.got += chunk
-        conn.close()
-        self.done.set()
-
-
 def test_half_close_from_backend_with_data_in_flight(make_proxy, strategy):
     down = os.urandom(256 * 1024)
     up = os.urandom(256 * 1024)
-    backend = HalfCloser(down)
-    engine = proxy_for(make_proxy, backend.port, strategy)
-    sock, head, rest = raw_upgrade(engine.addresses[0])
-    assert status_of(head) == 101
-    assert recv_until_eof(sock, initial=rest) == down  # backend's EOF reached us
-    sock.sendall(up)  # our direction still flows
-    sock.shutdown(socket.SHUT_WR)
-    assert backend.done.wait(10)
-    assert bytes(backend.got) == up
-    sock.close()
-    backend.sock.close()
+    with HalfCloser(down) as backend:
+        engine = proxy_for(make_proxy, backend.port, strategy)
+        sock, head, rest = raw_upgrade(engine.addresses[0])
+        assert status_of(head) == 101
+        assert recv_until_eof(sock, initial=rest) == down  # backend's EOF reached us
+        sock.sendall(up)  # our direction still flows
+        sock.shutdown(socket.SHUT_WR)
+        assert backend.done.wait(10)
+        assert bytes(backend.got) == up
+        sock.close()
 
 
 def test_concurrent_tunnels_distinct_payloads(make_proxy, echo, strategy):
@@ -201,7 +162,7 @@ def test_backend_refused_503(make_proxy):
 
 
 def test_backend_closes_without_answer_502(make_proxy):
-    backend = Silent(close=True)
+    backend = closing(read_first=False)
     try:
         engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
         sock, head, _ = raw_upgrade(engine.addresses[0])
@@ -212,7 +173,7 @@ def test_backend_closes_without_answer_502(make_proxy):
 
 
 def test_backend_hangs_504_after_timeout(make_proxy):
-    backend = Silent()
+    backend = silent()
     try:
         engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/ timeout=0.3\n")
         t0 = time.monotonic()
@@ -226,7 +187,7 @@ def test_backend_hangs_504_after_timeout(make_proxy):
 
 
 def test_backend_403_relayed_and_connection_stays_http(make_proxy):
-    backend = Silent(answer=b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nContent-Type: text/plain\r\n\r\nno way\n")
+    backend = Answering(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nContent-Type: text/plain\r\n\r\nno way\n")
     try:
         engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
         sock, head, rest = raw_upgrade(engine.addresses[0])
@@ -242,8 +203,8 @@ def test_backend_403_relayed_and_connection_stays_http(make_proxy):
 
 
 def test_wrong_accept_is_502_and_no_tunnel(make_proxy):
-    backend = Silent(
-        answer=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\nSECRET"
+    backend = Answering(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\nSECRET"
     )
     try:
         engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
@@ -277,11 +238,8 @@ def test_bad_client_handshakes(make_proxy, echo, kw, status):
 
 def test_slow_reader_keeps_proxy_buffer_bounded(make_proxy, strategy):
     # A backend that answers the upgrade and then never reads.
-    answer = (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
-    ).encode()
-    backend = Silent(answer=answer)
+    answer = switching_protocols()
+    backend = Answering(answer)
     try:
         engine = proxy_for(make_proxy, backend.port, strategy)
         sock, head, _ = raw_upgrade(engine.addresses[0])
@@ -358,11 +316,8 @@ def test_full_sync_pool_answers_503(make_proxy, raw_echo, caplog):
 def test_write_without_progress_for_timeout_ends_the_tunnel(make_proxy, strategy, caplog):
     """R37 (tunnel line): a peer that takes no byte for `Timeout` seconds while bytes wait
     for it ends the tunnel, even when the other direction is busy or idle-timeout is off."""
-    answer = (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
-    ).encode()
-    backend = Silent(answer=answer)  # answers the upgrade, then never reads
+    answer = switching_protocols()
+    backend = Answering(answer)  # answers the upgrade, then never reads
     try:
         engine = proxy_for(make_proxy, backend.port, strategy, extra="Timeout 1\n")
         sock, head, _ = raw_upgrade(engine.addresses[0])

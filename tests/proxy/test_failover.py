@@ -22,7 +22,7 @@ import pytest
 import trustme
 from websockets.sync.client import connect as ws_connect
 
-from tests.support.backends import Recorder, closing_backend
+from tests.support.backends import Recorder, closing, silent
 from tests.support.clients import (
     free_port_refused,
     http_get,
@@ -500,23 +500,23 @@ def test_dns_failure_is_500(make_proxy, caplog):
 
 @pytest.mark.timeout(30)
 def test_backend_head_timeout_is_504_after_timeout(make_proxy, caplog):
-    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    backend = silent()  # accepts, never answers
     try:
-        port = silent.getsockname()[1]
+        port = backend.port
         engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{port}/ timeout=1\n")
         status, body, took = error_case(engine, caplog)
         assert status == 504 and 0.9 <= took < 3, took
         assert body.startswith(b"504 ") and b"did not answer" in body
         error_logged(caplog, 504, f"ws://127.0.0.1:{port}/")
     finally:
-        silent.close()
+        backend.close()
 
 
 @pytest.mark.timeout(30)
 def test_backend_closing_before_a_head_is_502(make_proxy, caplog):
-    closer = closing_backend()
+    closer = closing()
     try:
-        port = closer.getsockname()[1]
+        port = closer.port
         engine = make_proxy(f"ProxyPass /f/ ws://127.0.0.1:{port}/\n")
         status, body, took = error_case(engine, caplog)
         assert status == 502 and took < 2
@@ -538,8 +538,8 @@ def test_plain_http_route_failures_have_the_same_statuses(make_proxy, caplog, ki
     elif kind == "dns":
         url, expected = "http://no-such-host.invalid/", 500
     else:
-        listener = closing_backend() if kind == "closes" else socket.create_server(("127.0.0.1", 0))
-        url, expected = f"http://127.0.0.1:{listener.getsockname()[1]}/", 502 if kind == "closes" else 504
+        listener = closing() if kind == "closes" else silent()
+        url, expected = f"http://127.0.0.1:{listener.port}/", 502 if kind == "closes" else 504
     try:
         engine = make_proxy(f"ProxyPass /f/ {url} timeout=1\n")
         started = time.monotonic()

@@ -6,125 +6,23 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import threading
 from typing import Optional
 
 import h11
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.support.backends import Silent
+from tests.support.backends import Answering, ChatUpgrader, HTTPBackend
 from tests.support.clients import http_get, read_head, recv_exactly, recv_until_eof, status_of, upgrade_request
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
 
-class Backend:
-    """A thread-per-connection HTTP/1.1 server (h11) that records what it receives.
-
-    Paths: /echo (body back; chunked reply when the request says ``X-Reply: chunked``),
-    /403, /204, /304, anything else: 200 "ok". Every request head is kept in ``seen``.
-    """
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.seen: list[tuple[str, str, dict[str, str]]] = []
-        self.connections = 0
-        self.body_progress = 0  # body bytes of the current request received so far
-        self.release = threading.Event()  # /hold: send the rest of the answer
-        self._threads: list[threading.Thread] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _serve(self, conn: socket.socket) -> None:
-        h = h11.Connection(h11.SERVER)
-        conn.settimeout(10)
-        try:
-            while True:
-                event = h.next_event()
-                if event is h11.NEED_DATA:
-                    data = conn.recv(1 << 16)
-                    h.receive_data(data)
-                    if not data and h.their_state is not h11.DONE:
-                        return
-                    continue
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return
-                assert isinstance(event, h11.Request), event
-                headers = {k.decode().lower(): v.decode() for k, v in event.headers}
-                target = event.target.decode()
-                self.seen.append((event.method.decode(), target, headers))
-                if headers.get("expect", "").lower() == "100-continue":
-                    conn.sendall(h.send(h11.InformationalResponse(status_code=100, headers=[])))
-                body = bytearray()
-                while True:
-                    ev = h.next_event()
-                    if ev is h11.NEED_DATA:
-                        h.receive_data(conn.recv(1 << 16))
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                        self.body_progress = len(body)
-                    else:
-                        break
-                self._answer(conn, h, event.method.decode(), target, headers, bytes(body))
-                if h.our_state is h11.MUST_CLOSE or h.their_state is h11.MUST_CLOSE:
-                    return
-                h.start_next_cycle()
-        except (OSError, h11.ProtocolError):
-            return
-        finally:
-            conn.close()
-
-    def _answer(self, conn, h, method, target, headers, body) -> None:
-        if target.startswith("/echo"):
-            if headers.get("x-reply") == "chunked":
-                conn.sendall(h.send(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")])))
-                for i in range(0, len(body), 100_000):
-                    conn.sendall(h.send(h11.Data(data=body[i : i + 100_000])))
-            else:
-                conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))])))
-                conn.sendall(h.send(h11.Data(data=body)))
-        elif target.startswith("/hold"):
-            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")])))
-            conn.sendall(h.send(h11.Data(data=b"first;")))
-            self.release.wait(10)
-            conn.sendall(h.send(h11.Data(data=b"rest")))
-        elif target.startswith("/403"):
-            text = b"forbidden here\n"
-            conn.sendall(h.send(h11.Response(status_code=403, headers=[("Content-Length", str(len(text)))])))
-            conn.sendall(h.send(h11.Data(data=text)))
-        elif target.startswith("/204"):
-            conn.sendall(h.send(h11.Response(status_code=204, headers=[])))
-        elif target.startswith("/304"):
-            conn.sendall(h.send(h11.Response(status_code=304, headers=[("ETag", '"v1"')])))
-        else:
-            text = b"ok"
-            conn.sendall(h.send(h11.Response(status_code=200, headers=[("Content-Length", "2")])))
-            if method != "HEAD":
-                conn.sendall(h.send(h11.Data(data=text)))
-        conn.sendall(h.send(h11.EndOfMessage()))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def backend():
-    b = Backend()
-    yield b
-    b.close()
+    with HTTPBackend() as b:
+        yield b
 
 
 class Client:
@@ -336,9 +234,9 @@ def test_upgrade_on_a_plain_request_never_reaches_the_backend(make_proxy, backen
     client.close()
 
 
-def one_shot_backend(answer: bytes):
+def one_shot_backend(answer: bytes) -> Answering:
     """A backend that reads one request head, sends ``answer`` raw, and closes."""
-    return Silent(answer=answer, close=True)
+    return Answering(answer, close=True)
 
 
 @pytest.mark.parametrize(
@@ -438,40 +336,6 @@ def test_echo_backend_closes_after_connection_close(echo):
     reading to EOF must not wait for its own timeout)."""
     status, _, body = http_get(echo.address, "/")
     assert status == 200 and body == b"tunnel echo backend\n"
-
-
-class ChatUpgrader:
-    """A backend for a non-WebSocket token: reads a head and its Content-Length body, answers
-    101 with ``Upgrade: chat``, then echoes raw bytes; records the head and the body."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.head = b""
-        self.body = b""
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            head, data = read_head(conn)
-            self.head = head
-            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
-            data = recv_exactly(conn, length, initial=data) if len(data) < length else data
-            self.body, early = data[:length], data[length:]
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat\r\nConnection: Upgrade\r\n\r\n" + early)
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                conn.sendall(chunk)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_upgrade_with_a_body_sends_the_body_first_then_tunnels(make_proxy):

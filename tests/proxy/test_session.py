@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
+import threading
 import time
 
 import pytest
 
-from tests.support.backends import Recorder
+from tests.support.backends import Answering, Recorder, Server, silent, switching_protocols
 from tests.support.clients import KEY, http_get, read_head, recv_until_eof, status_of, upgrade_request
 from tests.support.resources import open_fds
 from tests.support.waiting import wait_for
@@ -57,11 +59,9 @@ CASES = [
 
 @pytest.fixture
 def proxied(make_proxy):
-    ws, http = Recorder("WS"), Recorder("HTTP")
-    engine = make_proxy(f"ProxyPass /ws/ ws://127.0.0.1:{ws.port}/\nProxyPass /app/ http://127.0.0.1:{http.port}/\n")
-    yield engine, ws, http
-    ws.close()
-    http.close()
+    with Recorder("WS") as ws, Recorder("HTTP") as http:
+        engine = make_proxy(f"ProxyPass /ws/ ws://127.0.0.1:{ws.port}/\nProxyPass /app/ http://127.0.0.1:{http.port}/\n")
+        yield engine, ws, http
 
 
 @pytest.mark.parametrize("name, data, statuses", CASES, ids=[c[0] for c in CASES])
@@ -136,9 +136,7 @@ def test_dripping_client_gets_408_by_the_total_deadline(make_proxy, raw_echo):
     ids=["garbage", "101-no-upgrade", "101-no-accept"],
 )
 def test_misbehaving_backend_answers(make_proxy, answer, status):
-    from tests.support.backends import Silent
-
-    backend = Silent(answer=answer)
+    backend = Answering(answer)
     try:
         engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/\n")
         with socket.create_connection(engine.addresses[0], timeout=5) as sock:
@@ -153,23 +151,17 @@ def test_misbehaving_backend_answers(make_proxy, answer, status):
 
 
 def test_client_leaving_during_backend_handshake_closes_the_backend_at_once(make_proxy):
-    silent = socket.create_server(("127.0.0.1", 0))
-    try:
-        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{silent.getsockname()[1]}/ timeout=20\n")
+    with silent() as backend:
+        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{backend.port}/ timeout=20\n")
         client = socket.create_connection(engine.addresses[0], timeout=5)
         client.sendall(upgrade_request("/"))
-        conn, _ = silent.accept()
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(4096)
+        conn = wait_for(lambda: backend.conns and backend.conns[0], what="the backend connection")
+        head, _ = read_head(conn, timeout=5)
+        assert head.startswith(b"GET / HTTP/1.1\r\n"), head  # the request reached the backend
         client.close()  # the client leaves before the backend answers
         started = time.monotonic()
         assert conn.recv(4096) == b""  # the proxy closed the backend connection
         assert time.monotonic() - started < 2
-        conn.close()
-    finally:
-        silent.close()
 
 
 def test_nothing_left_behind_after_many_hostile_connections(proxied):
@@ -185,78 +177,55 @@ def test_nothing_left_behind_after_many_hostile_connections(proxied):
 
 def test_backend_dripping_its_head_gets_504_by_the_total_deadline(make_proxy):
     """One deadline for the whole response head, whatever the drip rate (R41 tunnel line)."""
-    import threading
-
-    server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
-    def drip():
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" * 10:
-                if stop.wait(0.05):  # pacing the drip, not waiting for a condition
-                    return
-                try:
-                    conn.send(bytes([byte]))
-                except OSError:
-                    return
+    def drip(conn: socket.socket) -> None:
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" * 10:
+            if stop.wait(0.05):  # pacing the drip, not waiting for a condition
+                return
+            conn.send(bytes([byte]))
 
-    t = threading.Thread(target=drip, daemon=True)
-    t.start()
-    try:
-        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/ timeout=1\n")
-        started = time.monotonic()
-        with socket.create_connection(engine.addresses[0], timeout=10) as sock:
-            sock.sendall(upgrade_request("/"))
-            head, _ = read_head(sock, timeout=10)
-        took = time.monotonic() - started
-        assert status_of(head) == 504 and 0.9 <= took < 3, (head, took)
-    finally:
-        stop.set()
-        server.close()
-        t.join(5)
+    with Server(drip) as server:
+        try:
+            engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.port}/ timeout=1\n")
+            started = time.monotonic()
+            with socket.create_connection(engine.addresses[0], timeout=10) as sock:
+                sock.sendall(upgrade_request("/"))
+                head, _ = read_head(sock, timeout=10)
+            took = time.monotonic() - started
+            assert status_of(head) == 504 and 0.9 <= took < 3, (head, took)
+        finally:
+            stop.set()
 
 
 def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog):
-    import struct
-    import threading
-
-    from tests.support.clients import ACCEPT
-
-    server = socket.create_server(("127.0.0.1", 0))
     ready = threading.Event()
 
-    def reset_after_some_bytes():
-        conn, _ = server.accept()
-        conn.recv(65536)
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\nhello"
-        )
+    def reset_after_some_bytes(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(switching_protocols() + b"hello")
         ready.wait(5)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()  # RST
 
-    t = threading.Thread(target=reset_after_some_bytes, daemon=True)
-    t.start()
-    try:
-        engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.getsockname()[1]}/\n")
-        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
-            sock.sendall(upgrade_request("/"))
-            head, rest = read_head(sock)
-            assert status_of(head) == 101
+    with Server(reset_after_some_bytes) as server:
+        try:
+            engine = make_proxy(f"ProxyPass / ws://127.0.0.1:{server.port}/\n")
+            with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+                sock.sendall(upgrade_request("/"))
+                head, rest = read_head(sock)
+                assert status_of(head) == 101
+                ready.set()
+                try:
+                    rest += recv_until_eof(sock)
+                except ConnectionResetError:
+                    pass
+                assert rest == b"hello"  # what came before the reset, then the end
+            wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
+            assert engine.stats["tunnels.open"] == 0
+        finally:
             ready.set()
-            try:
-                rest += recv_until_eof(sock)
-            except ConnectionResetError:
-                pass
-            assert rest == b"hello"  # what came before the reset, then the end
-        wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
-        assert engine.stats["tunnels.open"] == 0
-    finally:
-        server.close()
-        t.join(5)
 
 
 @pytest.mark.parametrize("path", ["/ws/x", "/app/x"])
@@ -279,20 +248,17 @@ def test_obs_text_and_idna_hosts_pass_byte_for_byte(proxied, caplog, path):
 
 @pytest.fixture
 def ws_b():
-    r = Recorder("WS")
-    yield r
-    r.close()
+    with Recorder("WS") as r:
+        yield r
 
 
 @pytest.fixture
 def http_b():
-    r = Recorder("HTTP")
-    yield r
-    r.close()
+    with Recorder("HTTP") as r:
+        yield r
 
 
 def upgrade(engine, path="/app/", token="websocket", with_upgrade=True):
-    extra = ""
     req = upgrade_request(path)
     if token != "websocket":
         req = req.replace(b"Upgrade: websocket", b"Upgrade: " + token.encode())
