@@ -3,8 +3,6 @@ with their backends and effective ProxyWebsocket* values, and the balancers."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from .config.checks import named_scopes, rule_backend
 from .config.model import Config, ProxyRule, Scope
 from .config.parser import SETTINGS
@@ -50,7 +48,7 @@ def _scope_values(scope: Scope) -> str:
 _DIRECTIVE_OF = {spec[1]: spec[0] for spec in SETTINGS.values()}
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: object) -> str:
     if isinstance(value, bool):
         return "On" if value else "Off"
     return _seconds_text(value) if isinstance(value, float) else str(value)

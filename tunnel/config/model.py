@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from ..errors import ConfigError
 
@@ -220,7 +220,7 @@ class Location:
 
     path: str
     is_regex: bool = False
-    settings: tuple[tuple[str, Any], ...] = ()
+    settings: tuple[tuple[str, object], ...] = ()
     file: str = "<config>"
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
@@ -315,6 +315,8 @@ class Config:
         return parse(text, filename=path)
 
     def replace(self, **changes: object) -> Config:
+        # mypy checks replace()'s keywords against the fields, which a **dict cannot
+        # show; dataclasses.replace checks the names at run time.
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def with_websocket_async(self, on: bool) -> Config:

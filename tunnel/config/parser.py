@@ -9,6 +9,7 @@ Paths (certificates, logs) are kept as written; ServerRoot is ignored.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -375,11 +376,12 @@ class _Parser(Draft):
     def _rule(
         self, path: str, url: str, rest: list[str], regex: bool, compiled: Optional[re.Pattern[str]]
     ) -> ProxyRule:
-        file, line = self.file, self.line
+        # Where the rule was written, and its regex: the same for every kind of rule.
+        rule_here = functools.partial(ProxyRule, path, file=self.file, line=self.line, is_regex=regex, regex=compiled)
         if url == "!":
             if rest:
                 raise BadDirective("an exclusion (!) takes no keys")
-            return ProxyRule(path, exclude=True, file=file, line=line, is_regex=regex, regex=compiled)
+            return rule_here(exclude=True)
         parsed = parse_url(url)
         pairs, flags = url_keys(rest, flags=("nocanon",))
         keys = tuple(pairs)
@@ -387,16 +389,11 @@ class _Parser(Draft):
             build = self._balancer(parsed.balancer)
             for key, value in pairs:
                 build.params[key] = balancer_key(key, value)
-            rule = ProxyRule(
-                path,
+            rule = rule_here(
                 balancer=parsed.balancer,
                 balancer_path=parsed.balancer_path,
                 nocanon="nocanon" in flags,
                 keys=keys,
-                file=file,
-                line=line,
-                is_regex=regex,
-                regex=compiled,
             )
             self.balancer_refs.append(rule)
             return rule
@@ -406,17 +403,7 @@ class _Parser(Draft):
                 rule_key(key, value, values)
             except Expected as exc:
                 raise BadDirective(f"{key}= {exc}") from None
-        return ProxyRule(
-            path,
-            target=parsed.target,
-            nocanon="nocanon" in flags,
-            keys=keys,
-            file=file,
-            line=line,
-            is_regex=regex,
-            regex=compiled,
-            **values,
-        )
+        return rule_here(target=parsed.target, nocanon="nocanon" in flags, keys=keys, **values)
 
     # balancers --------------------------------------------------------------------------
     def _balancer(self, name: str) -> BalancerDraft:

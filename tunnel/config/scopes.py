@@ -71,4 +71,6 @@ def effective_scope(scope: Scope, path: str) -> Scope:
     for location in scope.locations:
         if location_matches(location, path):
             changes.update(location.settings)
+    # mypy checks replace()'s keywords against the fields, which a **dict cannot show;
+    # the names are Scope fields (the parser's SETTINGS), checked again at run time.
     return dataclasses.replace(scope, **changes) if changes else scope  # type: ignore[arg-type]

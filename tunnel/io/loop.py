@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, TypeVarTuple
 
 from .streams import EVENT_READ, EVENT_WRITE, Endpoint
 
@@ -117,6 +117,7 @@ class Wait:
 
 TaskGen = Generator[Wait, None, Any]
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class Loop:
@@ -207,18 +208,18 @@ class Loop:
     def time(self) -> float:
         return time.monotonic()
 
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+    def call_at(self, when: float, callback: Callable[[*_Ts], object], *args: *_Ts) -> Timer:
         timer = Timer(when, callback, args, self)
         heapq.heappush(self._timers, timer)
         return timer
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+    def call_later(self, delay: float, callback: Callable[[*_Ts], object], *args: *_Ts) -> Timer:
         return self.call_at(time.monotonic() + delay, callback, *args)
 
-    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+    def call_soon(self, callback: Callable[[*_Ts], object], *args: *_Ts) -> None:
         self._ready.append((callback, args))
 
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+    def call_soon_threadsafe(self, callback: Callable[[*_Ts], object], *args: *_Ts) -> None:
         """Schedule from any thread; wakes the loop if it is waiting."""
         self._ready.append((callback, args))  # deque.append is atomic
         if threading.get_ident() != self.thread_id:

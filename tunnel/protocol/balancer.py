@@ -58,7 +58,7 @@ __all__ = ["MemberState", "BalancerState", "Balancers", "LBMETHODS"]
 Clock = Callable[[], float]
 #: Makes the lock that guards one balancer's counters (``threading.Lock`` in the engine,
 #: which shares balancers between the loop and tunnel threads).
-LockFactory = Callable[[], AbstractContextManager[Any]]
+LockFactory = Callable[[], AbstractContextManager[object]]
 
 #: Status flags that make a member unusable for any pick (R42): disabled, stopped.
 _OFF_FLAGS = frozenset("DS")
@@ -136,7 +136,7 @@ class BalancerState:
         balancer: Balancer,
         *,
         clock: Clock,
-        lock: Optional[AbstractContextManager[Any]] = None,
+        lock: Optional[AbstractContextManager[object]] = None,
     ) -> None:
         try:
             self._is_best = LBMETHODS[balancer.lbmethod]
@@ -152,7 +152,7 @@ class BalancerState:
             MemberState(member, i) for i, member in enumerate(balancer.members)
         )
         self._clock = clock
-        self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        self._lock: AbstractContextManager[object] = lock if lock is not None else nullcontext()
         by_set: dict[int, list[MemberState]] = {}
         for state in self.members:
             by_set.setdefault(state.member.lbset, []).append(state)

@@ -21,7 +21,7 @@ __all__ = ["Exchange", "TunnelStart"]
 class Exchange:
     """What one request/tunnel did, for the access log and the caller."""
 
-    peer: InetAddress  # ("unix", 0) for a unix socket client
+    peer: InetAddress  # ("unix", 0) for a unix socket client, ("unknown", 0) when not known
     listener: Optional[Listener]
     head: Optional[RequestHead] = None
     status: int = 0
