@@ -205,9 +205,11 @@ def test_demo_page_echoes_through_a_websocket_on_its_own_path(demo_tls_off, tmp_
 def test_demo_page_over_tls_uses_wss_on_its_own_path(demo_tls_on, tmp_path):
     port = demo_tls_on
     token = "tls" + secrets.token_hex(6)
-    page_shows(
+    dom = page_shows(
         f"https://127.0.0.1:{port}/secure/?msg={token}",
         tmp_path,
         [f"open wss://127.0.0.1:{port}/secure/", f"echo: {token}"],
         "--ignore-certificate-errors",  # the demo's certificate is self-signed
     )
+    assert "<h1>tunnel demo</h1>" in dom
+    assert not re.search(r"(?m)^error$", dom)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.support.waiting import wait_for
 from tunnel.io.loop import Loop, Wait, run_blocking
 from tunnel.io.streams import EVENT_READ, EVENT_WRITE
 
@@ -72,9 +73,7 @@ def test_timers_fire_in_order_and_cancel(loop):
 def test_call_soon_threadsafe_wakes_the_loop(loop):
     thread = run_in_thread(loop)
     done = threading.Event()
-    deadline = time.monotonic() + 5
-    while not loop.running and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_for(lambda: loop.running, what="the loop running in its thread")
     loop.call_soon_threadsafe(done.set)
     assert done.wait(5)
     loop.stop()

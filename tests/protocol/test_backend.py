@@ -108,17 +108,56 @@ def test_non_101_answer_is_a_response():
     assert resp.status == 403 and resp.get("content-length") == "2"
 
 
+_STATUS_LINES = st.sampled_from(
+    [b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 100 Continue", b"HTTP/1.1 103 Early Hints", b"HTTP/1.1 200 OK",
+     b"HTTP/1.0 404 Not Found", b"HTTP/1.1 999 X", b"HTTP/1.1 1010", b"HTTP/2 101", b"garbage"]
+)
+_RESPONSE_FIELDS = st.sampled_from(
+    [b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Accept: " + ACCEPT.encode(), b"Upgrade: h2c",
+     b"Sec-WebSocket-Accept: AAAA", b"Content-Length: 2", b"Transfer-Encoding: chunked", b"Bad Name: x", b"X: \x00"]
+)
+#: Random bytes, and responses built from plausible pieces (whole or cut anywhere).
+_BACKEND_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.builds(
+        lambda line, fields, eol, rest, cut: (line + eol + b"".join(f + eol for f in fields) + eol + rest)[:cut],
+        _STATUS_LINES,
+        st.lists(_RESPONSE_FIELDS, max_size=5),
+        st.sampled_from([b"\r\n", b"\n"]),
+        st.sampled_from([b"", b"\x81\x02hi", b"HTTP/1.1 200 OK\r\n\r\n"]),
+        st.integers(min_value=1, max_value=400),
+    ),
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
+@given(_BACKEND_BYTES)
 def test_any_backend_bytes_give_a_head_none_or_bad_gateway(data):
+    """Whatever the backend sends: a whole head (101 or a final status), None while the
+    head is incomplete (and then the backend closing is a 502), or a 502; a 101 is a
+    tunnel only if check_switch accepts it. Nothing else escapes."""
     hs = _hs()
     hs.request_bytes()
     try:
         resp = hs.feed(data)
-        if resp is not None and resp.status == 101:
+    except BadGateway as exc:
+        assert exc.status == 502 and exc.reason.startswith("backend "), exc.reason
+        return
+    if resp is None:
+        assert data, "EOF (b'') is never 'need more'"
+        with pytest.raises(BadGateway, match="closed the connection before a response head"):
+            hs.feed(b"")
+        return
+    assert resp.status == 101 or 200 <= resp.status <= 999, resp.status  # other 1xx are skipped
+    assert resp.http_version in ("1.0", "1.1"), resp.http_version
+    if resp.status == 101:
+        try:
             hs.check_switch(resp)
-    except BadGateway:
-        pass
+        except BadGateway as exc:
+            assert exc.status == 502 and exc.reason, exc
+        else:  # a valid switch: the bytes after the head are the tunnel's first bytes
+            assert resp.get("sec-websocket-accept") == ACCEPT
+            assert data.endswith(hs.trailing)
 
 
 def _h11_response(data: bytes):

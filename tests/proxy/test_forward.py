@@ -206,7 +206,7 @@ def test_hop_by_hop_never_reach_the_backend_and_forwarded_headers_are_added(make
     _, _, seen = backend.seen[-1]
     for name in ("keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection", "x-secret", "upgrade"):
         assert name not in seen, (name, seen)
-    assert seen.get("connection", "close").lower() in ("close", "keep-alive")
+    assert seen["connection"] == "close"  # one request per backend connection, said so
     assert seen["x-kept"] == "yes"
     assert seen["x-forwarded-for"] == "10.9.8.7, 127.0.0.1"  # appended with ", " (R8)
     assert seen["x-forwarded-host"] == "front.test"
@@ -410,7 +410,8 @@ def test_a_response_with_both_transfer_encoding_and_length_is_relayed_with_one_f
         client = Client(engine.addresses[0])
         status, headers, body = client.request("GET", "/x")
         assert (status, body) == (200, b"ok")
-        assert headers.get("content-length", "2") == "2", headers
+        # relayed chunked as it came, the stale length dropped (not corrected: one framing)
+        assert headers.get("transfer-encoding") == "chunked" and "content-length" not in headers, headers
         assert client.request("GET", "/y")[::2] == (200, b"ok")  # still in step
         client.close()
     finally:
