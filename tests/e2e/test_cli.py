@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import signal
+import socket
 
 import pytest
 from click.testing import CliRunner
 from websockets.sync.client import connect as ws_connect
 
 from tests.support.clients import http_get
-from tests.support.processes import read_line_matching, spawn
+from tests.support.processes import read_line_matching, spawn, stop
+from tests.support.waiting import wait_for
 from tunnel import __version__
 from tunnel.cli import cli
 
@@ -96,3 +98,45 @@ def test_serve_reports_a_busy_port_cleanly(echo):
     host, port = echo.address[:2]
     result = CliRunner().invoke(cli, ["serve", "--listen", f"{host}:{port}", "--pass", f"/=ws://{host}:{port}/"])
     assert result.exit_code == 1 and "cannot listen" in result.output
+
+
+VHOST_CONF = """\
+Listen 127.0.0.1:0
+LogLevel debug
+CustomLog {log} "%{{Host}}i %U %{{strategy}}n"
+ProxyPass /g/ ws://127.0.0.1:{port}/
+<VirtualHost *:*>
+    ServerName v.test
+    ProxyPass /chat/ ws://127.0.0.1:{port}/
+    <Location /chat/off/>
+        ProxyWebsocketAsync Off
+    </Location>
+</VirtualHost>
+"""
+
+
+@pytest.mark.parametrize("flag, expected", [("--async", "async"), (None, "sync")], ids=["async", "file-only"])
+def test_serve_async_flag_makes_every_vhost_and_location_tunnel_async(tmp_path, echo, flag, expected):
+    """--async with --config: the vhost (which does not say ProxyWebsocketAsync) and a
+    <Location> in it that says Off both tunnel async; without the flag the file's Off
+    (the default, and the location's) stands. Seen in the access log's %{strategy}n and
+    in the debug line of each tunnel."""
+    conf, log = tmp_path / "tunnel.conf", tmp_path / "access.log"
+    conf.write_text(VHOST_CONF.format(log=log, port=echo.address[1]))
+    proc = spawn("serve", "--config", str(conf), *([flag] if flag else []))
+    try:
+        port = int(read_line_matching(proc, r"listening on 127\.0\.0\.1:(\d+)", stream="stderr").group(1))
+        paths = ["/chat/x", "/chat/off/y", "/g/z"]
+        for path in paths:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with ws_connect(f"ws://v.test{path}", sock=sock, open_timeout=5) as ws:
+                ws.send(path)
+                assert ws.recv(timeout=5) == path
+            line = read_line_matching(proc, r"tunnel 127\.0\.0\.1 -> \S+: strategy (\w+) \(ProxyWebsocketAsync (\w+)", stream="stderr")
+            assert line.groups() == (expected, "On" if expected == "async" else "Off"), (path, line.group(0))
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == len(paths), what="one access-log line per tunnel")
+        assert sorted(log.read_text().splitlines()) == sorted(f"v.test {path} {expected}" for path in paths)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        stop(proc)

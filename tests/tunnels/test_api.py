@@ -48,3 +48,35 @@ def test_relay_idle_timeout():
     assert recv_until_eof(a_user) == b"" and recv_until_eof(b_user) == b""
     a_user.close()
     b_user.close()
+
+
+def test_tunnel_relay_is_the_deprecated_name_of_relay_sockets():
+    import tunnel
+
+    with pytest.warns(DeprecationWarning, match=r"tunnel\.relay is deprecated; use tunnel\.relay_sockets") as caught:
+        old = tunnel.relay
+    assert old is tunnel.relay_sockets
+    assert [w.filename for w in caught] == [__file__]  # the warning points at the caller's line
+    with pytest.warns(DeprecationWarning, match=r"tunnel\.relay is deprecated"):
+        from tunnel import relay as imported  # the from-import form warns too
+    assert imported is tunnel.relay_sockets
+
+    # And it relays: bytes both ways between two socketpairs, half-closes, counts.
+    a_user, a = socket.socketpair()
+    b_user, b = socket.socketpair()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(counts=old(a, b)))
+    t.start()
+    try:
+        a_user.sendall(b"through the old name")
+        a_user.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(b_user) == b"through the old name"
+        b_user.sendall(b"and back")
+        b_user.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(a_user) == b"and back"
+        t.join(5)
+        assert not t.is_alive() and result["counts"] == (len(b"through the old name"), len(b"and back"))
+    finally:
+        a_user.close()
+        b_user.close()
+        t.join(5)
