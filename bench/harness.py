@@ -14,6 +14,7 @@ when a benchmark fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -169,13 +170,10 @@ class Proc:
     def __init__(self, argv: list[str], *, name: str, log: Optional[Path] = None, **kw: Any) -> None:
         self.name = name
         self.argv = argv
-        out = open(log, "ab") if log else subprocess.DEVNULL
-        try:
+        # The child keeps its own copy of the log's descriptor: ours closes once it started.
+        with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
             self.popen = subprocess.Popen(argv, stdout=kw.pop("stdout", out), stderr=kw.pop("stderr", out),
                                           stdin=kw.pop("stdin", subprocess.DEVNULL), start_new_session=True, **kw)
-        finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
 
     @property
     def pid(self) -> int:

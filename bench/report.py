@@ -81,7 +81,7 @@ def markdown(run: dict[str, Any]) -> str:
     out.append("")
     out.append("| measure | " + " | ".join(names) + " |")
     out.append("|---|" + "---|" * len(names))
-    for key, sc in run["scenarios"].items():
+    for sc in run["scenarios"].values():
         med = sc["median"]
         for metric in sc["metrics"]:
             k = metric["key"]
@@ -125,7 +125,7 @@ def markdown(run: dict[str, Any]) -> str:
         out.append("")
         out.append("| measure | " + " | ".join(tunnels) + " |")
         out.append("|---|" + "---|" * len(tunnels))
-        for key, sc in run["scenarios"].items():
+        for sc in run["scenarios"].values():
             med = sc["median"]
             for metric in sc["metrics"]:
                 if metric["better"] == "none":

@@ -22,12 +22,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def https_get(port: int, ctx: ssl.SSLContext, path: str = "/") -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-            head, rest = read_head(sock)
-            length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
-            return status_of(head), recv_exactly(sock, length, initial=rest)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        head, rest = read_head(sock)
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+        return status_of(head), recv_exactly(sock, length, initial=rest)
 
 
 def test_demo_tls_serves_https_and_wss_with_its_printed_certificate():

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,9 +31,9 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.timeout(30)
 
 
-def read_lines(path, n: int) -> list[str]:
-    wait_for(lambda: os.path.exists(path) and len(open(path).read().splitlines()) >= n, what=f"{n} log lines in {path}")
-    return open(path).read().splitlines()
+def read_lines(path: Path, n: int) -> list[str]:
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= n, what=f"{n} log lines in {path}")
+    return path.read_text().splitlines()
 
 
 def test_one_line_per_request_and_per_tunnel_with_byte_counts(make_proxy, raw_echo, echo, tmp_path, strategy):
@@ -173,7 +174,7 @@ def test_error_log_file_and_log_level(tmp_path, level):
         assert status_of(head) == 503
         # "] 503 ": the status after the logger name (a timestamp's milliseconds can read 503).
         wait_for(lambda: "] 503 " in text(), what="the 503 in ErrorLog")
-        line = next(l for l in text().splitlines() if "] 503 " in l)
+        line = next(entry for entry in text().splitlines() if "] 503 " in entry)
         assert "[ERROR]" in line and "/dead/" in line and f"ws://127.0.0.1:{dead}/" in line, line
         if level == "info":
             assert "listening on" in text() and "/nowhere" in text()

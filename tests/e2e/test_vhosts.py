@@ -76,7 +76,7 @@ def test_vhost_overrides_proxy_websocket_async(make_proxy, backends):
         with ws_connect(f"ws://{host}/app/", sock=sock, open_timeout=5) as ws:
             ws.send(host)
             assert ws.recv(timeout=5) == host
-        wait_for(lambda: engine.stats[f"tunnels.{expected}"] == 1, what=f"{expected} tunnel for {host}")
+        wait_for(lambda expected=expected: engine.stats[f"tunnels.{expected}"] == 1, what=f"{expected} tunnel for {host}")
     assert engine.stats["tunnels.async"] == 1 and engine.stats["tunnels.sync"] == 1
 
 

@@ -23,6 +23,15 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def gone(pid: int) -> bool:
+    """The process has exited: no /proc entry any more, or a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"  # the state after "(comm)"
+    except FileNotFoundError:
+        return True
+
+
 def accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -55,7 +64,7 @@ def test_two_workers_share_the_port_restart_and_stop(echo):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         for pid in workers:
-            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", what=f"worker {pid} gone")
+            wait_for(lambda pid=pid: gone(pid), what=f"worker {pid} gone")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -43,7 +43,8 @@ def test_reader_callback_and_modify(loop):
     assert got == [(EVENT_READ, b"hi")]
     loop.unregister(a)
     loop.unregister(a)  # idempotent
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_modify_is_noop_when_unchanged(loop):
@@ -55,7 +56,8 @@ def test_modify_is_noop_when_unchanged(loop):
     assert loop.is_registered(a)
     loop.unregister(a)
     assert not loop.is_registered(a)
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_timers_fire_in_order_and_cancel(loop):
@@ -112,7 +114,8 @@ def test_task_waits_for_readability(loop):
     assert task.result == b"ping"
     assert b.recv(10) == b"PING"
     assert not loop.is_registered(a)
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_task_deadline_throws_timeout(loop):
@@ -130,7 +133,8 @@ def test_task_deadline_throws_timeout(loop):
     task.add_done_callback(lambda t: loop.stop())
     loop.run()
     assert task.result == "timed out"
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_task_cancel_runs_finally(loop):
@@ -150,7 +154,8 @@ def test_task_cancel_runs_finally(loop):
     loop.run()
     assert cleaned == [True] and task.done
     assert not loop.is_registered(a)
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_run_blocking_drives_the_same_generator():
@@ -167,7 +172,8 @@ def test_run_blocking_drives_the_same_generator():
             return "timeout"
 
     assert run_blocking(gen()) == "timeout"
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_many_cancelled_timers_are_compacted(loop):
@@ -236,13 +242,14 @@ def test_task_keeps_a_registration_across_waits_on_the_same_socket():
     for chunk in (b"1", b"2", b"3"):
         b.send(chunk)
         n = len(got)
-        _run_until(loop, lambda: len(got) > n)
+        _run_until(loop, lambda n=n: len(got) > n)
     _run_until(loop, lambda: task.done)
     assert got == [b"1", b"2", b"3", b"writable"] and task.error is None
     assert sel.calls == ["register", "modify", "unregister"]
     assert not loop.is_registered(a)
     loop.close()
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_a_done_callback_takes_the_sockets_over_without_reregistering():
@@ -268,7 +275,8 @@ def test_a_done_callback_takes_the_sockets_over_without_reregistering():
     _run_until(loop, lambda: b"y" in b"".join(events))
     loop.unregister(a)
     loop.close()
-    a.close(); b.close()
+    a.close()
+    b.close()
 
 
 def test_a_socket_closed_and_its_number_reused_is_registered_afresh(loop):

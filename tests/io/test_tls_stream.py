@@ -53,7 +53,7 @@ def handshake(*ends: TLSStream, deadline: float) -> None:
                 done[i] = True
             except WOULD_BLOCK:
                 pass
-        select.select([e for e in ends], [], [], 0.05)
+        select.select(list(ends), [], [], 0.05)
 
 
 class Side:
@@ -102,7 +102,8 @@ class Side:
 def run(*sides: Side, deadline: float) -> None:
     while not all(s.finished for s in sides):
         assert time.monotonic() < deadline, f"exchange stuck: {[(len(s.got), s.eof, s.shut) for s in sides]}"
-        if not any([s.step() for s in sides]):
+        moved = [s.step() for s in sides]  # every side steps: no short-circuit
+        if not any(moved):
             select.select([s.end for s in sides], [s.end for s in sides if s.out or s.end.unsent], [], 0.05)
 
 

@@ -86,7 +86,7 @@ def upgrade_to(engine, servers: list[EchoServer], path: str = "/ws/", extra: str
     status, sock, body = upgrade(engine, path, extra)
     assert status == 101, body
     after = counts(servers)
-    grew = [i for i, (a, b) in enumerate(zip(before, after)) if b != a]
+    grew = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b != a]
     assert len(grew) == 1, (before, after)
     if keep is not None:
         keep.append(sock)
@@ -108,7 +108,7 @@ def test_byrequests_distribution_follows_loadfactors_exactly(make_proxy, members
     engine = make_proxy(
         balancer(
             strategy,
-            [f"ws://127.0.0.1:{p} loadfactor={lf}" for p, lf in zip(ports, (1, 2, 3))],
+            [f"ws://127.0.0.1:{p} loadfactor={lf}" for p, lf in zip(ports, (1, 2, 3), strict=True)],
             "lbmethod=byrequests",
         )
     )
@@ -129,7 +129,7 @@ def test_bybusyness_sends_new_tunnels_away_from_a_member_holding_open_ones(make_
     engine = make_proxy(
         balancer(
             strategy,
-            [f"ws://127.0.0.1:{p} route={r}" for p, r in zip(ports, "abc")],
+            [f"ws://127.0.0.1:{p} route={r}" for p, r in zip(ports, "abc", strict=True)],
             "lbmethod=bybusyness stickysession=ROUTEID",
         )
     )
@@ -226,7 +226,7 @@ def test_sticky_route_from_cookie_and_url_parameter(make_proxy, members, strateg
     engine = make_proxy(
         balancer(
             strategy,
-            [f"ws://127.0.0.1:{p} route={r}" for p, r in zip(ports, "abc")],
+            [f"ws://127.0.0.1:{p} route={r}" for p, r in zip(ports, "abc", strict=True)],
             "lbmethod=byrequests stickysession=ROUTEID",
         )
     )
@@ -244,7 +244,7 @@ def test_sticky_route_from_cookie_and_url_parameter(make_proxy, members, strateg
     with ws_connect(f"ws://127.0.0.1:{port}/ws/", additional_headers={"Cookie": "ROUTEID=z.b"}, open_timeout=5) as ws:
         ws.send("sticky")
         assert ws.recv(timeout=5) == "sticky"
-    assert [a - b for a, b in zip(counts(members), before)] == [0, 1, 0]
+    assert [a - b for a, b in zip(counts(members), before, strict=True)] == [0, 1, 0]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -323,7 +323,7 @@ def test_wss_ws_and_http_members_on_one_balancer(make_proxy, members, tls_member
             with ws_connect(url, open_timeout=5) as ws:
                 ws.send(f"hello {round_}.{i}")
                 assert ws.recv(timeout=5) == f"hello {round_}.{i}"
-            assert [a - b for a, b in zip(counts(servers), before)] == [int(j == i) for j in range(3)]
+            assert [a - b for a, b in zip(counts(servers), before, strict=True)] == [int(j == i) for j in range(3)]
     # Plain GETs are proxied as HTTP, each member in turn, the http:// one included.
     pages = []
     for _ in range(3):

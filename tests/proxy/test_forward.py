@@ -13,7 +13,15 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.support.backends import Answering, ChatUpgrader, HTTPBackend
-from tests.support.clients import http_get, read_head, recv_exactly, recv_until_eof, status_of, upgrade_request
+from tests.support.clients import (
+    content_length,
+    http_get,
+    read_head,
+    recv_exactly,
+    recv_until_eof,
+    status_of,
+    upgrade_request,
+)
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -156,7 +164,8 @@ def test_pipelined_requests_in_one_packet_are_all_answered_in_order(make_proxy, 
                 break
         for _ in range(3):
             head, _, data = data.partition(b"\r\n\r\n")
-            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+            length = content_length(head)
+            assert length is not None, head
             answers.append((status_of(head), data[:length]))
             data = data[length:]
     assert answers == [(200, b"hello" if b"POST" in first else b"ok"), (200, b"ok"), (200, b"ok")]
@@ -320,7 +329,8 @@ def test_keep_alive_get_then_upgrade_on_the_same_connection(make_proxy, echo):
     sock.sendall(b"GET /page HTTP/1.1\r\nHost: front.test\r\n\r\n")
     head, rest = read_head(sock)
     assert status_of(head) == 200
-    length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+    length = content_length(head)
+    assert length is not None, head
     while len(rest) < length:
         rest += sock.recv(65536)
     before = echo.accepted
@@ -367,7 +377,7 @@ def exchange_twice(engine, first: bytes) -> list[bytes]:
     with socket.create_connection(engine.addresses[0], timeout=5) as sock:
         sock.sendall(first)
         head, rest = read_head(sock)
-        length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), None)
+        length = content_length(head)
         sock.sendall(b"GET /second HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n")
         tail = recv_until_eof(sock, timeout=5, initial=rest)
     return [head, length, tail]

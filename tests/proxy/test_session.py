@@ -14,7 +14,16 @@ import time
 import pytest
 
 from tests.support.backends import Answering, Recorder, Server, silent, switching_protocols
-from tests.support.clients import KEY, http_get, read_head, recv_exactly, recv_until_eof, status_of, upgrade_request
+from tests.support.clients import (
+    KEY,
+    content_length,
+    http_get,
+    read_head,
+    recv_exactly,
+    recv_until_eof,
+    status_of,
+    upgrade_request,
+)
 from tests.support.resources import open_fds
 from tests.support.waiting import wait_for
 
@@ -294,7 +303,7 @@ def upgrade(engine, path="/app/", token="websocket", with_upgrade=True):
             while not rest:
                 rest += sock.recv(100)
         else:
-            length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+            length = content_length(head) or 0
             while len(rest) < length:
                 chunk = sock.recv(65536)
                 if not chunk:

@@ -97,7 +97,8 @@ def test_slow_reader_keeps_buffer_under_high_water():
     thread.join(10)
     assert pump.done
     pump.close()
-    client.close(); backend.close()
+    client.close()
+    backend.close()
 
 
 def test_idle_timeout_in_sync_driver():
@@ -105,13 +106,15 @@ def test_idle_timeout_in_sync_driver():
     thread.join(0)  # started without idle timeout; use a second pump for the timeout
     a, a2 = socket.socketpair()
     b, b2 = socket.socketpair()
-    a2.setblocking(False); b2.setblocking(False)
+    a2.setblocking(False)
+    b2.setblocking(False)
     p2 = Pump(a2, b2)
     assert run_sync(p2, idle_timeout=0.05) is True
     assert p2.reason == "idle timeout"
     p2.close()
     pump.abort("test over")
-    client.close(); backend.close()
+    client.close()
+    backend.close()
     thread.join(5)
     pump.close()
     for s in (a, b):
@@ -121,7 +124,8 @@ def test_idle_timeout_in_sync_driver():
 def test_handover_returns_with_pump_open():
     a, a2 = socket.socketpair()
     b, b2 = socket.socketpair()
-    a2.setblocking(False); b2.setblocking(False)
+    a2.setblocking(False)
+    b2.setblocking(False)
     p = Pump(a2, b2)
     assert run_sync(p, handover_at=time.monotonic() + 0.02) is False
     assert not p.done
@@ -129,5 +133,7 @@ def test_handover_returns_with_pump_open():
     assert run_sync(p, handover_at=time.monotonic() + 0.05, fresh=False) is False
     b.settimeout(2)
     assert b.recv(100) == b"after handover"
-    p.abort("done"); p.close()
-    a.close(); b.close()
+    p.abort("done")
+    p.close()
+    a.close()
+    b.close()
