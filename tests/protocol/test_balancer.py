@@ -493,7 +493,7 @@ def test_threads_keep_counts_consistent(lbmethod: str) -> None:
     threads_n, rounds = 8, 500
     picked: Counter[int] = Counter()
     picked_lock = threading.Lock()
-    start = threading.Barrier(threads_n)
+    start = threading.Barrier(threads_n, timeout=10)
 
     def work() -> None:
         mine: Counter[int] = Counter()

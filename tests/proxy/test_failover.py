@@ -569,17 +569,17 @@ def test_each_address_gets_its_own_connect_timeout(make_proxy, caplog, monkeypat
     """R18: a backend name with two addresses, the first silent (a full accept queue),
     the second answering: the connect times out on the first after connectiontimeout=
     and the tunnel opens on the second, instead of a 503."""
-    good = Recorder("GOOD")
     lsock, fillers = filled_listener()
     if lsock is None:
         pytest.skip("this kernel does not drop SYNs to a full accept queue")
-    silent = lsock.getsockname()
+    good = Recorder("GOOD")
+    silent_address = lsock.getsockname()
     real_getaddrinfo = socket.getaddrinfo
 
     def two_addresses(host, port, *args, **kwargs):  # the name resolves to both (DNS only)
         if host == "twice.test":
             return [
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", silent),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", silent_address),
                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", good.port)),
             ]
         return real_getaddrinfo(host, port, *args, **kwargs)
