@@ -194,13 +194,18 @@ class AccessLog:
     def __init__(self, targets: Sequence[tuple[str, str]]) -> None:
         self._lock = threading.Lock()
         self._outs: list[tuple[TextIO, Formatter, bool]] = []
-        for path, fmt in targets:
-            if path == "-":
-                self._outs.append((sys.stdout, Formatter(fmt), False))
-            else:
-                # Open for the log's whole life (``close()`` closes it): no ``with`` block fits.
-                log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by close()
-                self._outs.append((log_file, Formatter(fmt), True))
+        try:
+            for path, fmt in targets:
+                formatter = Formatter(fmt)  # a bad format fails before its file is opened
+                if path == "-":
+                    self._outs.append((sys.stdout, formatter, False))
+                else:
+                    # Open for the log's whole life (``close()`` closes it): no ``with`` block fits.
+                    log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by close()
+                    self._outs.append((log_file, formatter, True))
+        except BaseException:
+            self.close()  # the files opened before the one that failed
+            raise
 
     @property
     def enabled(self) -> bool:

@@ -392,10 +392,6 @@ class Engine:
     def _tunnel_closed(self, ts: TunnelStart) -> None:
         pump = ts.pump
         ex = ts.exchange
-        with self._lock:
-            self.stats["tunnels.open"] -= 1
-            self.stats["tunnels.closed"] += 1
-            self._live.discard(pump)
         if ts.balancer is not None and ts.member is not None:
             ts.balancer.add_traffic(ts.member, pump.c2b.count, pump.b2c.count)
             ts.balancer.release(ts.member)
@@ -416,6 +412,12 @@ class Engine:
             ex.notes.get("strategy", "?"),
         )
         self._log_exchange(ex)
+        # Counted last: whoever sees the tunnel counted as closed (a status page, a test
+        # waiting on it) also finds its log lines and its balancer counters written.
+        with self._lock:
+            self.stats["tunnels.open"] -= 1
+            self.stats["tunnels.closed"] += 1
+            self._live.discard(pump)
 
     def _log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""

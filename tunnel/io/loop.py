@@ -501,10 +501,23 @@ def run_blocking(gen: Generator[Wait, None, _T]) -> _T:
             if not done:
                 exc = TimeoutError("deadline passed")
             continue
-        if wait.sock is None:  # a pure sleep: ends with TimeoutError, as on the loop
+        if wait.sock is None and wait.also is None:  # a pure sleep: ends with TimeoutError, as on the loop
             if timeout_ms is not None:
                 if timeout_ms:
                     time.sleep(timeout_ms / 1000)
+                exc = TimeoutError("deadline passed")
+            continue
+        if wait.sock is None:
+            # A sleep that also watches a socket (the balancer's timeout= wait watching
+            # the client): it ends early, without TimeoutError, when the socket is
+            # readable, as on the loop.
+            assert wait.also is not None
+            poller.register(wait.also.fileno(), select.POLLIN)
+            try:
+                ready = poller.poll(timeout_ms)
+            finally:
+                poller.unregister(wait.also.fileno())
+            if not ready:
                 exc = TimeoutError("deadline passed")
             continue
         flags = (select.POLLIN if wait.events & EVENT_READ else 0) | (

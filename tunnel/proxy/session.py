@@ -110,8 +110,9 @@ def serve_client(
             ex.started = clock()
             try:
                 outcome = yield from _handle(engine, client, front, head, ex)
-            except ClientGone:
-                log.info("client %s left during the backend handshake; backend connection closed", peer_ip(peer))
+            except ClientGone as gone:
+                why = str(gone) or "left during the backend handshake"
+                log.info("client %s %s; backend connection closed", peer_ip(peer), why)
                 return None
             except TunnelError as exc:
                 if isinstance(exc, UpstreamError):
@@ -313,7 +314,12 @@ def _handle(
         if response.status == 101:
             hs.check_switch(response)
             data = client_switch_bytes(response, token or "websocket")
-            yield from sendall(sock, data, clock() + scope.timeout)
+            try:
+                yield from sendall(sock, data, clock() + scope.timeout)
+            except (TimeoutError, OSError):
+                # Part of the 101 may be out: nothing HTTP can follow it (R32), so the
+                # connection just closes, and the backend's with it.
+                raise ClientGone("did not take the 101 in time or left") from None
             ex.status = 101
             ex.bytes_out += len(data)
             ex.tunnel = True

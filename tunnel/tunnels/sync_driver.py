@@ -88,7 +88,14 @@ def run_sync(
         cmask, bmask = pump.interest()
         for fd, mask in ((cfd, cmask), (bfd, bmask)):
             if registered[fd] != mask:
-                poller.register(fd, _to_poll(mask))  # register() modifies when present
+                if mask:
+                    poller.register(fd, _to_poll(mask))  # register() modifies when present
+                elif registered[fd] > 0:
+                    # No interest: out of the poll set. poll() reports POLLERR/POLLHUP
+                    # whatever the mask, and an end the pump has nothing to do with (a
+                    # client that half-closed, then reset) would spin this loop and keep
+                    # the idle timer from ever firing; the async driver unregisters too.
+                    poller.unregister(fd)
                 registered[fd] = mask
         wait = None
         if idle_timeout > 0:
