@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -64,7 +64,7 @@ bench-peers: $(STAMP)
 	fi
 	$(MAKE) bench
 
-# Long runs kept out of `make test`: the soak scales tests/test_soak.py; fuzz runs
+# Long runs kept out of `make test`: the soak scales tests/e2e/test_soak.py; fuzz runs
 # the atheris target for the handshake parser for FUZZ_SECONDS, then the hypothesis
 # properties once more.
 SOAK_TUNNELS ?= 2000
@@ -72,15 +72,17 @@ SOAK_SECONDS ?= 120
 FUZZ_SECONDS ?= 120
 
 soak: $(STAMP)
-	SOAK_TUNNELS=$(SOAK_TUNNELS) SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
+	SOAK_TUNNELS=$(SOAK_TUNNELS) SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_soak.py
 
 fuzz: $(STAMP)
 	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) install --quiet atheris
 	$(PY) fuzz/fuzz_handshake.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_handshake.py tests/test_config.py tests/test_relay.py -k "any_ or random"
+	$(PY) -m pytest -q -p no:cacheprovider tests/protocol/test_request.py tests/protocol/test_backend.py tests/config/test_parser.py tests/tunnels/test_pump.py -k "any_ or random"
 
+# mypy --strict on the package and ruff on everything (both configured in pyproject.toml).
 lint: $(STAMP)
-	$(PY) -m compileall -q tunnel tests bench fuzz
+	$(VENV)/bin/ruff check tunnel tests bench fuzz
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -480,8 +480,6 @@ def test_an_error_names_the_line_it_is_on_after_any_lines(before: list[tuple[str
     assert (info.value.file, info.value.line) == ("t.conf", expected), (str(info.value), text)
 
 
-@pytest.mark.xfail(strict=True, reason="config/lexer.py numbers lines by str.splitlines(): FF, VT, bare CR, NEL, LS "
-                   "start a new line there, not in httpd (LF only)")
 @pytest.mark.parametrize("separator", ["\x0c", "\x0b", "\r", "\x85", "\u2028"], ids=["ff", "vt", "cr", "nel", "ls"])
 def test_only_newlines_end_lines(separator: str) -> None:
     err = fails(f"# a comment{separator}with more words\nProxyWebsocketAsync maybe\n")

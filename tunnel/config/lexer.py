@@ -24,7 +24,7 @@ def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first line number, logical line) with continuations joined, blanks stripped."""
     pending: list[str] = []
     first = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):  # LF only ends a line, as in httpd
         line = raw.rstrip()
         if not pending:
             first = number

@@ -58,7 +58,7 @@ _SIMPLE_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") (" + TARGET + rb") HTTP/1
 def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     """Read the common request head without h11: HTTP/1.1, no body framing, one Host,
     every line within the limits and of plain form. None for anything else, which h11
-    (after `check_raw_head`) reads and judges. tests/test_handshake.py checks that what
+    (after `check_raw_head`) reads and judges. tests/protocol/test_request.py checks that what
     this returns is what h11 reads."""
     lines = raw[:-4].split(b"\r\n")
     if len(lines[0]) > limits.request_line or len(lines) - 1 > limits.fields:

@@ -31,7 +31,7 @@ def validate_upgrade(head: RequestHead, token: str, *, none_mode: bool = False) 
 
     A valid WebSocket request is recognised by `_websocket_ok`, which applies the same
     rules as wsproto's server handshake without building an h11 event and a handshake
-    object per request (tests/test_handshake.py checks the two agree on generated
+    object per request (tests/protocol/test_upgrade.py checks the two agree on generated
     requests). A request it refuses is run through wsproto, whose message and status
     (400, or 426 for a bad version) are the answer.
 
