@@ -12,8 +12,9 @@ import selectors
 import socket
 import ssl
 import sys
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
+from .addresses import InetAddress, PeerAddress
 from .tls import TLSStream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,12 +40,6 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 #: What a non-blocking call raises when it would have to wait.
 WOULD_BLOCK: tuple[type[Exception], ...] = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-#: An IP socket address as ``getpeername``/``getsockname`` give it: (host, port) for
-#: IPv4, (host, port, flowinfo, scope_id) for IPv6.
-InetAddress = Union[tuple[str, int], tuple[str, int, int, int]]
-#: A peer's address: an IP address, or a unix socket's path (often "").
-PeerAddress = Union[InetAddress, str]
 
 
 class Endpoint(Protocol):

@@ -25,12 +25,13 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Optional
 
+from .addresses import PeerAddress
+
 if TYPE_CHECKING:  # pragma: no cover
     from ssl import _PeerCertRetType
 
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-    from .streams import PeerAddress
 
 __all__ = ["TLSStream", "RAW_CHUNK", "SEND_CHUNK"]
 
