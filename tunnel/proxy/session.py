@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 import h11
 
-from ..config.model import Listener
+from ..config.model import Listener, Scope, Target
 from ..errors import (
     BadGateway,
     BadRequest,
@@ -42,9 +42,10 @@ from ..io.tls import TLSStream
 from ..protocol import routing
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
-from ..protocol.heads import RequestHead
+from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
+from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
@@ -282,23 +283,7 @@ def _handle(
     balancer: Optional[BalancerState] = None
     try:
         backend_sock, target, member, balancer = yield from connect_backend(engine, scope, decision, head, ex, sock, front)
-        hs = BackendHandshake(
-            head.method,
-            decision.backend_path,
-            backend_headers(
-                head,
-                host=target.authority,
-                upgrade_token=token,
-                client_ip=peer_ip(ex.peer),
-                add_headers=scope.add_headers,
-                server_name=scope.server_name or engine.server_name,
-                preserve_host=scope.preserve_host,
-                keep_framing=not decision.tunnel or head.method != "GET",
-            )
-            + ([] if decision.tunnel else [("Connection", "close")]),
-            upgrade_token=token,
-            client_key=key,
-        )
+        hs = _forwarded_request(engine, head, decision, scope, target, ex, token=token, key=key)
         has_body = head.get("content-length") not in (None, "0") or head.get("transfer-encoding") is not None
         timeout = scope.head_timeout(rule)
         try:
@@ -335,16 +320,7 @@ def _handle(
             member = None
             return start
         # Any other answer is relayed; the client connection stays HTTP (R20, R48).
-        ex.status = response.status
-        ex.response_headers = response.headers
-        relayed = yield from relay_response(sock, front, backend_sock, hs, response, timeout=timeout, clock=clock)
-        ex.body_bytes = relayed.body
-        ex.bytes_out += relayed.wire  # head, framing and body (%O)
-        if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:
-            return True
-        if front.conn.their_state is h11.SEND_BODY:
-            return (yield from drain_request_body(sock, front, deadline=clock() + scope.timeout))
-        return False
+        return (yield from _relay_answer(sock, front, backend_sock, hs, response, ex, scope, timeout))
     finally:
         if backend_sock is not None:
             backend_sock.close()
@@ -354,3 +330,54 @@ def _handle(
             balancer.release(member)
 
 
+def _forwarded_request(
+    engine: Services,
+    head: RequestHead,
+    decision: RouteResult,
+    scope: Scope,
+    target: Target,
+    ex: Exchange,
+    *,
+    token: Optional[str],
+    key: Optional[str],
+) -> BackendHandshake:
+    """The request to send to the backend: the routed path, the forwarded headers (R7,
+    R8, R14, R51), and for a plain request ``Connection: close`` (one request each)."""
+    headers = backend_headers(
+        head,
+        host=target.authority,
+        upgrade_token=token,
+        client_ip=peer_ip(ex.peer),
+        add_headers=scope.add_headers,
+        server_name=scope.server_name or engine.server_name,
+        preserve_host=scope.preserve_host,
+        keep_framing=not decision.tunnel or head.method != "GET",
+    )
+    if not decision.tunnel:
+        headers.append(("Connection", "close"))
+    return BackendHandshake(head.method, decision.backend_path, headers, upgrade_token=token, client_key=key)
+
+
+def _relay_answer(
+    sock: Endpoint,
+    front: FrontEnd,
+    backend: Endpoint,
+    hs: BackendHandshake,
+    response: ResponseHead,
+    ex: Exchange,
+    scope: Scope,
+    timeout: float,
+) -> Generator[Wait, None, bool]:
+    """Relay a non-101 answer to the client. Returns True when the connection may serve
+    another request (both sides done, or the unread request body drained)."""
+    clock = time.monotonic
+    ex.status = response.status
+    ex.response_headers = response.headers
+    relayed = yield from relay_response(sock, front, backend, hs, response, timeout=timeout, clock=clock)
+    ex.body_bytes = relayed.body
+    ex.bytes_out += relayed.wire  # head, framing and body (%O)
+    if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:
+        return True
+    if front.conn.their_state is h11.SEND_BODY:
+        return (yield from drain_request_body(sock, front, deadline=clock() + scope.timeout))
+    return False
