@@ -1,4 +1,4 @@
-"""The async driver: a tunnel's two sockets on the engine's loop, driving a `relay.Pump`.
+"""The async driver: a tunnel's two sockets on the engine's loop, driving a `Pump`.
 
 All async tunnels share the loop's one selector and one scratch buffer. The driver only
 forwards readiness to the pump and mirrors the pump's wanted events into the selector

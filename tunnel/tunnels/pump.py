@@ -1,7 +1,7 @@
 """The pump of one tunnel: two flows of bytes, their buffers, backpressure and half-close.
 
 The pump decides everything about moving bytes and leaves waiting to its drivers
-(``async_tunnel.py`` on the loop, ``sync_tunnel.py`` in a thread): a driver tells it
+(``async_driver.py`` on the loop, ``sync_driver.py`` in a thread): a driver tells it
 which end is ready (``on_event``) and asks it which ends it wants to hear about
 (``interest``). It never waits, never sleeps and never touches a selector, so a test can
 drive it with in-memory endpoints as well as with sockets.

@@ -1,6 +1,6 @@
 """The sync driver: a thread per tunnel, blocking in ``poll`` on the tunnel's two sockets.
 
-It drives the same `relay.Pump` as the async driver, so buffering, backpressure and
+It drives the same `tunnel.tunnels.pump.Pump` as the async driver, so buffering, backpressure and
 half-close behave identically; only the waiting differs. Threads come from a bounded
 `ThreadPool`: when every thread is busy a new tunnel is refused (503), never queued
 (docs/httpd-behaviour.md, R34).
