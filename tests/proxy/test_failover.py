@@ -506,6 +506,21 @@ def test_dns_failure_is_500(make_proxy, caplog):
 
 
 @pytest.mark.timeout(30)
+def test_backend_tls_handshake_timeout_is_504(make_proxy, caplog):
+    """A wss:// backend that accepts and never says a TLS word: 504 at the connect
+    deadline (a timeout, not a failed handshake: not 502)."""
+    backend = silent()
+    try:
+        port = backend.port
+        engine = make_proxy(f"SSLProxyEngine On\nProxyPass /f/ wss://127.0.0.1:{port}/ connectiontimeout=1\n")
+        status, body, took = error_case(engine, caplog)
+        assert status == 504 and 0.9 <= took < 5, (status, took)
+        assert body.startswith(b"504 ") and b"TLS handshake with the backend timed out" in body
+    finally:
+        backend.close()
+
+
+@pytest.mark.timeout(30)
 def test_backend_head_timeout_is_504_after_timeout(make_proxy, caplog):
     backend = silent()  # accepts, never answers
     try:

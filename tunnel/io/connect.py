@@ -26,6 +26,7 @@ from typing import Optional, Union
 from ..config.model import ProxyTLS, ServerTLS, Target
 from ..errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
 from .loop import Wait
+from .steps import tls_handshake
 from .streams import Endpoint, tune
 from .tls import TLSStream
 
@@ -203,19 +204,12 @@ def _tls_handshake(
     if ctx is None:
         raise BadGateway("TLS to the backend is not configured", detail=str(target))
     sock = TLSStream(raw, ctx, server_hostname=target.host)
-    while True:
-        try:
-            sock.do_handshake()
-            return sock
-        except ssl.SSLWantReadError:
-            wait = Wait.read(sock, deadline)
-        except ssl.SSLWantWriteError:
-            wait = Wait.write(sock, deadline)
-        except ssl.SSLCertVerificationError as exc:
-            raise BadGateway("backend TLS certificate rejected", detail=f"{target}: {exc.verify_message}") from exc
-        except (ssl.SSLError, OSError) as exc:
-            raise BadGateway("TLS handshake with the backend failed", detail=f"{target}: {exc}") from exc
-        try:
-            yield wait
-        except TimeoutError:
-            raise GatewayTimeout("TLS handshake with the backend timed out", detail=str(target)) from None
+    try:
+        yield from tls_handshake(sock, deadline)
+    except TimeoutError:  # before OSError, its base class
+        raise GatewayTimeout("TLS handshake with the backend timed out", detail=str(target)) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise BadGateway("backend TLS certificate rejected", detail=f"{target}: {exc.verify_message}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise BadGateway("TLS handshake with the backend failed", detail=f"{target}: {exc}") from exc
+    return sock

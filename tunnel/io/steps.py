@@ -13,7 +13,7 @@ from .loop import Wait
 from .streams import EVENT_READ, EVENT_WRITE, RECV_SIZE, WOULD_BLOCK, Endpoint
 from .tls import TLSStream
 
-__all__ = ["recv", "sendall"]
+__all__ = ["recv", "sendall", "tls_handshake"]
 
 
 def recv(sock: Endpoint, deadline: Optional[float], size: int = RECV_SIZE) -> Generator[Wait, None, bytes]:
@@ -47,4 +47,21 @@ def sendall(sock: Endpoint, data: bytes, deadline: Optional[float]) -> Generator
         view = view[sent:]
     if isinstance(sock, TLSStream):
         while not sock.flush():  # ciphertext the kernel has not taken yet
+            yield Wait.write(sock, deadline)
+
+
+def tls_handshake(sock: TLSStream, deadline: float) -> Generator[Wait, None, None]:
+    """Complete ``sock``'s TLS handshake by ``deadline``, either side.
+
+    Raises:
+        ssl.SSLError, OSError: the handshake failed (the caller words the answer).
+        TimeoutError: the deadline passed first.
+    """
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            yield Wait.read(sock, deadline)
+        except ssl.SSLWantWriteError:
             yield Wait.write(sock, deadline)

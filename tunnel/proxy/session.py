@@ -36,7 +36,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..io.loop import Wait
-from ..io.steps import recv, sendall
+from ..io.steps import recv, sendall, tls_handshake
 from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
 from ..io.tls import TLSStream
 from ..protocol import routing
@@ -163,21 +163,14 @@ def _tls_accept(
     """The server side of TLS, non-blocking on the loop: one slow client stalls nobody."""
     ctx = engine.server_ssl(listener)
     sock = TLSStream(raw, ctx, server_side=True)
-    while True:
-        try:
-            sock.do_handshake()
-            return sock
-        except ssl.SSLWantReadError:
-            wait = Wait.read(sock, deadline)
-        except ssl.SSLWantWriteError:
-            wait = Wait.write(sock, deadline)
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
-            raise _TLSRefused(reason) from None
-        try:
-            yield wait
-        except TimeoutError:
-            raise _TLSRefused("no complete TLS handshake before the deadline") from None
+    try:
+        yield from tls_handshake(sock, deadline)
+    except TimeoutError:  # before OSError, its base class
+        raise _TLSRefused("no complete TLS handshake before the deadline") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise _TLSRefused(reason) from None
+    return sock
 
 
 def _log_client_error(ex: Exchange, exc: TunnelError) -> None:
