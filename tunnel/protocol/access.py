@@ -1,4 +1,4 @@
-"""Access control, sans-IO: is this request granted by the rules in force (R70-R74)?
+"""Access control, sans-IO: is this request granted by the rules in force (R70-R76)?
 
 The rules in force are the vhost's (already merged over the server's), then every
 `<Proxy URL>` block matching the backend URL the request is routed to, then every
