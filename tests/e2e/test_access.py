@@ -141,3 +141,23 @@ def test_no_rules_is_unchanged(make_proxy, echo):
     with ws_connect(ws_url(engine), origin="http://anything.example", open_timeout=5) as ws:
         ws.send("x")
         assert ws.recv(timeout=5) == "x"
+
+
+def test_refusal_comes_before_upgrade_checks_and_the_thread_pool(make_proxy):
+    """A refused request is a 403 even when its WebSocket handshake is invalid (the
+    upgrade is validated later) and while the one sync thread is busy (a thread is
+    reserved later): neither a 400 nor a 503."""
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            "ProxyWebsocketAsync Off\nMaxTunnelThreads 1\n"
+            f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            "<Location /admin>\n    Require all denied\n</Location>\n"
+        )
+        with socket.create_connection(engine.addresses[0], timeout=5) as busy:
+            assert switched_to(busy, upgrade_request("/chat"), b"BACKEND")  # holds the only thread
+            with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+                assert status_on(sock, upgrade_request("/admin"))[0] == 403
+                assert status_on(sock, upgrade_request("/admin", key="not-base64", version="7"))[0] == 403
+            with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+                assert status_on(sock, upgrade_request("/other"))[0] == 503  # the pool is full
+        assert backend.accepted == 1

@@ -344,6 +344,8 @@ def _local_ip(sock: socket.socket) -> str:
 
 def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange) -> None:
     """Raise Forbidden unless the access rules in force grant the request (R70)."""
+    if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
+        return  # no Require anywhere for this host: granted
     url = backend_url(decision)
     rules = effective_access(scope, decision.local_path, url)
     if rules is None:
