@@ -253,3 +253,18 @@ def test_require_none_inside_require_all_is_fine() -> None:
     assert len(r.children) == 1
     with pytest.raises(ConfigError, match="only negative"):
         conf("<RequireAll>\n<RequireNone>\nRequire ip 10.0.0.1\n</RequireNone>\n</RequireAll>\n")
+
+
+def test_require_in_a_balancer_proxy_block_applies_to_its_urls() -> None:
+    c = conf(
+        """\
+        <Proxy balancer://cluster>
+            BalancerMember ws://m1:9000/
+            Require ip 10.0.0.0/8
+        </Proxy>
+        ProxyPass /lb/ balancer://cluster/
+        """
+    )
+    (block,) = c.scope.proxy_access
+    assert (block.pattern, block.line) == ("balancer://cluster", 1)
+    assert len(c.balancers["cluster"].members) == 1

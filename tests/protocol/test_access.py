@@ -229,3 +229,21 @@ def test_backend_url_of_routes() -> None:
     assert backend_url(routing.route(c.scope, "/chat/room", None)) == "ws://backend:8080/app/room"
     assert backend_url(routing.route(c.scope, "/plain/p", None)) == "http://web/p"
     assert backend_url(routing.route(c.scope, "/lb/x", "websocket")) == "balancer://pool/x"
+
+
+def test_balancer_proxy_block_is_a_prefix_of_its_urls() -> None:
+    c = conf(
+        """\
+        <Proxy balancer://pool>
+            BalancerMember ws://m1:9000/
+            Require ip 10.0.0.0/8
+        </Proxy>
+        ProxyPass /lb/ balancer://pool/
+        ProxyPass /other/ ws://elsewhere/
+        """
+    )
+    lb = routing.route(c.scope, "/lb/x", "websocket")
+    other = routing.route(c.scope, "/other/x", "websocket")
+    assert not is_granted(effective_access(c.scope, "/lb/x", backend_url(lb)), req("192.0.2.1"))
+    assert is_granted(effective_access(c.scope, "/lb/x", backend_url(lb)), req("10.0.0.1"))
+    assert effective_access(c.scope, "/other/x", backend_url(other)) is None

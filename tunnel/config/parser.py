@@ -67,7 +67,7 @@ _SVL = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION})
 _SVP = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.PROXY})
 _V = frozenset({_Ctx.VHOST})
 _ALL = frozenset(_Ctx)
-_AUTH = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION, _Ctx.PROXY_URL})
+_AUTH = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION, _Ctx.PROXY, _Ctx.PROXY_URL})
 
 
 @dataclass
@@ -302,8 +302,9 @@ class _Parser(Draft, AccessHooks, LogHooks):
         rules = top.authz.rules() if top.authz is not None and top.ctx is not _Ctx.REQUIRE else None
         if top.ctx is _Ctx.REQUIRE and top.authz is not None:
             close_section(top.authz, top.tag)
-        elif top.ctx is _Ctx.PROXY_URL and top.balancer is not None and rules is not None:
-            self.scope.settings.setdefault("proxy_access", []).append(ProxyAccess(top.balancer, rules, top.file, top.line))
+        elif top.ctx in (_Ctx.PROXY_URL, _Ctx.PROXY) and top.balancer is not None and rules is not None:
+            pattern = top.balancer if top.ctx is _Ctx.PROXY_URL else f"balancer://{top.balancer}"  # a prefix
+            self.scope.settings.setdefault("proxy_access", []).append(ProxyAccess(pattern, rules, top.file, top.line))
         if top.vhost is not None:
             if rules is not None:
                 top.vhost.scope.settings["access"] = rules
