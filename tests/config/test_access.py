@@ -234,6 +234,7 @@ ERRORS = [
     ("Deny from 10.0.0.1", 1, "Deny is httpd 2.2 access control"),
     ("Satisfy Any", 1, "Satisfy is httpd 2.2 access control"),
     ("<Proxy>\n</Proxy>", 1, "expected a URL or balancer://name"),
+    ("<Proxy *>\n    Order deny,allow\n    Deny from 10.0.0.1\n</Proxy>", 2, "Order is httpd 2.2 access control"),
 ]
 
 

@@ -161,3 +161,18 @@ def test_refusal_comes_before_upgrade_checks_and_the_thread_pool(make_proxy):
             with socket.create_connection(engine.addresses[0], timeout=5) as sock:
                 assert status_on(sock, upgrade_request("/other"))[0] == 503  # the pool is full
         assert backend.accepted == 1
+
+
+def test_vhost_rules_by_host_and_inherited_server_rules(make_proxy):
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            "Require expr \"%{QUERY_STRING} != 'blocked'\"\n"
+            "<VirtualHost *:*>\n    ServerName open.test\n</VirtualHost>\n"
+            "<VirtualHost *:*>\n    ServerName closed.test\n    Require all denied\n</VirtualHost>\n"
+        )
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            assert status_on(sock, upgrade_request("/x", host="closed.test"))[0] == 403
+            assert status_on(sock, upgrade_request("/x?blocked", host="open.test"))[0] == 403  # the server's rule
+            assert switched_to(sock, upgrade_request("/x?fine", host="open.test"), b"BACKEND")
+        wait_for(lambda: backend.accepted == 1, what="the open.test tunnel")

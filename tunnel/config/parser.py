@@ -322,11 +322,11 @@ class _Parser(Draft, AccessHooks, LogHooks):
     def _directive(self, words: list[str]) -> None:
         name, args = words[0], words[1:]
         key = name.lower()
+        if key in COMPAT_DIRECTIVES:  # ignoring them would open what they close, even in <Proxy>
+            raise BadDirective(f"{name} is httpd 2.2 access control (mod_access_compat), not supported: use Require")
         if key in IGNORED_DIRECTIVES or (self.frame.ctx is _Ctx.PROXY_URL and key not in ("require", "authmerging")):
             self.warn(f"{name} is not used by tunnel{' in <Proxy URL>' if key not in IGNORED_DIRECTIVES else ''}; ignored")
             return
-        if key in COMPAT_DIRECTIVES:
-            raise BadDirective(f"{name} is httpd 2.2 access control (mod_access_compat), not supported: use Require")
         if key in SETTINGS:
             canonical, setting, parser, contexts = SETTINGS[key]
         elif key in _HANDLERS:
