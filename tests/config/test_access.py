@@ -269,3 +269,36 @@ def test_require_in_a_balancer_proxy_block_applies_to_its_urls() -> None:
     (block,) = c.scope.proxy_access
     assert (block.pattern, block.line) == ("balancer://cluster", 1)
     assert len(c.balancers["cluster"].members) == 1
+
+
+def test_proxymatch_and_proxy_tilde_hold_regex_rules() -> None:
+    c = conf(
+        """\
+        <ProxyMatch "^ws://[^/]+/admin">
+            Require all denied
+        </ProxyMatch>
+        <Proxy ~ "internal$">
+            Require local
+        </Proxy>
+        <ProxyMatch "^ws://">
+            ProxySet timeout=1
+        </ProxyMatch>
+        """
+    )
+    first, second = c.scope.proxy_access
+    assert first.pattern == "^ws://[^/]+/admin" and first.regex is not None and first.line == 1
+    assert second.pattern == "internal$" and second.regex is not None
+    assert c.warnings == ("t.conf:8: ProxySet is not used by tunnel in <Proxy URL>; ignored",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('<ProxyMatch "(">\nRequire all denied\n</ProxyMatch>', "regular expression"),
+        ("<ProxyMatch>\n</ProxyMatch>", "expected a regular expression"),
+    ],
+)
+def test_proxymatch_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        conf(text + "\n")
+    assert info.value.line == 1 and message in info.value.message, info.value.message

@@ -176,3 +176,15 @@ def test_vhost_rules_by_host_and_inherited_server_rules(make_proxy):
             assert status_on(sock, upgrade_request("/x?blocked", host="open.test"))[0] == 403  # the server's rule
             assert switched_to(sock, upgrade_request("/x?fine", host="open.test"), b"BACKEND")
         wait_for(lambda: backend.accepted == 1, what="the open.test tunnel")
+
+
+def test_proxymatch_block_on_a_live_proxy(make_proxy):
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            '<ProxyMatch "^ws://127\\.0\\.0\\.1:[0-9]+/admin">\n    Require all denied\n</ProxyMatch>\n'
+        )
+        with socket.create_connection(engine.addresses[0], timeout=5) as sock:
+            assert status_on(sock, upgrade_request("/admin/x"))[0] == 403
+            assert switched_to(sock, upgrade_request("/chat"), b"BACKEND")
+        wait_for(lambda: backend.accepted == 1, what="the /chat tunnel")

@@ -247,3 +247,11 @@ def test_balancer_proxy_block_is_a_prefix_of_its_urls() -> None:
     assert not is_granted(effective_access(c.scope, "/lb/x", backend_url(lb)), req("192.0.2.1"))
     assert is_granted(effective_access(c.scope, "/lb/x", backend_url(lb)), req("10.0.0.1"))
     assert effective_access(c.scope, "/other/x", backend_url(other)) is None
+
+
+def test_proxymatch_regex_is_searched_in_the_backend_url() -> None:
+    text = '<ProxyMatch "^ws://backend:8080/(admin|ops)">\nRequire all denied\n</ProxyMatch>\n'
+    assert not granted(text, req(), url="ws://backend:8080/admin/x")
+    assert not granted(text, req(), url="ws://backend:8080/ops")
+    assert granted(text, req(), url="ws://backend:8080/chat")
+    assert not granted('<Proxy ~ "/internal">\nRequire all denied\n</Proxy>\n', req(), url="ws://b/x/internal/y")

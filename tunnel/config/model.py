@@ -309,12 +309,14 @@ class AccessRules:
 @dataclass(frozen=True)
 class ProxyAccess:
     """A ``<Proxy URL>`` block's rules, applied to requests routed to a matching URL
-    (a wildcard pattern matches the whole URL, anything else is a prefix)."""
+    (a wildcard pattern matches the whole URL, anything else is a prefix; a
+    ``<ProxyMatch>`` or ``<Proxy ~ re>`` block has ``regex``, searched in the URL)."""
 
     pattern: str
     rules: AccessRules
     file: str = "<config>"
     line: int = 0
+    regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

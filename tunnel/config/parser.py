@@ -146,6 +146,7 @@ _SECTIONS: dict[str, tuple[str, frozenset[_Ctx]]] = {
     "location": ("Location", _SV),
     "locationmatch": ("LocationMatch", _SV),
     "proxy": ("Proxy", _SV),
+    "proxymatch": ("ProxyMatch", _SV),
     "ifmodule": ("IfModule", _ALL),
     **{k.lower(): (k, _AUTH | {_Ctx.REQUIRE}) for k in ("RequireAll", "RequireAny", "RequireNone")},
 }
@@ -277,15 +278,22 @@ class _Parser(Draft, AccessHooks, LogHooks):
     def _open_locationmatch(self, args: list[str]) -> _Frame:
         return self._open_location(args, "LocationMatch")
 
-    def _open_proxy(self, args: list[str]) -> _Frame:
+    def _open_proxy(self, args: list[str], tag: str = "Proxy") -> _Frame:
+        if tag == "ProxyMatch" or (len(args) == 2 and args[0] == "~"):  # a regex: "~" marks it
+            pattern = _one(args[-1:] if tag == "Proxy" else args, "a regular expression")
+            compile_regex(pattern)
+            return self._new_frame(tag, _Ctx.PROXY_URL, balancer="~" + pattern)
         if not _one(args, "a URL or balancer://name").lower().startswith("balancer://"):
-            return self._new_frame("Proxy", _Ctx.PROXY_URL, balancer=args[0])  # access rules only
+            return self._new_frame(tag, _Ctx.PROXY_URL, balancer=args[0])  # access rules only
         url = parse_url(args[0])
         assert url.balancer is not None
         build = self._balancer(url.balancer)
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
         return self._new_frame("Proxy", _Ctx.PROXY, balancer=url.balancer)
+
+    def _open_proxymatch(self, args: list[str]) -> _Frame:
+        return self._open_proxy(args, "ProxyMatch")
 
     def _close(self, line: str) -> None:
         if not line.endswith(">"):
@@ -304,7 +312,9 @@ class _Parser(Draft, AccessHooks, LogHooks):
             close_section(top.authz, top.tag)
         elif top.ctx in (_Ctx.PROXY_URL, _Ctx.PROXY) and top.balancer is not None and rules is not None:
             pattern = top.balancer if top.ctx is _Ctx.PROXY_URL else f"balancer://{top.balancer}"  # a prefix
-            self.scope.settings.setdefault("proxy_access", []).append(ProxyAccess(pattern, rules, top.file, top.line))
+            regex = compile_regex(pattern[1:]) if pattern.startswith("~") else None
+            access = ProxyAccess(pattern.lstrip("~") if regex else pattern, rules, top.file, top.line, regex)
+            self.scope.settings.setdefault("proxy_access", []).append(access)
         if top.vhost is not None:
             if rules is not None:
                 top.vhost.scope.settings["access"] = rules

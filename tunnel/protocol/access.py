@@ -84,7 +84,7 @@ def effective_access(scope: Scope, path: str, backend_url: Optional[str]) -> Opt
     rules = scope.access
     if backend_url is not None:
         for block in scope.proxy_access:
-            if _proxy_matches(block.pattern, backend_url):
+            if block.regex.search(backend_url) if block.regex else _proxy_matches(block.pattern, backend_url):
                 rules = merge_access(rules, block.rules)
     for location in scope.locations:
         if location.access is not None and location_matches(location, path):
