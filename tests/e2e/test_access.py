@@ -4,8 +4,10 @@ contacted (the recording backend sees nothing), granted ones tunnel as before.""
 from __future__ import annotations
 
 import socket
+import ssl
 
 import pytest
+import trustme
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
@@ -188,3 +190,23 @@ def test_proxymatch_block_on_a_live_proxy(make_proxy):
             assert status_on(sock, upgrade_request("/admin/x"))[0] == 403
             assert switched_to(sock, upgrade_request("/chat"), b"BACKEND")
         wait_for(lambda: backend.accepted == 1, what="the /chat tunnel")
+
+
+def test_https_variable_on_a_tls_listener(make_proxy, echo, tmp_path):
+    ca = trustme.CA()
+    cert = tmp_path / "proxy.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    engine = make_proxy(
+        "Listen 127.0.0.1:0\nListen 127.0.0.1:0 https\n"
+        f"SSLEngine On\nSSLCertificateFile {cert}\n"
+        "Require expr \"%{HTTPS} == 'on'\"\n"
+        f"ProxyPass / ws://127.0.0.1:{echo.address[1]}/\n"
+    )
+    plain, tls = engine.addresses
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with ws_connect(f"wss://localhost:{tls[1]}/echo", ssl=ctx, open_timeout=5) as ws:
+        ws.send("over tls")
+        assert ws.recv(timeout=5) == "over tls"
+    with socket.create_connection(plain, timeout=5) as sock:
+        assert status_on(sock, upgrade_request("/echo"))[0] == 403
