@@ -5,6 +5,8 @@ server and vhost (most), also `<Location>` for the per-directory ones (ProxyWebs
 ProxyPreserveHost, ProxyAddHeaders, the one-argument ProxyPass). Balancer names are
 global: `<Proxy balancer://x>` in a vhost defines the same balancer://x everywhere.
 Paths (certificates, logs) are kept as written; ServerRoot is ignored.
+Access control (Require, `<Require*>`, AuthMerging) is read by config/access.py's hooks;
+`<Proxy URL>` and `<ProxyMatch>` blocks keep only those (R75).
 """
 
 from __future__ import annotations
