@@ -38,3 +38,44 @@ def test_summary_lists_listeners_rules_values_and_balancers() -> None:
         "ws://m:1/ loadfactor=1 lbset=0 route=r1",
     ):
         assert fragment in text, text
+
+
+def test_summary_shows_where_access_rules_apply() -> None:
+    c = conf(
+        """\
+        ProxyPass / ws://127.0.0.1:9000/
+        Require ip 10.0.0.0/8
+        Require local
+        <Location /admin>
+            Require all denied
+        </Location>
+        <Location /chat>
+            ProxyWebsocketAsync On
+            AuthMerging And
+            Require expr "%{HTTP:Origin} == 'https://app.example'"
+        </Location>
+        <Proxy "ws://127.0.0.1:9000/*">
+            <RequireAll>
+                Require all granted
+                Require not ip 10.6
+            </RequireAll>
+        </Proxy>
+        <VirtualHost *:80>
+            ServerName v.test
+        </VirtualHost>
+        """
+    )
+    text = summary(c)
+    for fragment in (
+        "  access: any of: Require ip 10.0.0.0/8; Require local\n",
+        "  <Proxy ws://127.0.0.1:9000/*> access: <RequireAll> Require all granted; Require not ip 10.6 </RequireAll>  [t.conf:12]",
+        "  <Location /admin> access: Require all denied  [t.conf:4]",
+        "  <Location /chat> sets ProxyWebsocketAsync On  [t.conf:7]",
+        "  <Location /chat> access: Require expr %{HTTP:Origin} == 'https://app.example' (AuthMerging And)  [t.conf:7]",
+    ):
+        assert fragment in text, text
+    assert text.count("  access: any of: Require ip 10.0.0.0/8; Require local") == 2  # the vhost inherits
+
+
+def test_summary_without_access_rules_has_no_access_lines() -> None:
+    assert "access" not in summary(conf("ProxyPass / ws://b/\n"))

@@ -4,7 +4,7 @@ with their backends and effective ProxyWebsocket* values, and the balancers."""
 from __future__ import annotations
 
 from .config.checks import named_scopes, rule_backend
-from .config.model import Config, ProxyRule, Scope
+from .config.model import AccessRules, Config, ProxyRule, Require, RequireSection, Scope
 from .config.parser import SETTINGS
 
 __all__ = ["summary"]
@@ -54,6 +54,24 @@ def _value_text(value: object) -> str:
     return _seconds_text(value) if isinstance(value, float) else str(value)
 
 
+def _node_text(node: Require | RequireSection) -> str:
+    if isinstance(node, Require):
+        return node.text
+    return f"<{node.name}> " + "; ".join(_node_text(c) for c in node.children) + f" </{node.name}>"
+
+
+def access_text(rules: AccessRules) -> str:
+    """The rules on one line: a context's several Require lines read "any of: ..."."""
+    root = rules.root
+    if len(root.children) == 1 and root.op == "any" and not root.negate:
+        text = _node_text(root.children[0])
+    elif root.op == "any" and not root.negate:
+        text = "any of: " + "; ".join(_node_text(c) for c in root.children)
+    else:
+        text = _node_text(root)
+    return text + (f" (AuthMerging {rules.merging.capitalize()})" if rules.merging != "off" else "")
+
+
 def summary(config: Config) -> str:
     """The route table `tunnel configtest` prints.
 
@@ -63,7 +81,8 @@ def summary(config: Config) -> str:
     Returns:
         Listeners, then each scope's rules in match order with their backend, keys and
         the effective ProxyWebsocket* values (per `<Location>` where one changes them),
-        then the balancers. Warnings are in ``config.warnings``, not repeated here.
+        the access rules where they apply (the scope's, each `<Proxy URL>` block's, each
+        `<Location>`'s), then the balancers. Warnings are in ``config.warnings``, not repeated here.
     """
     out: list[str] = ["Listeners:"]
     out += [f"  {lst.display}{' (https)' if lst.tls else ''}  {lst.file}:{lst.line}" for lst in config.listeners] or [
@@ -75,9 +94,17 @@ def summary(config: Config) -> str:
             out.append("  (no routes)")
         for n, rule in enumerate(scope.rules, 1):
             out.append(f"  {n}. {_rule_line(rule, config)}  [{rule.where}]")
+        if scope.access is not None:
+            out.append(f"  access: {access_text(scope.access)}")
+        for block in scope.proxy_access:
+            out.append(f"  <Proxy {block.pattern}> access: {access_text(block.rules)}  [{block.file}:{block.line}]")
         for loc in scope.locations:
-            values = ", ".join(f"{_DIRECTIVE_OF.get(k, k)} {_value_text(v)}" for k, v in loc.settings)
-            out.append(f"  <Location{'Match' if loc.is_regex else ''} {loc.path}> sets {values}  [{loc.file}:{loc.line}]")
+            section = f"<Location{'Match' if loc.is_regex else ''} {loc.path}>"
+            if loc.settings:
+                values = ", ".join(f"{_DIRECTIVE_OF.get(k, k)} {_value_text(v)}" for k, v in loc.settings)
+                out.append(f"  {section} sets {values}  [{loc.file}:{loc.line}]")
+            if loc.access is not None:
+                out.append(f"  {section} access: {access_text(loc.access)}  [{loc.file}:{loc.line}]")
     for b in config.balancers.values():
         sticky = "|".join(b.stickysession) or "none"
         out += ["", f"balancer://{b.name}: lbmethod={b.lbmethod} stickysession={sticky}  [{b.file}:{b.line}]"]

@@ -242,12 +242,17 @@ def test_ignored_directives_and_sections_warn_and_ifmodule_contents_apply() -> N
         </IfModule>
         <Proxy "*">
             Require all granted
+            ProxySet timeout=5
         </Proxy>
         KeepAlive On
         """
     )
     assert c.scope.preserve_host is True
-    assert [w.split(": ")[0] for w in c.warnings] == ["t.conf:1", "t.conf:2", "t.conf:3", "t.conf:12", "t.conf:15"]
+    # <Proxy URL> blocks hold access rules now (tests/config/test_access.py); their other
+    # directives warn, line by line.
+    assert [w.split(": ")[0] for w in c.warnings] == ["t.conf:1", "t.conf:2", "t.conf:3", "t.conf:14", "t.conf:16"]
+    assert "ProxySet is not used by tunnel in <Proxy URL>; ignored" in c.warnings[3]
+    assert [p.pattern for p in c.scope.proxy_access] == ["*"]
     assert "LoadModule is not used by tunnel; ignored" in c.warnings[0]
     assert "<Directory> section is not used by tunnel; skipped" in c.warnings[2]
 

@@ -36,6 +36,7 @@ from .model import (
     ServerTLS,
     VirtualHost,
 )
+from .scopes import merge_access
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Draft:
 def _build_scope(settings: dict[str, Any], rules: list[ProxyRule], locations: list[Location]) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
+        if key == "proxy_access":
+            value = tuple(value)
         group, _, name = key.rpartition(".")
         groups[group][name] = value
     return Scope(
@@ -163,6 +166,9 @@ def finish(p: Draft, source: str) -> Config:
     vhosts: list[VirtualHost] = []
     for v in p.vhosts:
         settings = {**main_settings, **v.scope.settings}
+        # Access rules merge by AuthMerging; <Proxy URL> blocks: the main server's, then the vhost's.
+        settings["access"] = merge_access(main_settings.get("access"), v.scope.settings.get("access"))
+        settings["proxy_access"] = [*main_settings.get("proxy_access", ()), *v.scope.settings.get("proxy_access", ())]
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
             _order_location_rules(own_loc_rules + main_loc_rules)

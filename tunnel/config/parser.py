@@ -5,6 +5,8 @@ server and vhost (most), also `<Location>` for the per-directory ones (ProxyWebs
 ProxyPreserveHost, ProxyAddHeaders, the one-argument ProxyPass). Balancer names are
 global: `<Proxy balancer://x>` in a vhost defines the same balancer://x everywhere.
 Paths (certificates, logs) are kept as written; ServerRoot is ignored.
+Access control (Require, `<Require*>`, AuthMerging) is read by config/access.py's hooks;
+`<Proxy URL>` and `<ProxyMatch>` blocks keep only those (R75).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from enum import Enum
 from typing import Any, Optional
 
 from ..errors import ConfigError
+from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .lexer import logical_lines, split_words
-from .model import Config, Listener, Location, Member, ProxyRule
+from .loghooks import LogHooks
+from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .values import (
     IGNORED_DIRECTIVES,
     MAX_INCLUDE_DEPTH,
@@ -33,7 +37,6 @@ from .values import (
     compile_regex,
     encoded_slashes,
     listen_address,
-    log_level,
     member_key,
     on_off,
     parse_url,
@@ -56,6 +59,8 @@ class _Ctx(Enum):
     VHOST = "<VirtualHost>"
     LOCATION = "<Location>"
     PROXY = "<Proxy balancer://...>"
+    PROXY_URL = "<Proxy URL>"
+    REQUIRE = "<RequireAll|Any|None>"
 
 
 _S = frozenset({_Ctx.SERVER})
@@ -64,6 +69,7 @@ _SVL = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION})
 _SVP = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.PROXY})
 _V = frozenset({_Ctx.VHOST})
 _ALL = frozenset(_Ctx)
+_AUTH = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION, _Ctx.PROXY, _Ctx.PROXY_URL})
 
 
 @dataclass
@@ -78,6 +84,7 @@ class _Frame:
     location: Optional[LocationDraft] = None
     balancer: Optional[str] = None
     vhost: Optional[VhostDraft] = None
+    authz: Optional[AuthzDraft] = None  # its Require lines (a context's or a section's)
 
 
 #: Directives that set one value: lower-case name -> (name, settings key, parser, contexts).
@@ -114,6 +121,8 @@ _HANDLERS: dict[str, tuple[str, str, frozenset[_Ctx]]] = {
     spec[0].lower(): spec
     for spec in (
         ("Listen", "_listen", _S),
+        ("Require", "_require", _AUTH | {_Ctx.REQUIRE}),
+        ("AuthMerging", "_auth_merging", _AUTH),
         ("ServerAlias", "_server_alias", _V),
         ("ProxyPass", "_proxy_pass", _SVL),
         ("ProxyPassMatch", "_proxy_pass_match", _SVL),
@@ -139,7 +148,9 @@ _SECTIONS: dict[str, tuple[str, frozenset[_Ctx]]] = {
     "location": ("Location", _SV),
     "locationmatch": ("LocationMatch", _SV),
     "proxy": ("Proxy", _SV),
+    "proxymatch": ("ProxyMatch", _SV),
     "ifmodule": ("IfModule", _ALL),
+    **{k.lower(): (k, _AUTH | {_Ctx.REQUIRE}) for k in ("RequireAll", "RequireAny", "RequireNone")},
 }
 
 
@@ -149,7 +160,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft):
+class _Parser(Draft, AccessHooks, LogHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -193,6 +204,7 @@ class _Parser(Draft):
         elif line.startswith("<"):
             self._open(line)
         else:
+            self.raw_line = line
             self._directive(split_words(line))
 
     def warn(self, text: str) -> None:
@@ -225,7 +237,7 @@ class _Parser(Draft):
             raise BadDirective("empty section name")
         key = words[0].lower()
         args = words[1:]
-        if key in SKIPPED_SECTIONS or (key == "proxy" and not (args and args[0].lower().startswith("balancer://"))):
+        if key in SKIPPED_SECTIONS:
             self.warn(f"<{words[0]}> section is not used by tunnel; skipped")
             self.skipping = [words[0], 1, self.file, self.line]
             return
@@ -234,7 +246,10 @@ class _Parser(Draft):
         name, contexts = _SECTIONS[key]
         try:
             self._check_context(contexts)
-            frame = getattr(self, f"_open_{key}")(args)
+            if key.startswith("require"):
+                frame = self._new_frame(name, _Ctx.REQUIRE, authz=self.require_section(name, args))
+            else:
+                frame = getattr(self, f"_open_{key}")(args)
         except BadDirective as exc:
             raise BadDirective(f"<{name}>: {exc}") from None
         self.stack.append(frame)
@@ -265,13 +280,22 @@ class _Parser(Draft):
     def _open_locationmatch(self, args: list[str]) -> _Frame:
         return self._open_location(args, "LocationMatch")
 
-    def _open_proxy(self, args: list[str]) -> _Frame:
-        url = parse_url(_one(args, "balancer://name"))
+    def _open_proxy(self, args: list[str], tag: str = "Proxy") -> _Frame:
+        if tag == "ProxyMatch" or (len(args) == 2 and args[0] == "~"):  # a regex: "~" marks it
+            pattern = _one(args[-1:] if tag == "Proxy" else args, "a regular expression")
+            compile_regex(pattern)
+            return self._new_frame(tag, _Ctx.PROXY_URL, balancer="~" + pattern)
+        if not _one(args, "a URL or balancer://name").lower().startswith("balancer://"):
+            return self._new_frame(tag, _Ctx.PROXY_URL, balancer=args[0])  # access rules only
+        url = parse_url(args[0])
         assert url.balancer is not None
         build = self._balancer(url.balancer)
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
         return self._new_frame("Proxy", _Ctx.PROXY, balancer=url.balancer)
+
+    def _open_proxymatch(self, args: list[str]) -> _Frame:
+        return self._open_proxy(args, "ProxyMatch")
 
     def _close(self, line: str) -> None:
         if not line.endswith(">"):
@@ -285,23 +309,35 @@ class _Parser(Draft):
         if top.file != self.file:
             raise BadDirective(f"</{name}> closes a section opened in {top.file}")
         self.stack.pop()
+        rules = top.authz.rules() if top.authz is not None and top.ctx is not _Ctx.REQUIRE else None
+        if top.ctx is _Ctx.REQUIRE and top.authz is not None:
+            close_section(top.authz, top.tag)
+        elif top.ctx in (_Ctx.PROXY_URL, _Ctx.PROXY) and top.balancer is not None and rules is not None:
+            pattern = top.balancer if top.ctx is _Ctx.PROXY_URL else f"balancer://{top.balancer}"  # a prefix
+            regex = compile_regex(pattern[1:]) if pattern.startswith("~") else None
+            access = ProxyAccess(pattern.lstrip("~") if regex else pattern, rules, top.file, top.line, regex)
+            self.scope.settings.setdefault("proxy_access", []).append(access)
         if top.vhost is not None:
+            if rules is not None:
+                top.vhost.scope.settings["access"] = rules
             self.vhosts.append(top.vhost)
         elif top.location is not None:
             loc, parent = top.location, self.scope
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings:
+            if loc.settings or rules is not None:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex)
+                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules)
                 )
 
     # -- directives --------------------------------------------------------------------
     def _directive(self, words: list[str]) -> None:
         name, args = words[0], words[1:]
         key = name.lower()
-        if key in IGNORED_DIRECTIVES:
-            self.warn(f"{name} is not used by tunnel; ignored")
+        if key in COMPAT_DIRECTIVES:  # ignoring them would open what they close, even in <Proxy>
+            raise BadDirective(f"{name} is httpd 2.2 access control (mod_access_compat), not supported: use Require")
+        if key in IGNORED_DIRECTIVES or (self.frame.ctx is _Ctx.PROXY_URL and key not in ("require", "authmerging")):
+            self.warn(f"{name} is not used by tunnel{' in <Proxy URL>' if key not in IGNORED_DIRECTIVES else ''}; ignored")
             return
         if key in SETTINGS:
             canonical, setting, parser, contexts = SETTINGS[key]
@@ -441,6 +477,15 @@ class _Parser(Draft):
         for key, value in pairs:
             build.params[key] = balancer_key(key, value)
 
+    def in_vhost(self) -> bool:
+        return self.frame.ctx is _Ctx.VHOST
+
+    def authz_holder(self, create: bool = True) -> AuthzDraft:
+        frame = self.frame
+        if frame.authz is None:
+            frame.authz = AuthzDraft("any", False, self.file, self.line, implicit=True)
+        return frame.authz
+
     # global values ------------------------------------------------------------------------
     def _max_tunnel_threads(self, args: list[str]) -> None:
         self.globals["max_tunnel_threads"] = positive_int(_one(args))
@@ -474,47 +519,6 @@ class _Parser(Draft):
         if not args:
             raise BadDirective("expected [+-]protocol ...")
         self._set("tls.min_protocol", ssl_protocol(args))
-
-    # logs -----------------------------------------------------------------------------------
-    def _in_vhost_warning(self, name: str, what: str) -> bool:
-        if self.frame.ctx is _Ctx.VHOST:
-            self.warn(f"{name} inside <VirtualHost>: {what}")
-            return True
-        return False
-
-    def log_level(self, args: list[str]) -> None:
-        levels = [a for a in args if ":" not in a]
-        if not args or len(levels) > 1:
-            raise BadDirective("expected [level] [module:level ...]")
-        for extra in args:
-            if ":" in extra:
-                self.warn(f"LogLevel {extra}: per-module levels are ignored")
-        if levels and not self._in_vhost_warning("LogLevel", "ignored (one log for all hosts)"):
-            self.log["level"] = log_level(levels[0])
-
-    def _error_log(self, args: list[str]) -> None:
-        path = _one(args, "a file name")
-        if path.startswith("|") or path.lower() == "syslog" or path.lower().startswith("syslog:"):
-            raise BadDirective("piped logs and syslog are not supported; give a file name")
-        if not self._in_vhost_warning("ErrorLog", "ignored (one error log for all hosts)"):
-            self.log["error_log"] = path
-
-    def _log_format(self, args: list[str]) -> None:
-        if len(args) != 2:
-            raise BadDirective('expected "FORMAT" nickname')
-        self.log_formats[args[1]] = args[0]
-
-    def _custom_log(self, args: list[str]) -> None:
-        if len(args) < 2:
-            raise BadDirective("expected FILE FORMAT|nickname")
-        if args[0].startswith("|"):
-            raise BadDirective("piped logs are not supported; give a file name or -")
-        for extra in args[2:]:
-            if not extra.lower().startswith(("env=", "expr=")):
-                raise Expected("env=... or expr=... after the format", extra)
-            self.warn(f"CustomLog condition {extra} is ignored: every request is logged")
-        self._in_vhost_warning("CustomLog", "logs the requests of every host, not only this one")
-        self.custom_logs.append((args[0], args[1], self.file, self.line))
 
     # Include -----------------------------------------------------------------------------------
     def _include(self, args: list[str], optional: bool = False) -> None:
@@ -564,9 +568,6 @@ class _Parser(Draft):
             self.includes.pop()
             self.file, self.line = file, line
 
-
-
-
 def parse(text: str, *, filename: str = "<config>") -> Config:
     """Parse httpd-style configuration text into a `Config`.
 
@@ -585,4 +586,10 @@ def parse(text: str, *, filename: str = "<config>") -> Config:
     if os.path.isfile(filename):
         parser.includes.append(os.path.realpath(filename))
     parser.read(text, filename)
+    root = parser.stack[0].authz
+    try:
+        if root is not None and (rules := root.rules()) is not None:
+            parser.main.settings["access"] = rules
+    except BadDirective as exc:
+        raise ConfigError(str(exc), file=root.file if root else filename, line=root.line if root else 0) from None
     return finish(parser, filename)

@@ -5,6 +5,8 @@
   segment must end at a segment boundary.
 * **Location settings** (`effective_scope`): every `<Location>` whose path matches is
   applied over the scope, in httpd's merge order.
+* **Access rules** (`merge_access`): a context's rules over its parent's, by its
+  ``AuthMerging`` (R71).
 
 Pure string work on the model: no sockets, no clock.
 """
@@ -12,10 +14,11 @@ Pure string work on the model: no sockets, no clock.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
-from .model import Location, Scope
+from .model import AccessRules, Location, RequireSection, Scope
 
-__all__ = ["alias_match", "location_matches", "effective_scope"]
+__all__ = ["alias_match", "location_matches", "effective_scope", "merge_access"]
 
 
 def alias_match(uri: str, prefix: str) -> int:
@@ -74,3 +77,16 @@ def effective_scope(scope: Scope, path: str) -> Scope:
     # mypy checks replace()'s keywords against the fields, which a **dict cannot show;
     # the names are Scope fields (the parser's SETTINGS), checked again at run time.
     return dataclasses.replace(scope, **changes) if changes else scope  # type: ignore[arg-type]
+
+
+def merge_access(parent: Optional[AccessRules], child: Optional[AccessRules]) -> Optional[AccessRules]:
+    """mod_authz_core's merge: a context without Require lines keeps its parent's rules;
+    with ``AuthMerging Off`` (the default) its own replace them; ``And`` / ``Or`` join
+    both in a `<RequireAll>` / `<RequireAny>` (the merged rules keep the child's mode)."""
+    if child is None:
+        return parent
+    if parent is None or child.merging == "off":
+        return child
+    op = "all" if child.merging == "and" else "any"
+    joined = RequireSection(op, False, (parent.root, child.root), child.file, child.line)
+    return AccessRules(joined, child.merging, child.file, child.line)

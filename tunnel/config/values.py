@@ -21,12 +21,13 @@ MAX_INCLUDE_DEPTH = 32
 #: httpd directives accepted and ignored with a warning, so an httpd file can be reused.
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
-    for name in ["LoadModule", "ServerRoot", "User", "Group", "PidFile", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride", "Require", "Order", "Allow", "Deny"]
+    for name in ["LoadModule", "ServerRoot", "User", "Group", "PidFile", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride"]
 )
 
-#: Sections skipped whole, with one warning (tunnel serves no files). `<Proxy>` blocks
-#: that are not ``balancer://`` ones (httpd's access control for proxied URLs) too.
-SKIPPED_SECTIONS = frozenset({"directory", "directorymatch", "files", "filesmatch", "proxymatch"})
+#: Sections skipped whole, with one warning (tunnel serves no files; httpd does not apply
+#: them to proxied requests either). `<Proxy URL>` and `<ProxyMatch>` blocks are read for
+#: their access rules (config/access.py).
+SKIPPED_SECTIONS = frozenset({"directory", "directorymatch", "files", "filesmatch"})
 
 
 TRACE_LEVELS = tuple(f"trace{n}" for n in range(1, 9))  # logged as "debug"

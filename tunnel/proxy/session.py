@@ -30,6 +30,7 @@ from ..errors import (
     BadRequest,
     ClientError,
     ClientGone,
+    Forbidden,
     GatewayTimeout,
     RequestTimeout,
     TunnelError,
@@ -40,6 +41,7 @@ from ..io.steps import recv, sendall, tls_handshake
 from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
 from ..io.tls import TLSStream
 from ..protocol import routing
+from ..protocol.access import AccessRequest, backend_url, effective_access, is_granted
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
@@ -84,6 +86,7 @@ def serve_client(
     if leading:
         front.feed(leading)
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
+    local = _local_ip(sock)
     result: Optional[TunnelStart] = None
     client: Endpoint = sock  # or a TLSStream over it on a TLS listener
     try:
@@ -95,7 +98,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener)
+            ex = Exchange(peer=peer, listener=listener, local=local)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -258,6 +261,7 @@ def _handle(
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
     decision = routing.route(scope, head.target, head.get("upgrade"), method=head.method)
+    _check_access(scope, decision, head, ex)  # before the upgrade checks and any backend (R70)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
@@ -321,6 +325,35 @@ def _handle(
             engine.release_thread()
         if member is not None and balancer is not None:
             balancer.release(member)
+
+
+def _local_ip(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return ""
+    return str(name[0]) if isinstance(name, tuple) and name else ""
+
+
+def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange) -> None:
+    """Raise Forbidden unless the access rules in force grant the request (R70)."""
+    if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
+        return  # no Require anywhere for this host: granted
+    url = backend_url(decision)
+    rules = effective_access(scope, decision.local_path, url)
+    if rules is None:
+        return
+    request = AccessRequest(
+        remote=peer_ip(ex.peer),
+        local=ex.local,
+        method=head.method,
+        path=decision.local_path,
+        query=head.target.partition("?")[2],
+        headers=tuple(head.headers),
+        https=ex.listener is not None and ex.listener.tls,
+    )
+    if not is_granted(rules, request):
+        raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
 
 
 def _forwarded_request(
