@@ -229,12 +229,11 @@ ERRORS = [
     ("<RequireAll>\nProxyPass /x ws://b/\n</RequireAll>", 2, "not allowed in <RequireAll|Any|None>"),
     ("<RequireAll>\nAuthMerging And\n</RequireAll>", 2, "AuthMerging: not allowed in <RequireAll|Any|None>"),
     ("AuthMerging Sometimes", 1, "AuthMerging: expected Off, And or Or"),
-    ("Order allow,deny", 1, "Order is httpd 2.2 access control (mod_access_compat), not supported: use Require"),
-    ("Allow from all", 1, "Allow is httpd 2.2 access control"),
-    ("Deny from 10.0.0.1", 1, "Deny is httpd 2.2 access control"),
-    ("Satisfy Any", 1, "Satisfy is httpd 2.2 access control"),
+    ("Allow from 10.0.0.1", 1, "Allow from 10.0.0.1: httpd 2.2 access control (mod_access_compat) that restricts access is not supported: write it as Require ip"),
+    ("Deny from 10.0.0.1", 1, "Deny from 10.0.0.1: httpd 2.2 access control"),
+    ("Deny from all", 1, "write it as Require not ip ADDRESS... inside <RequireAll>, or Require all denied"),
     ("<Proxy>\n</Proxy>", 1, "expected a URL or balancer://name"),
-    ("<Proxy *>\n    Order deny,allow\n    Deny from 10.0.0.1\n</Proxy>", 2, "Order is httpd 2.2 access control"),
+    ("<Proxy *>\n    Order deny,allow\n    Deny from 10.0.0.1\n</Proxy>", 3, "Deny from 10.0.0.1: httpd 2.2 access control"),
 ]
 
 
@@ -302,3 +301,15 @@ def test_proxymatch_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         conf(text + "\n")
     assert info.value.line == 1 and message in info.value.message, info.value.message
+
+
+def test_granting_compat_lines_load_with_a_warning_each() -> None:
+    """The httpd 2.2 lines published WebSocket recipes carry, which grant every client."""
+    c = conf("<Proxy *>\n    Order deny,allow\n    Allow from all\n    Satisfy Any\n</Proxy>\nOrder allow,deny\nAllow from All\n")
+    assert [w.split(": ", 1)[0] for w in c.warnings] == ["t.conf:2", "t.conf:3", "t.conf:4", "t.conf:6", "t.conf:7"]
+    assert "Allow from all grants every client" in c.warnings[1]
+
+
+def test_a_limit_section_in_a_proxy_block_is_skipped_with_a_warning() -> None:
+    c = conf("<Proxy *>\n    <Limit GET>\n        Require all granted\n    </Limit>\n</Proxy>\n")
+    assert any(w.startswith("t.conf:2: <Limit> section is not used by tunnel; skipped") for w in c.warnings), c.warnings

@@ -33,10 +33,30 @@ from .model import (
 )
 from .values import BadDirective
 
-__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "parse_require", "parse_expr", "auth_merging", "parse_networks"]
+__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "compat_directive", "parse_require", "parse_expr", "auth_merging", "parse_networks"]
 
 #: httpd 2.2's mod_access_compat directives: refused, pointing to Require.
 COMPAT_DIRECTIVES = frozenset({"order", "allow", "deny", "satisfy"})
+
+
+def compat_directive(name: str, args: list[str]) -> str:
+    """httpd 2.2's access lines (mod_access_compat), which published configurations
+    still carry: the ones that grant everything (``Order ...``, ``Allow from all``,
+    ``Satisfy ...``) mean what tunnel does without them, and are accepted with the
+    returned warning; any line that restricts (``Deny from ...``, ``Allow from`` an
+    address) is refused, since ignoring it would open what it closes.
+
+    Raises:
+        BadDirective: the line restricts access; the message says how to write it.
+    """
+    key = name.lower()
+    words = [a.lower() for a in args]
+    if key == "allow" and words == ["from", "all"]:
+        return "Allow from all grants every client, as tunnel does without it; ignored"
+    if key in ("order", "satisfy"):
+        return f"{name} (httpd 2.2 access control) has no effect without Deny lines; ignored"
+    hint = "Require ip ADDRESS..." if key == "allow" else "Require not ip ADDRESS... inside <RequireAll>, or Require all denied"
+    raise BadDirective(f"{name} {' '.join(args)}: httpd 2.2 access control (mod_access_compat) that restricts access is not supported: write it as {hint}")
 
 #: Providers httpd has that tunnel refuses, with the reason.
 _REFUSED = {

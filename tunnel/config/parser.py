@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section
+from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, compat_directive
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
@@ -237,7 +237,9 @@ class _Parser(Draft, AccessHooks, LogHooks):
             raise BadDirective("empty section name")
         key = words[0].lower()
         args = words[1:]
-        if key in SKIPPED_SECTIONS:
+        if key in SKIPPED_SECTIONS or (key in ("limit", "limitexcept") and self.frame.ctx is _Ctx.PROXY_URL):
+            # <Limit> in <Proxy URL>: such blocks were skipped whole before their Require
+            # lines were read, and published files carry them; skipped, as they were.
             self.warn(f"<{words[0]}> section is not used by tunnel; skipped")
             self.skipping = [words[0], 1, self.file, self.line]
             return
@@ -334,8 +336,9 @@ class _Parser(Draft, AccessHooks, LogHooks):
     def _directive(self, words: list[str]) -> None:
         name, args = words[0], words[1:]
         key = name.lower()
-        if key in COMPAT_DIRECTIVES:  # ignoring them would open what they close, even in <Proxy>
-            raise BadDirective(f"{name} is httpd 2.2 access control (mod_access_compat), not supported: use Require")
+        if key in COMPAT_DIRECTIVES:  # those that restrict raise: ignoring them would open access
+            self.warn(compat_directive(name, args))
+            return
         if key in IGNORED_DIRECTIVES or (self.frame.ctx is _Ctx.PROXY_URL and key not in ("require", "authmerging")):
             self.warn(f"{name} is not used by tunnel{' in <Proxy URL>' if key not in IGNORED_DIRECTIVES else ''}; ignored")
             return
