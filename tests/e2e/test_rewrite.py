@@ -1,0 +1,112 @@
+"""mod_rewrite on a live proxy with the real echo backend: the classic WebSocket recipe
+(conds on Upgrade/Connection, a [P] rule to ws://, an http ProxyPass for the rest) under
+both strategies, a [P] to a balancer, [R=301], [F] (the backend sees nothing) and a
+path rewrite that ProxyPass routing then sees."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from tests.support.clients import http_get
+from tests.support.waiting import wait_for
+from tunnel.echo import EchoServer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def other() -> Iterator[EchoServer]:
+    with EchoServer("127.0.0.1", 0, page=b"page of other") as server:
+        yield server
+
+
+def recipe(port: int, async_on: bool) -> str:
+    return f"""
+ProxyWebsocketAsync {'On' if async_on else 'Off'}
+RewriteEngine On
+RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+RewriteCond %{{HTTP:Connection}} upgrade [NC]
+RewriteRule ^/?(.*) "ws://127.0.0.1:{port}/$1" [P,L]
+ProxyPass / http://127.0.0.1:{port}/
+"""
+
+
+def _ws_echo(engine, path: str = "/chat") -> None:
+    sock = socket.create_connection(engine.addresses[0], timeout=5)
+    with ws_connect(f"ws://proxy.test{path}", sock=sock, open_timeout=5) as ws:
+        ws.send("hello through mod_rewrite")
+        assert ws.recv(timeout=5) == "hello through mod_rewrite"
+
+
+@pytest.mark.parametrize("async_on", [False, True], ids=["sync", "async"])
+def test_classic_recipe_tunnels_websocket_and_proxies_http(make_proxy, echo, async_on):
+    engine = make_proxy(recipe(echo.address[1], async_on))
+    _ws_echo(engine)
+    kind = "async" if async_on else "sync"
+    wait_for(lambda: engine.stats[f"tunnels.{kind}"] == 1, what=f"one {kind} tunnel")
+    status, head, body = http_get(engine.addresses[0], "/page")
+    assert status == 200 and body  # plain GET: no Upgrade, the conds fail, ProxyPass takes it
+    assert b"Upgrade" not in head
+
+
+def test_proxy_to_a_balancer(make_proxy, echo, other):
+    engine = make_proxy(f"""
+<Proxy balancer://pool>
+    BalancerMember ws://127.0.0.1:{echo.address[1]}
+</Proxy>
+RewriteEngine On
+RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+RewriteRule ^/ws/(.*) balancer://pool/$1 [P]
+ProxyPass / http://127.0.0.1:{other.address[1]}/
+""")
+    before = echo.accepted
+    _ws_echo(engine, "/ws/room")
+    assert echo.accepted == before + 1
+    status, _, body = http_get(engine.addresses[0], "/ws/room")
+    assert (status, body) == (200, b"page of other")
+
+
+def test_redirect_301_with_location(make_proxy, echo):
+    engine = make_proxy(f"""
+RewriteEngine On
+RewriteRule ^/old/(.*)$ /new/$1 [R=301,L]
+ProxyPass / http://127.0.0.1:{echo.address[1]}/
+""")
+    before = echo.accepted
+    status, head, _ = http_get(engine.addresses[0], "/old/x?q=1")
+    assert status == 301
+    assert b"\r\nLocation: http://t/new/x?q=1" in head
+    assert echo.accepted == before
+
+
+def test_forbidden_and_gone_never_reach_the_backend(make_proxy, echo):
+    engine = make_proxy(f"""
+RewriteEngine On
+RewriteRule ^/secret - [F]
+RewriteRule ^/old - [G]
+ProxyPass / ws://127.0.0.1:{echo.address[1]}/
+""")
+    before = echo.accepted
+    assert http_get(engine.addresses[0], "/secret/x")[0] == 403
+    assert http_get(engine.addresses[0], "/old")[0] == 410
+    sock = socket.create_connection(engine.addresses[0], timeout=5)
+    with pytest.raises(InvalidStatus, match="403"), ws_connect("ws://proxy.test/secret", sock=sock, open_timeout=5):
+        pass
+    assert echo.accepted == before
+
+
+def test_a_rewritten_path_is_what_proxypass_matches(make_proxy, echo, other):
+    engine = make_proxy(f"""
+RewriteEngine On
+RewriteRule ^/legacy/(.*) /app/$1 [PT]
+ProxyPass /app/ http://127.0.0.1:{other.address[1]}/
+ProxyPass / http://127.0.0.1:{echo.address[1]}/
+""")
+    status, _, body = http_get(engine.addresses[0], "/legacy/x")
+    assert (status, body) == (200, b"page of other")
+    assert http_get(engine.addresses[0], "/other")[2] != b"page of other"
