@@ -110,3 +110,15 @@ ProxyPass / http://127.0.0.1:{echo.address[1]}/
     status, _, body = http_get(engine.addresses[0], "/legacy/x")
     assert (status, body) == (200, b"page of other")
     assert http_get(engine.addresses[0], "/other")[2] != b"page of other"
+
+
+def test_a_dynamic_tls_target_without_sslproxyengine_is_a_500(make_proxy, echo):
+    engine = make_proxy(f"""
+RewriteEngine On
+RewriteRule ^/(.*) %{{HTTP:X-Scheme}}://127.0.0.1:{echo.address[1]}/$1 [P]
+""")
+    before = echo.accepted
+    assert http_get(engine.addresses[0], "/x", headers="X-Scheme: https\r\n")[0] == 500
+    assert echo.accepted == before
+    assert http_get(engine.addresses[0], "/x", headers="X-Scheme: http\r\n")[0] == 200
+    assert http_get(engine.addresses[0], "/x", headers="X-Scheme: ftp\r\n")[0] == 500

@@ -110,6 +110,8 @@ def _cond(args: list[str], file: str, line: int) -> RewriteCond:
     if len(args) not in (2, 3):
         raise BadDirective("expected TestString CondPattern [flags]")
     test, pattern = args[0], args[1]
+    if test.lower() == "expr":
+        raise BadDirective("expr conditions are not supported")
     check_template(test)
     nocase = ornext = False
     for flag in split_flags(args[2] if len(args) == 3 else None):
@@ -123,8 +125,6 @@ def _cond(args: list[str], file: str, line: int) -> RewriteCond:
         pattern = pattern[1:]
     if pattern in _FILE_TESTS:
         raise BadDirective(f"the file test {pattern} is not supported: tunnel serves no files")
-    if pattern.lower() == "expr":
-        raise BadDirective("expr conditions are not supported")
     kind = "regex"
     if pattern in _INT_TESTS:
         raise BadDirective(f"{pattern} needs a value: write it as {pattern}N")
@@ -173,7 +173,7 @@ def _rule(args: list[str], conds: tuple[RewriteCond, ...], file: str, line: int)
             continue
         if key in ("e", "env"):
             var, colon, val = value.partition(":")
-            if not eq or not var or var.startswith("!"):
+            if not eq or not colon or not var or var.startswith("!"):
                 raise Expected("E=VAR:value (unsetting with E=!VAR is not supported)", flag)
             check_template(val)
             env.append((var, val))

@@ -39,6 +39,11 @@ _ABSOLUTE_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
 _SAFE_URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/%")
 
 
+def _encode_query(query: str) -> str:
+    """A query as it may stand in a request line: "%" kept, other unsafe bytes encoded."""
+    return "".join(c if c in _SAFE_URL or c == "?" else f"%{ord(c) & 0xFF:02X}" for c in query)
+
+
 class Action(Enum):
     UNCHANGED = "unchanged"
     PATH = "path"  # the request goes on to ProxyPass routing with a new target
@@ -199,7 +204,7 @@ def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> s
     scheme = "https" if request.https else "http"
     host = request.header("host") or request.server_name or "localhost"
     shown = encode_path(path) if escape else path
-    return f"{scheme}://{host}{shown}" + (f"?{query}" if query else "")
+    return f"{scheme}://{host}{shown}" + (f"?{_encode_query(query)}" if query else "")
 
 
 def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
@@ -244,7 +249,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         redirect = rule.redirect or redirect
         absolute = _ABSOLUTE_RE.match(current)
         if absolute is not None and rule.proxy:
-            url = current + (f"?{query}" if query else "")
+            url = current + (f"?{_encode_query(query)}" if query else "")
             return Outcome(Action.PROXY, url, rule=rule, env=env)
         if absolute is not None and not redirect and _same_host(absolute.group(2), request):
             current = absolute.group(3) or "/"  # this host: reduced to its path
@@ -262,7 +267,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
             rest = absolute.group(3)
             rest_path, _, _ = rest.partition("?")
             shown = "".join(c if c in _SAFE_URL else f"%{ord(c) & 0xFF:02X}" for c in rest_path) if escape else rest_path
-            location = f"{absolute.group(1)}://{absolute.group(2)}{shown}" + (f"?{query}" if query else "")
+            location = f"{absolute.group(1)}://{absolute.group(2)}{shown}" + (f"?{_encode_query(query)}" if query else "")
         return Outcome(Action.REDIRECT, location, status=redirect, rule=last, env=env)
     if not changed and (last is None or not (last.qsd or last.qsa)):
         return Outcome(Action.UNCHANGED, rule=last, env=env)
@@ -270,7 +275,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         raise InternalServerError(
             "rewrite produced a bad path", detail=f"{current!r} from RewriteRule at {last.where if last else '?'}"
         )
-    target = encode_path(current) + (f"?{query}" if query else "")
+    target = encode_path(current) + (f"?{_encode_query(query)}" if query else "")
     return Outcome(Action.PATH, target, rule=last, env=env)
 
 
