@@ -239,3 +239,8 @@ def test_errors_name_the_file_and_line(text: str, line: int, message: str) -> No
     err = fails(text + "\n")
     assert (err.file, err.line) == ("t.conf", line), str(err)
     assert message in err.message, err.message
+
+
+def test_a_local_path_without_pt_is_routed_with_a_warning() -> None:
+    config = conf("RewriteRule ^/a /b\nRewriteRule ^/c /d [PT]\nRewriteRule ^/e - [F]\nRewriteRule ^/f /g [R]\n")
+    assert len(config.warnings) == 1 and config.warnings[0].startswith("t.conf:1: RewriteRule ^/a /b: a local path without [PT]")

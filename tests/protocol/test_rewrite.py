@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.sansio import conf
 from tunnel.config.model import Scope
-from tunnel.errors import InternalServerError, NotFound
+from tunnel.errors import BadRequest, InternalServerError, NotFound
 from tunnel.protocol import routing
 from tunnel.protocol.rewrite import Action, Outcome, RewriteRequest, evaluate, proxy_route
 
@@ -172,7 +172,7 @@ def test_inherit_and_vhost_versus_server() -> None:
 def test_bad_targets() -> None:
     with pytest.raises(NotFound):
         run("RewriteRule ^ - [F]\n", "/a%2Fb")  # the path is refused as routing refuses it
-    with pytest.raises(InternalServerError):
+    with pytest.raises(BadRequest):  # httpd: a local result not starting with / is a 400
         run("RewriteRule ^ %{HTTP:X-Path}\n", "/a", (("X-Path", "relative"),))
 
 
@@ -191,3 +191,14 @@ def test_proxy_route_builds_a_one_off_proxypass() -> None:
         proxy_route("balancer://none/y", rule, config.balancers)
     with pytest.raises(InternalServerError):
         proxy_route("ftp://b/", rule, config.balancers)
+
+
+def test_noescape_on_a_proxy_forwards_the_raw_path() -> None:
+    config = conf("RewriteEngine On\nRewriteRule ^/(.*) ws://b/$1 [P,NE]\n")
+    (rule,) = config.scope.rewrite_rules
+    one_off, target = proxy_route("ws://b/a%7Eb", rule, config.balancers)
+    assert one_off.nocanon
+    assert routing.route(Scope(rules=(one_off,)), target, "websocket").backend_path == "/a%7Eb"  # raw
+    plain = conf("RewriteEngine On\nRewriteRule ^/(.*) ws://b/$1 [P]\n")
+    canon, _ = proxy_route("ws://b/a%7Eb", plain.scope.rewrite_rules[0], plain.balancers)
+    assert routing.route(Scope(rules=(canon,)), target, "websocket").backend_path == "/a~b"  # canonical

@@ -235,6 +235,9 @@ class RewriteDirectives:
         """The scope draft the directive goes to, and whether it stands in `<Location>`."""
         raise NotImplementedError
 
+    def warn(self, text: str) -> None:
+        raise NotImplementedError
+
     def _here(self) -> ScopeDraft:
         draft, in_location = self._rewrite_scope()
         if in_location:
@@ -250,6 +253,12 @@ class RewriteDirectives:
     def _rewrite_rule(self, args: list[str]) -> None:
         draft = self._here()
         rule = _rule(args, tuple(draft.rewrite_conds), self.file, self.line)
+        local = rule.substitution.startswith("/") and not (rule.redirect or rule.forbidden or rule.gone)
+        if local and not rule.passthrough:
+            self.warn(
+                f"RewriteRule {rule.pattern} {rule.substitution}: a local path without [PT]; httpd would map it "
+                "to a file and skip ProxyPass, tunnel (which serves no files) routes it through ProxyPass as [PT] does"
+            )
         draft.rewrite_conds.clear()
         draft.rewrite_rules.append(rule)
 

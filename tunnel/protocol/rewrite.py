@@ -29,7 +29,7 @@ from typing import Optional
 
 from ..config.model import Balancer, ProxyRule, RewriteCond, RewriteRule, Scope
 from ..config.values import BadDirective, parse_url
-from ..errors import InternalServerError
+from ..errors import BadRequest, InternalServerError
 from .routing import encode_path, normalize_target
 
 __all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route"]
@@ -212,7 +212,8 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
 
     Raises:
         BadRequest, Forbidden, NotFound: the request-target itself is bad (as routing).
-        InternalServerError: a rule produced a local path that is not absolute.
+        BadRequest: a rule produced a local path that does not start with "/" (httpd:
+            400).
     """
     if not scope.rewrite_engine or not scope.rewrite_rules:
         return Outcome(Action.UNCHANGED)
@@ -272,7 +273,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
     if not changed and (last is None or not (last.qsd or last.qsa)):
         return Outcome(Action.UNCHANGED, rule=last, env=env)
     if not current.startswith("/"):
-        raise InternalServerError(
+        raise BadRequest(
             "rewrite produced a bad path", detail=f"{current!r} from RewriteRule at {last.where if last else '?'}"
         )
     target = encode_path(current) + (f"?{_encode_query(query)}" if query else "")
@@ -313,8 +314,9 @@ def proxy_route(url: str, rule: RewriteRule, balancers: Mapping[str, Balancer]) 
             balancer_path="/",
             balancer_scheme=first.target.scheme,
             balancer_upgrade=first.upgrade,
+            nocanon=rule.noescape,
             file=rule.file,
             line=rule.line,
         )
         return one_off, target
-    return ProxyRule("/", target=parsed.target, file=rule.file, line=rule.line), target
+    return ProxyRule("/", target=parsed.target, nocanon=rule.noescape, file=rule.file, line=rule.line), target
