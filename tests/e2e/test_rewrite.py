@@ -122,3 +122,24 @@ RewriteRule ^/(.*) %{{HTTP:X-Scheme}}://127.0.0.1:{echo.address[1]}/$1 [P]
     assert echo.accepted == before
     assert http_get(engine.addresses[0], "/x", headers="X-Scheme: http\r\n")[0] == 200
     assert http_get(engine.addresses[0], "/x", headers="X-Scheme: ftp\r\n")[0] == 500
+
+
+def test_the_access_log_sees_rewrite_answers_and_env_notes(make_proxy, echo, tmp_path):
+    log = tmp_path / "access.log"
+    engine = make_proxy(f"""
+CustomLog {log} "%>s %{{page}}n %{{Location}}o \\"%r\\""
+RewriteEngine On
+RewriteRule ^/(.*) - [E=page:$1]
+RewriteRule ^/f - [F]
+RewriteRule ^/r /elsewhere [R]
+ProxyPass / http://127.0.0.1:{echo.address[1]}/
+""")
+    assert http_get(engine.addresses[0], "/f")[0] == 403
+    assert http_get(engine.addresses[0], "/r")[0] == 302
+    assert http_get(engine.addresses[0], "/p")[0] == 200
+
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    wait_for(lambda: len(lines()) >= 3, what="three access-log lines")
+    assert lines() == ['403 f - "GET /f HTTP/1.1"', '302 r http://t/elsewhere "GET /r HTTP/1.1"', '200 p - "GET /p HTTP/1.1"']

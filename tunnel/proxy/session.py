@@ -221,6 +221,7 @@ def _answer_error(
         # the access log keeps the status that was sent.
         return False
     ex.status = exc.status
+    ex.response_headers = list(exc.headers)  # %{Location}o of a redirect, for one
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
     keep = (
         not close
