@@ -98,6 +98,7 @@ ProxyPass / ws://127.0.0.1:{echo.address[1]}/
     with pytest.raises(InvalidStatus, match="403"), ws_connect("ws://proxy.test/secret", sock=sock, open_timeout=5):
         pass
     assert echo.accepted == before
+    assert http_get(engine.addresses[0], "example.test:443", method="CONNECT")[0] == 405  # as without rewrite
 
 
 def test_a_rewritten_path_is_what_proxypass_matches(make_proxy, echo, other):

@@ -202,3 +202,15 @@ def test_noescape_on_a_proxy_forwards_the_raw_path() -> None:
     plain = conf("RewriteEngine On\nRewriteRule ^/(.*) ws://b/$1 [P]\n")
     canon, _ = proxy_route("ws://b/a%7Eb", plain.scope.rewrite_rules[0], plain.balancers)
     assert routing.route(Scope(rules=(canon,)), target, "websocket").backend_path == "/a~b"  # canonical
+
+
+def test_connect_and_asterisk_are_left_to_routing() -> None:
+    scope = scope_of("RewriteEngine On\nRewriteRule ^ - [F]\n")
+    assert evaluate(scope, RewriteRequest("CONNECT", "example.test:443")).action is Action.UNCHANGED
+    assert evaluate(scope, RewriteRequest("OPTIONS", "*")).action is Action.UNCHANGED
+
+
+def test_a_query_change_alone_is_a_new_target() -> None:
+    out = run("RewriteRule ^/a - [QSD]\nRewriteRule ^/z /y\n", "/a?x=1")
+    assert (out.action, out.target) == (Action.PATH, "/a")
+    assert run("RewriteRule ^/a - [QSD]\n", "/a").action is Action.UNCHANGED

@@ -217,8 +217,11 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
     """
     if not scope.rewrite_engine or not scope.rewrite_rules:
         return Outcome(Action.UNCHANGED)
+    if request.method.upper() == "CONNECT" or request.target == "*":
+        return Outcome(Action.UNCHANGED)  # httpd's hook declines: no URL-path (routing answers)
     path, query = normalize_target(request.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
     state = _State(request, path, query, {})
+    original_query = query
     current, changed, redirect = path, False, 0
     last: Optional[RewriteRule] = None
     for rule in scope.rewrite_rules:
@@ -270,7 +273,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
             shown = "".join(c if c in _SAFE_URL else f"%{ord(c) & 0xFF:02X}" for c in rest_path) if escape else rest_path
             location = f"{absolute.group(1)}://{absolute.group(2)}{shown}" + (f"?{_encode_query(query)}" if query else "")
         return Outcome(Action.REDIRECT, location, status=redirect, rule=last, env=env)
-    if not changed and (last is None or not (last.qsd or last.qsa)):
+    if not changed and query == original_query:
         return Outcome(Action.UNCHANGED, rule=last, env=env)
     if not current.startswith("/"):
         raise BadRequest(
