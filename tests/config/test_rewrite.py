@@ -196,6 +196,7 @@ ERRORS = [
     ("RewriteRule ^/ /x [L=1]", 1, 'unknown or unsupported RewriteRule flag "L=1"'),
     ("RewriteRule ^/ /x [R=404]", 1, 'expected R=3xx (or permanent, temp, seeother), got "R=404"'),
     ("RewriteRule ^/ /x [R=abc]", 1, "R=3xx"),
+    ("RewriteRule ^/ /x [R=3²²]", 1, "R=3xx"),  # digits to str.isdigit, not to int()
     ("RewriteRule ^/ /x [E=novalue]", 1, "E=VAR:value"),
     ("RewriteRule ^/ /x [E=!VAR]", 1, "unsetting with E=!VAR is not supported"),
     ("RewriteRule ^/ /x L", 1, 'expected [flags] as the last argument, got "L"'),

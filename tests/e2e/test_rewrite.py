@@ -144,3 +144,19 @@ ProxyPass / http://127.0.0.1:{echo.address[1]}/
 
     wait_for(lambda: len(lines()) >= 3, what="three access-log lines")
     assert lines() == ['403 f - "GET /f HTTP/1.1"', '302 r http://t/elsewhere "GET /r HTTP/1.1"', '200 p - "GET /p HTTP/1.1"']
+
+
+def test_a_proxy_rule_takes_the_location_settings_of_the_client_path(make_proxy, echo):
+    engine = make_proxy(f"""
+ProxyWebsocketAsync Off
+<Location /fast/>
+    ProxyWebsocketAsync On
+</Location>
+RewriteEngine On
+RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+RewriteRule ^/(.*) ws://127.0.0.1:{echo.address[1]}/elsewhere/$1 [P]
+""")
+    _ws_echo(engine, "/fast/x")
+    wait_for(lambda: engine.stats["tunnels.async"] == 1, what="an async tunnel for /fast/")
+    _ws_echo(engine, "/slow/x")
+    wait_for(lambda: engine.stats["tunnels.sync"] == 1, what="a sync tunnel for /slow/")

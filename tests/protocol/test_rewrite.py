@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.sansio import conf
 from tunnel.config.model import Scope
-from tunnel.errors import BadRequest, InternalServerError, NotFound
+from tunnel.errors import BadRequest, InternalServerError, NotFound, TunnelError
 from tunnel.protocol import routing
 from tunnel.protocol.rewrite import Action, Outcome, RewriteRequest, evaluate, proxy_route
 
@@ -214,3 +216,30 @@ def test_a_query_change_alone_is_a_new_target() -> None:
     out = run("RewriteRule ^/a - [QSD]\nRewriteRule ^/z /y\n", "/a?x=1")
     assert (out.action, out.target) == (Action.PATH, "/a")
     assert run("RewriteRule ^/a - [QSD]\n", "/a").action is Action.UNCHANGED
+
+
+@given(
+    target=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=30).map(lambda t: "/" + t),
+    host=st.text(max_size=10),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_request_gets_an_outcome_or_a_tunnel_error(target: str, host: str) -> None:
+    scope = scope_of(
+        "RewriteEngine On\n"
+        "RewriteCond %{HTTP_HOST} ^(.*)$\n"
+        "RewriteRule ^/(a.*) /%1/$1?q [QSA]\n"
+        "RewriteRule ^/(b.*) http://%{HTTP_HOST}/$1 [R]\n"
+        "RewriteRule ^/(.*) ws://b/$1 [P]\n"
+    )
+    try:
+        out = evaluate(scope, RewriteRequest("GET", target, (("Host", host),)))
+    except TunnelError:
+        return
+    assert isinstance(out, Outcome)
+    if out.action is Action.PROXY:
+        assert out.rule is not None
+        try:
+            one_off, raw = proxy_route(out.target, out.rule, {})
+        except TunnelError:
+            return
+        assert raw.startswith("/") and one_off.target is not None

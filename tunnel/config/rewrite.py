@@ -165,7 +165,7 @@ def _rule(args: list[str], conds: tuple[RewriteCond, ...], file: str, line: int)
             status = 302
             if eq:
                 status = {"permanent": 301, "temp": 302, "seeother": 303}.get(value.lower(), 0) or (
-                    int(value) if value.isdigit() else 0
+                    int(value) if re.fullmatch(r"[0-9]{3}", value) else 0
                 )
                 if not 300 <= status <= 399:
                     raise Expected("R=3xx (or permanent, temp, seeother)", flag)
