@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.sansio import conf
 from tunnel.config.model import Scope
-from tunnel.errors import BadRequest, InternalServerError, NotFound, TunnelError
+from tunnel.errors import BadRequest, InternalServerError, NotFound, TunnelError, UpgradeRequired
 from tunnel.protocol import routing
-from tunnel.protocol.rewrite import Action, Outcome, RewriteRequest, evaluate, proxy_route
+from tunnel.protocol.rewrite import Action, Outcome, RewriteRequest, evaluate, proxy_route, route_proxy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -243,3 +245,23 @@ def test_any_request_gets_an_outcome_or_a_tunnel_error(target: str, host: str) -
         except TunnelError:
             return
         assert raw.startswith("/") and one_off.target is not None
+
+
+def test_route_proxy_under_fallback_off_answers_426_without_upgrade() -> None:
+    config = conf("RewriteEngine On\nProxyWebsocketFallbackToProxyHttp {}\nRewriteRule ^/(.*) ws://b/$1 [P]\n".format("Off"))
+    scope = config.scope
+    one_off, target = proxy_route("ws://b/x", scope.rewrite_rules[0], config.balancers)
+    with pytest.raises(UpgradeRequired) as info:
+        route_proxy(scope, one_off, target, "/x", None, "GET")
+    assert ("Upgrade", "WebSocket") in info.value.headers
+    assert route_proxy(scope, one_off, target, "/x", "websocket", "GET").tunnel
+    with pytest.raises(UpgradeRequired):
+        route_proxy(scope, one_off, target, "/x", "h2c", "GET")
+    on = dataclasses.replace(scope, fallback_to_proxy_http=True)
+    plain = route_proxy(on, one_off, target, "/x", None, "GET")
+    assert not plain.tunnel and plain.target is not None and plain.target.scheme == "http"
+    # The <Location> settings of the client's path apply, not those of the backend path.
+    located = conf(
+        "ProxyWebsocketFallbackToProxyHttp Off\n<Location /open/>\nProxyWebsocketFallbackToProxyHttp On\n</Location>\n"
+    ).scope
+    assert not route_proxy(located, one_off, target, "/open/x", None, "GET").tunnel

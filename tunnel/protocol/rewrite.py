@@ -21,6 +21,7 @@ How the rules run (docs/httpd-behaviour.md, R63-R68):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,10 @@ from typing import Optional
 
 from ..config.model import Balancer, ProxyRule, RewriteCond, RewriteRule, Scope
 from ..config.values import BadDirective, parse_url
-from ..errors import BadRequest, InternalServerError
-from .routing import encode_path, normalize_target
+from ..errors import BadRequest, InternalServerError, UpgradeRequired
+from .routing import RouteResult, effective_scope, encode_path, normalize_target, route
 
-__all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route"]
+__all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "route_proxy"]
 
 _TEMPLATE_RE = re.compile(r"\\([$%\\])|\$([0-9])|%([0-9])|%\{([^}]*)\}")
 _ABSOLUTE_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
@@ -323,3 +324,30 @@ def proxy_route(url: str, rule: RewriteRule, balancers: Mapping[str, Balancer]) 
         )
         return one_off, target
     return ProxyRule("/", target=parsed.target, nocanon=rule.noescape, file=rule.file, line=rule.line), target
+
+
+def route_proxy(
+    scope: Scope, one_off: ProxyRule, raw_target: str, client_target: str, upgrade_header: Optional[str], method: str
+) -> RouteResult:
+    """Route a [P] request with its one-off rule (R67): the `<Location>` settings of the
+    client's path apply, then ProxyPass routing decides upgrade or plain HTTP.
+
+    Under ProxyWebsocketFallbackToProxyHttp Off a ws/wss target answers a request with
+    no Upgrade header 426, as mod_proxy_wstunnel's handler does: no check_trans veto
+    (R2) lets it fall through to another route, since [P] chose this one.
+
+    Raises:
+        UpgradeRequired: as above, or when the Upgrade offers nothing the route allows.
+        BadRequest, Forbidden, NotFound, MethodNotAllowed: from routing.
+    """
+    client_path, _ = normalize_target(client_target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
+    effective = dataclasses.replace(effective_scope(scope, client_path), rules=(one_off,), locations=())
+    is_ws = (one_off.target is not None and one_off.target.is_ws) or one_off.balancer_scheme in ("ws", "wss")
+    offered = [t for t in (upgrade_header or "").split(",") if t.strip()]
+    if is_ws and not offered and not effective.fallback_to_proxy_http:
+        raise UpgradeRequired(
+            "upgrade required",
+            detail=f"no Upgrade on the [P] route of {one_off.where}",
+            headers=[("Connection", "Upgrade"), ("Upgrade", "WebSocket")],
+        )
+    return route(effective, raw_target, upgrade_header, method=method)

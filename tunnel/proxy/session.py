@@ -15,7 +15,6 @@ The engine is reached only through `Services`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import ssl
@@ -372,10 +371,7 @@ def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> R
             tls = (one_off.target is not None and one_off.target.tls) or any(m.target.tls for m in members)
             if tls and not scope.proxy_tls.engine:
                 raise InternalServerError("proxy TLS is off", detail=f"{outcome.target} needs SSLProxyEngine On ({where})")
-            client_path, _ = routing.normalize_target(head.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
-            # <Location> settings follow the client's path; the one-off rule takes any path.
-            effective = dataclasses.replace(routing.effective_scope(scope, client_path), rules=(one_off,), locations=())
-            return routing.route(effective, target, head.get("upgrade"), method=head.method)
+            return rewrite.route_proxy(scope, one_off, target, head.target, head.get("upgrade"), head.method)
         if action is rewrite.Action.PATH:
             target = outcome.target
     return routing.route(scope, target, head.get("upgrade"), method=head.method)
