@@ -160,3 +160,31 @@ RewriteRule ^/(.*) ws://127.0.0.1:{echo.address[1]}/elsewhere/$1 [P]
     wait_for(lambda: engine.stats["tunnels.async"] == 1, what="an async tunnel for /fast/")
     _ws_echo(engine, "/slow/x")
     wait_for(lambda: engine.stats["tunnels.sync"] == 1, what="a sync tunnel for /slow/")
+
+
+def test_proxy_to_wss_uses_the_scope_sslproxy_settings(make_proxy, tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(ctx)
+    with EchoServer("127.0.0.1", 0, ssl_context=ctx) as backend:
+        port = backend.address[1]
+        engine = make_proxy(f"""
+SSLProxyEngine On
+SSLProxyCACertificateFile {ca_file}
+RewriteEngine On
+RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+RewriteRule ^/(.*) wss://localhost:{port}/$1 [P,L]
+RewriteRule ^/(.*) https://localhost:{port}/$1 [P]
+""")
+        _ws_echo(engine, "/secure")
+        status, _, body = http_get(engine.addresses[0], "/page")
+        assert status == 200 and body
+        # Without the CA the backend's certificate is not trusted: 502, as for ProxyPass.
+        untrusted = make_proxy(f"SSLProxyEngine On\nRewriteEngine On\nRewriteRule ^/(.*) https://localhost:{port}/$1 [P]\n")
+        assert http_get(untrusted.addresses[0], "/page")[0] == 502

@@ -91,9 +91,9 @@ def test_variables() -> None:
     out = run(
         rules,
         "/p?a=1",
-        (("Host", "h"), ("User-Agent", "ua"), ("Cookie", "c=1")),
+        (("Host", "h:8443"), ("User-Agent", "ua"), ("Cookie", "c=1")),
         remote_addr="10.0.0.1",
-        server_port=8443,
+        server_port=9999,
         https=True,
     )
     assert out.target == "/GET/on/10.0.0.1/8443/ua/c=1/https/a=1"
@@ -102,8 +102,9 @@ def test_variables() -> None:
 
 
 def test_comparisons() -> None:
-    assert run("RewriteCond %{SERVER_PORT} -ge1000\nRewriteRule ^ - [F]\n", server_port=8080).action is Action.FORBIDDEN
-    assert run("RewriteCond %{SERVER_PORT} -lt1000\nRewriteRule ^ - [F]\n", server_port=8080).action is Action.UNCHANGED
+    port_8080 = (("Host", "h:8080"),)
+    assert run("RewriteCond %{SERVER_PORT} -ge1000\nRewriteRule ^ - [F]\n", headers=port_8080).action is Action.FORBIDDEN
+    assert run("RewriteCond %{SERVER_PORT} -lt1000\nRewriteRule ^ - [F]\n", headers=port_8080).action is Action.UNCHANGED
     assert run("RewriteCond %{HTTP_HOST} =H [NC]\nRewriteRule ^ - [F]\n", headers=(("Host", "h"),)).action is Action.FORBIDDEN
     assert run("RewriteCond %{HTTP_HOST} >m\nRewriteRule ^ - [F]\n", headers=(("Host", "z"),)).action is Action.FORBIDDEN
 
@@ -265,3 +266,16 @@ def test_route_proxy_under_fallback_off_answers_426_without_upgrade() -> None:
         "ProxyWebsocketFallbackToProxyHttp Off\n<Location /open/>\nProxyWebsocketFallbackToProxyHttp On\n</Location>\n"
     ).scope
     assert not route_proxy(located, one_off, target, "/open/x", None, "GET").tunnel
+
+
+def test_server_name_and_port_follow_the_host_header() -> None:
+    rule = "RewriteRule ^ /%{SERVER_NAME}/%{SERVER_PORT}\n"
+    assert run(rule, "/", (("Host", "Site.Test:8080"),)).target == "/site.test/8080"
+    assert run(rule, "/", (("Host", "site.test"),), https=True).target == "/site.test/443"
+    assert run(rule, "/", (("Host", "[::1]:81"),)).target == "/%5B::1%5D/81"
+    assert run(rule, "/", (), server_name="conf.test", server_port=8000).target == "/conf.test/8000"
+    # An absolute URL naming this host and port is reduced to its path; another port redirects.
+    assert run("RewriteRule ^/(.*) http://site.test:8080/in/$1\n", "/x", (("Host", "site.test:8080"),)).target == "/in/x"
+    other = run("RewriteRule ^/(.*) http://site.test:9090/in/$1\n", "/x", (("Host", "site.test:8080"),))
+    assert other.action is Action.REDIRECT
+    assert run("RewriteRule ^/(.*) https://site.test/$1\n", "/x", (("Host", "site.test"),), https=True).target == "/x"

@@ -120,8 +120,8 @@ class _State:
             "HTTPS": "on" if req.https else "off",
             "REMOTE_ADDR": req.remote_addr,
             "REMOTE_PORT": str(req.remote_port),
-            "SERVER_PORT": str(req.server_port),
-            "SERVER_NAME": req.server_name,
+            "SERVER_PORT": str(_server(req)[1]),
+            "SERVER_NAME": _server(req)[0],
             "SERVER_PROTOCOL": f"HTTP/{req.http_version}",
             "THE_REQUEST": f"{req.method} {req.target} HTTP/{req.http_version}",
         }
@@ -195,10 +195,31 @@ def _conds_hold(conds: Sequence[RewriteCond], state: _State) -> bool:
     return True
 
 
-def _same_host(authority: str, request: RewriteRequest) -> bool:
-    host = authority.lower()
-    names = {request.header("host").lower(), request.server_name.lower()}
-    return bool(host) and (host in names or host.rsplit(":", 1)[0] in names and host.endswith(f":{request.server_port}"))
+_AUTHORITY_RE = re.compile(r"(\[[^\]]*\]|[^:]*)(?::([0-9]{1,5}))?")
+
+
+def _split_authority(authority: str, default_port: int) -> tuple[str, int]:
+    m = _AUTHORITY_RE.fullmatch(authority)
+    if m is None:
+        return authority.lower(), default_port
+    return m.group(1).lower(), int(m.group(2)) if m.group(2) else default_port
+
+
+def _server(request: RewriteRequest) -> tuple[str, int]:
+    """SERVER_NAME and SERVER_PORT as httpd's default (UseCanonicalName Off) gives them:
+    the Host header's name and port (the scheme's default port when it names none);
+    without a Host, ServerName and the listener's port."""
+    default = 443 if request.https else 80
+    host = request.header("host")
+    if not host:
+        return request.server_name, request.server_port or default
+    return _split_authority(host, default)
+
+
+def _same_host(scheme: str, authority: str, request: RewriteRequest) -> bool:
+    """Does an absolute URL name this server (httpd's reduce_uri)?"""
+    default = 443 if scheme.lower() in ("https", "wss") else 80
+    return bool(authority) and _split_authority(authority, default) == _server(request)
 
 
 def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> str:
@@ -256,7 +277,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         if absolute is not None and rule.proxy:
             url = current + (f"?{_encode_query(query)}" if query else "")
             return Outcome(Action.PROXY, url, rule=rule, env=env)
-        if absolute is not None and not redirect and _same_host(absolute.group(2), request):
+        if absolute is not None and not redirect and _same_host(absolute.group(1), absolute.group(2), request):
             current = absolute.group(3) or "/"  # this host: reduced to its path
         elif absolute is not None and not redirect:
             redirect = 302  # another host: httpd's implicit redirect
