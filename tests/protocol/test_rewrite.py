@@ -279,3 +279,10 @@ def test_server_name_and_port_follow_the_host_header() -> None:
     other = run("RewriteRule ^/(.*) http://site.test:9090/in/$1\n", "/x", (("Host", "site.test:8080"),))
     assert other.action is Action.REDIRECT
     assert run("RewriteRule ^/(.*) https://site.test/$1\n", "/x", (("Host", "site.test"),), https=True).target == "/x"
+
+
+def test_a_dynamic_proxy_substitution_that_is_not_a_url_is_a_500() -> None:
+    with pytest.raises(InternalServerError):
+        run("RewriteRule ^/(.*) %{HTTP:X-To}/$1 [P]\n", "/a", (("X-To", "/local"),))
+    out = run("RewriteRule ^/(.*) %{HTTP:X-To}/$1 [P]\n", "/a", (("X-To", "ws://b"),))
+    assert (out.action, out.target) == (Action.PROXY, "ws://b/a")

@@ -236,6 +236,8 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         BadRequest, Forbidden, NotFound: the request-target itself is bad (as routing).
         BadRequest: a rule produced a local path that does not start with "/" (httpd:
             400).
+        InternalServerError: a [P] rule whose substitution (made by variables) is not
+            an absolute URL.
     """
     if not scope.rewrite_engine or not scope.rewrite_rules:
         return Outcome(Action.UNCHANGED)
@@ -274,7 +276,9 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
             current, changed = new, True
         redirect = rule.redirect or redirect
         absolute = _ABSOLUTE_RE.match(current)
-        if absolute is not None and rule.proxy:
+        if rule.proxy:
+            if absolute is None:  # a variable made it a local path: refused at load when literal
+                raise InternalServerError("bad [P] target", detail=f"{current!r} from RewriteRule at {rule.where}")
             url = current + (f"?{_encode_query(query)}" if query else "")
             return Outcome(Action.PROXY, url, rule=rule, env=env)
         if absolute is not None and not redirect and _same_host(absolute.group(1), absolute.group(2), request):
