@@ -4,8 +4,11 @@ file and line of the directive)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.sansio import conf
+from tunnel.config import parse
 from tunnel.config.model import RewriteRule
 from tunnel.errors import ConfigError
 
@@ -245,3 +248,22 @@ def test_errors_name_the_file_and_line(text: str, line: int, message: str) -> No
 def test_a_local_path_without_pt_is_routed_with_a_warning() -> None:
     config = conf("RewriteRule ^/a /b\nRewriteRule ^/c /d [PT]\nRewriteRule ^/e - [F]\nRewriteRule ^/f /g [R]\n")
     assert len(config.warnings) == 1 and config.warnings[0].startswith("t.conf:1: RewriteRule ^/a /b: a local path without [PT]")
+
+
+REWRITE_WORDS = st.sampled_from(
+    ["RewriteEngine", "RewriteCond", "RewriteRule", "RewriteOptions", "Inherit", "On", "Off", "^/(.*)", "!^/x", "/x",
+     "-", "ws://b/$1", "wss://b/", "balancer://c/", "%{HTTP:Upgrade}", "%{HTTP_HOST}", "%{NOPE}", "%1", "$1", "${m:k}",
+     "websocket", "=on", "-eq1", "-f", "[P,L]", "[NC,OR]", "[R=301]", "[F]", "[E=a:b]", "[QSA,QSD]", "[", "]", "(",
+     "<VirtualHost", "*:80>", "</VirtualHost>", "<Location", "/l>", "</Location>", "SSLProxyEngine", '"', "\\"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.lists(REWRITE_WORDS, min_size=1, max_size=5).map(" ".join), max_size=8))
+def test_any_rewrite_text_gives_a_config_or_an_error_on_a_directive_line(lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    try:
+        parse(text, filename="fuzz.conf")
+    except ConfigError as err:
+        assert err.file == "fuzz.conf" and 1 <= err.line <= len(lines), str(err)
+        assert lines[err.line - 1].strip(), str(err)
