@@ -79,3 +79,29 @@ def test_summary_shows_where_access_rules_apply() -> None:
 
 def test_summary_without_access_rules_has_no_access_lines() -> None:
     assert "access" not in summary(conf("ProxyPass / ws://b/\n"))
+
+
+def test_summary_lists_the_rewrite_rules_of_each_scope() -> None:
+    c = conf(
+        """\
+        RewriteEngine On
+        RewriteCond %{HTTP:Upgrade} websocket [NC]
+        RewriteCond %{HTTPS} !=on [OR]
+        RewriteRule ^/?(.*) "ws://127.0.0.1:8888/$1" [P,L]
+        ProxyPass / http://127.0.0.1:8888/
+        <VirtualHost *:80>
+            ServerName v.test
+            RewriteOptions Inherit
+            RewriteRule ^/old - [G]
+        </VirtualHost>
+        """
+    )
+    text = summary(c)
+    assert "  RewriteEngine On (the rewrite rules run before the routes)" in text
+    assert text.index("R1. RewriteRule") < text.index("1. ProxyPass /")
+    assert "     RewriteCond %{HTTP:Upgrade} websocket [NC]  [t.conf:2]" in text
+    assert "     RewriteCond %{HTTPS} !=on [OR]  [t.conf:3]" in text
+    assert "  R1. RewriteRule ^/?(.*) ws://127.0.0.1:8888/$1 [P,L]  [t.conf:4]" in text
+    vhost = text[text.index("v.test") :]
+    assert "  R1. RewriteRule ^/old - [G]  [t.conf:9]" in vhost
+    assert "  R2. RewriteRule ^/?(.*) ws://127.0.0.1:8888/$1 [P,L]  [t.conf:4]" in vhost

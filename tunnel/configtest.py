@@ -1,5 +1,6 @@
 """What `tunnel configtest` prints: the listeners, each scope's routes in match order
-with their backends and effective ProxyWebsocket* values, and the balancers."""
+with their backends and effective ProxyWebsocket* values, each scope's rewrite rules
+(with their conds) in evaluation order, and the balancers."""
 
 from __future__ import annotations
 
@@ -90,6 +91,18 @@ def summary(config: Config) -> str:
     ]
     for name, scope in named_scopes(config):
         out += ["", f"{name}:", f"  {_scope_values(scope)}"]
+        if scope.rewrite_rules or scope.rewrite_engine:
+            out.append(f"  RewriteEngine {'On' if scope.rewrite_engine else 'Off'} (the rewrite rules run before the routes)")
+        for n, rw in enumerate(scope.rewrite_rules, 1):
+            for cond in rw.conds:
+                neg = "!" if cond.negate else ""
+                op = "" if cond.kind == "regex" else cond.kind
+                flags = ",".join(f for f, on in (("NC", cond.nocase), ("OR", cond.ornext)) if on)
+                shown = f" [{flags}]" if flags else ""
+                out.append(f"     RewriteCond {cond.test} {neg}{op}{cond.pattern}{shown}  [{cond.file}:{cond.line}]")
+            pattern = f"!{rw.pattern}" if rw.negate else rw.pattern
+            flags = f" {rw.flags}" if rw.flags else ""
+            out.append(f"  R{n}. RewriteRule {pattern} {rw.substitution}{flags}  [{rw.where}]")
         if not scope.rules:
             out.append("  (no routes)")
         for n, rule in enumerate(scope.rules, 1):

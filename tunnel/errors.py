@@ -4,16 +4,19 @@
 
     TunnelError                      status + reason to answer with (if any)
     ├── ConfigError                  file, line, what was expected (never reaches a client)
+    ├── Redirect                     3xx with Location (RewriteRule [R]): not a failure
     ├── ClientError                  the client did wrong: 4xx
     │   ├── BadRequest               400
     │   ├── Forbidden                403
     │   ├── NotFound                 404
     │   ├── MethodNotAllowed         405
+    │   ├── Gone                     410 (RewriteRule [G])
     │   ├── RequestTimeout           408
     │   ├── URITooLong               414
     │   ├── UpgradeRequired          426 (carries Sec-WebSocket-Version: 13)
     │   └── HeaderFieldsTooLarge     431
     └── UpstreamError                the backend (or we, towards it) failed: 5xx
+        ├── InternalServerError      500 (a RewriteRule made an unusable target)
         ├── BackendDNSError          500
         ├── BadGateway               502 (closed before a head, bad head, bad 101, TLS)
         ├── ServiceUnavailable       503 (refused, connect timeout, worker in error,
@@ -42,6 +45,9 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "MethodNotAllowed",
+    "Gone",
+    "Redirect",
+    "InternalServerError",
     "RequestTimeout",
     "URITooLong",
     "UpgradeRequired",
@@ -100,6 +106,18 @@ class ConfigError(TunnelError):
         return str(self.args[0])
 
 
+class Redirect(TunnelError):
+    """A redirect answer (RewriteRule [R]): ``status`` 3xx, the Location header set.
+    Raised so that it takes the one answering path (and the access log) errors take."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(None, headers=[("Location", location)])
+        self.status = status
+        self.reason = {301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
+                       308: "Permanent Redirect"}.get(status, "Redirect")  # fmt: skip
+        self.location = location
+
+
 class ClientError(TunnelError):
     status = 400
     default_reason = "Bad Request"
@@ -123,6 +141,11 @@ class NotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status = 405
     default_reason = "Method Not Allowed"
+
+
+class Gone(ClientError):
+    status = 410
+    default_reason = "Gone"
 
 
 class RequestTimeout(ClientError):
@@ -157,6 +180,11 @@ class HeaderFieldsTooLarge(ClientError):
 class UpstreamError(TunnelError):
     status = 502
     default_reason = "Bad Gateway"
+
+
+class InternalServerError(UpstreamError):
+    status = 500
+    default_reason = "Internal Server Error"
 
 
 class BackendDNSError(UpstreamError):

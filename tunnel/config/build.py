@@ -32,6 +32,8 @@ from .model import (
     Member,
     ProxyRule,
     ProxyTLS,
+    RewriteCond,
+    RewriteRule,
     Scope,
     ServerTLS,
     VirtualHost,
@@ -48,6 +50,9 @@ class ScopeDraft:
     location_rules: list[ProxyRule] = field(default_factory=list)  # configuration order
     locations: list[Location] = field(default_factory=list)
     ssl_engine_at: tuple[str, int] = ("", 0)
+    rewrite_conds: list[RewriteCond] = field(default_factory=list)  # waiting for their rule
+    rewrite_rules: list[RewriteRule] = field(default_factory=list)
+    rewrite_options: Optional[str] = None  # "inherit" | "inheritbefore"
 
 
 @dataclass
@@ -96,7 +101,12 @@ class Draft:
 # -- building the Config ---------------------------------------------------------------------
 
 
-def _build_scope(settings: dict[str, Any], rules: list[ProxyRule], locations: list[Location]) -> Scope:
+def _build_scope(
+    settings: dict[str, Any],
+    rules: list[ProxyRule],
+    locations: list[Location],
+    rewrite_rules: tuple[RewriteRule, ...] = (),
+) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
         if key == "proxy_access":
@@ -108,6 +118,7 @@ def _build_scope(settings: dict[str, Any], rules: list[ProxyRule], locations: li
         limits=Limits(**groups["limits"]),
         proxy_tls=ProxyTLS(**groups["proxy_tls"]),
         locations=tuple(locations),
+        rewrite_rules=rewrite_rules,
         **groups[""],
     )
 
@@ -149,8 +160,13 @@ def finish(p: Draft, source: str) -> Config:
     main_settings = dict(p.main.settings)
     main_rules = [with_balancer(r) for r in p.main.rules]
     main_loc_rules = [with_balancer(r) for r in p.main.location_rules]
+    _dangling_conds(p)
+    main_rewrite = tuple(p.main.rewrite_rules)
     scope = _build_scope(
-        main_settings, _order_location_rules(main_loc_rules) + main_rules, _order_locations(p.main.locations)
+        main_settings,
+        _order_location_rules(main_loc_rules) + main_rules,
+        _order_locations(p.main.locations),
+        main_rewrite,
     )
     _check_proxy_tls(scope, balancers, "the server context")
     used = {r.balancer for r in p.balancer_refs}
@@ -175,7 +191,12 @@ def finish(p: Draft, source: str) -> Config:
             + main_rules
             + [with_balancer(r) for r in v.scope.rules]
         )
-        vscope = _build_scope(settings, rules, _order_locations(p.main.locations + v.scope.locations))
+        options = v.scope.rewrite_options or p.main.rewrite_options
+        own = tuple(v.scope.rewrite_rules)
+        # httpd's config_server_merge: Inherit appends the main server's rules after the
+        # vhost's own, InheritBefore puts them first, no option: the vhost's only (R65).
+        rewrite = own + main_rewrite if options == "inherit" else main_rewrite + own if options else own
+        vscope = _build_scope(settings, rules, _order_locations(p.main.locations + v.scope.locations), rewrite)
         _check_proxy_tls(vscope, balancers, f"<VirtualHost> at {v.file}:{v.line}")
         vtls = _server_tls(settings, v.scope.ssl_engine_at) if "tls.engine" in v.scope.settings else None
         vhosts.append(
@@ -245,8 +266,45 @@ def _finish_balancers(p: Draft) -> dict[str, Balancer]:
     return balancers
 
 
+def _dangling_conds(p: Draft) -> None:
+    for draft in [p.main] + [v.scope for v in p.vhosts]:
+        if draft.rewrite_conds:
+            cond = draft.rewrite_conds[0]
+            raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
+
+
+_LITERAL_SCHEME = re.compile(r"(?i)(wss|https|balancer)://([A-Za-z0-9._-]*)")
+
+
+def _check_rewrite_targets(scope: Scope, balancers: dict[str, Balancer], where: str) -> None:
+    """R4 for [P] rules whose substitution starts with a literal scheme (R67): a wss://
+    or https:// one needs SSLProxyEngine On, a balancer:// one a defined balancer (whose
+    TLS members need it too). Dynamic schemes are checked per request (500)."""
+    for rule in scope.rewrite_rules:
+        m = _LITERAL_SCHEME.match(rule.substitution) if rule.proxy else None
+        if m is None:
+            continue
+        scheme, name = m.group(1).lower(), m.group(2).lower()
+        if scheme == "balancer":
+            if "$" in name or "%" in name:
+                continue
+            if name not in balancers:
+                raise ConfigError(f"RewriteRule: balancer://{name} is not defined", file=rule.file, line=rule.line)
+            if not scope.proxy_tls.engine and any(mb.target.tls for mb in balancers[name].members):
+                raise ConfigError(
+                    f"RewriteRule: balancer://{name} has TLS members and needs SSLProxyEngine On (in {where})",
+                    file=rule.file,
+                    line=rule.line,
+                )
+        elif not scope.proxy_tls.engine:
+            raise ConfigError(
+                f"RewriteRule: [P] to {scheme}:// needs SSLProxyEngine On (in {where})", file=rule.file, line=rule.line
+            )
+
+
 def _check_proxy_tls(scope: Scope, balancers: dict[str, Balancer], where: str) -> None:
     """R4: a wss/https backend needs SSLProxyEngine On in the scope that uses it."""
+    _check_rewrite_targets(scope, balancers, where)
     if scope.proxy_tls.engine:
         return
     for rule in scope.rules:

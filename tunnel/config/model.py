@@ -131,6 +131,60 @@ class ProxyRule:
 
 
 @dataclass(frozen=True)
+class RewriteCond:
+    """One `RewriteCond TestString CondPattern [flags]` line (docs/configuration.md).
+
+    ``kind`` is "regex", a lexical comparison ("=", "<", ">", "<=", ">=") or an integer
+    one ("-eq", "-ne", "-lt", "-le", "-gt", "-ge"); ``pattern`` is what it compares
+    with (the regex source, or the string after the operator).
+    """
+
+    test: str
+    pattern: str
+    kind: str = "regex"
+    negate: bool = False
+    nocase: bool = False
+    ornext: bool = False
+    file: str = "<config>"
+    line: int = 0
+    regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RewriteRule:
+    """One `RewriteRule Pattern Substitution [flags]` line with the conds before it.
+
+    ``redirect`` is the [R] status (0: none); ``env`` the [E=VAR:value] pairs, values
+    unexpanded. ``substitution`` "-" changes nothing.
+    """
+
+    pattern: str
+    substitution: str
+    conds: tuple[RewriteCond, ...] = ()
+    negate: bool = False
+    nocase: bool = False
+    proxy: bool = False
+    last: bool = False
+    end: bool = False
+    qsa: bool = False
+    qsd: bool = False
+    noescape: bool = False
+    passthrough: bool = False
+    redirect: int = 0
+    forbidden: bool = False
+    gone: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    flags: str = ""  # the [flags] argument as written, for configtest
+    file: str = "<config>"
+    line: int = 0
+    regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
 class Member:
     """One `BalancerMember`. ``status`` holds the set flags among "DSHIRN" (R42)."""
 
@@ -367,6 +421,11 @@ class Scope:
     locations: tuple[Location, ...] = ()
     access: Optional[AccessRules] = None  # the server's or vhost's own (merged) rules
     proxy_access: tuple[ProxyAccess, ...] = ()  # <Proxy URL> blocks, main server's first
+    #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
+    rewrite_engine: bool = False
+    #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
+    #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
+    rewrite_rules: tuple[RewriteRule, ...] = ()
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

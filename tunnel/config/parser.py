@@ -26,6 +26,7 @@ from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, 
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
+from .rewrite import RewriteDirectives
 from .values import (
     IGNORED_DIRECTIVES,
     MAX_INCLUDE_DEPTH,
@@ -113,6 +114,7 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[_Ctx]]] = {
         ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
+        ("RewriteEngine", "rewrite_engine", on_off, _SV),
     )
 }
 
@@ -137,6 +139,9 @@ _HANDLERS: dict[str, tuple[str, str, frozenset[_Ctx]]] = {
         ("ErrorLog", "_error_log", _SV),
         ("LogFormat", "_log_format", _SV),
         ("CustomLog", "_custom_log", _SV),
+        ("RewriteCond", "_rewrite_cond", _SVL),
+        ("RewriteRule", "_rewrite_rule", _SVL),
+        ("RewriteOptions", "_rewrite_options", _SVL),
         ("Include", "_include", _ALL),
         ("IncludeOptional", "_include_optional", _ALL),
     )
@@ -160,7 +165,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -211,6 +216,9 @@ class _Parser(Draft, AccessHooks, LogHooks):
         self.warnings.append(f"{self.file}:{self.line}: {text}")
 
     # -- contexts ----------------------------------------------------------------------
+    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
+        return self.scope, self.frame.location is not None
+
     @property
     def frame(self) -> _Frame:
         """The innermost section that is not transparent."""
@@ -570,6 +578,7 @@ class _Parser(Draft, AccessHooks, LogHooks):
         finally:
             self.includes.pop()
             self.file, self.line = file, line
+
 
 def parse(text: str, *, filename: str = "<config>") -> Config:
     """Parse httpd-style configuration text into a `Config`.

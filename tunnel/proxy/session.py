@@ -32,6 +32,9 @@ from ..errors import (
     ClientGone,
     Forbidden,
     GatewayTimeout,
+    Gone,
+    InternalServerError,
+    Redirect,
     RequestTimeout,
     TunnelError,
     UpstreamError,
@@ -40,7 +43,7 @@ from ..io.loop import Wait
 from ..io.steps import recv, sendall, tls_handshake
 from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
 from ..io.tls import TLSStream
-from ..protocol import routing
+from ..protocol import rewrite, routing
 from ..protocol.access import AccessRequest, backend_url, effective_access, is_granted
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
@@ -212,6 +215,7 @@ def _answer_error(
         # the access log keeps the status that was sent.
         return False
     ex.status = exc.status
+    ex.response_headers = list(exc.headers)  # %{Location}o of a redirect, for one
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
     keep = (
         not close
@@ -260,7 +264,7 @@ def _handle(
     clock = time.monotonic
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
-    decision = routing.route(scope, head.target, head.get("upgrade"), method=head.method)
+    decision = _route(engine, scope, head, ex)
     _check_access(scope, decision, head, ex)  # before the upgrade checks and any backend (R70)
     scope = decision.scope
     rule = decision.rule
@@ -354,6 +358,46 @@ def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Ex
     )
     if not is_granted(rules, request):
         raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
+def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> RouteResult:
+    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
+    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P]."""
+    target = head.target
+    if scope.rewrite_engine and scope.rewrite_rules:
+        listener = ex.listener
+        request = rewrite.RewriteRequest(
+            head.method,
+            head.target,
+            head.headers,
+            head.http_version,
+            remote_addr=peer_ip(ex.peer),
+            remote_port=ex.peer[1] if isinstance(ex.peer[1], int) else 0,
+            server_port=listener.port if listener is not None else 0,
+            https=listener is not None and listener.tls,
+            server_name=scope.server_name or engine.server_name,
+        )
+        outcome = rewrite.evaluate(scope, request)
+        ex.notes.update(outcome.env)
+        rule = outcome.rule
+        where = f"RewriteRule at {rule.where}" if rule is not None else ""
+        if rule is not None:
+            ex.notes["rewrite"] = where
+        action = outcome.action
+        if action is rewrite.Action.FORBIDDEN:
+            raise Forbidden("forbidden", detail=where)
+        if action is rewrite.Action.GONE:
+            raise Gone("gone", detail=where)
+        if action is rewrite.Action.REDIRECT:
+            raise Redirect(outcome.status, outcome.target)
+        if action is rewrite.Action.PROXY and rule is not None:
+            one_off, target = rewrite.proxy_route(outcome.target, rule, engine.config.balancers)
+            members = engine.config.balancers[one_off.balancer].members if one_off.balancer else ()
+            tls = (one_off.target is not None and one_off.target.tls) or any(m.target.tls for m in members)
+            if tls and not scope.proxy_tls.engine:
+                raise InternalServerError("proxy TLS is off", detail=f"{outcome.target} needs SSLProxyEngine On ({where})")
+            return rewrite.route_proxy(scope, one_off, target, head.target, head.get("upgrade"), head.method)
+        if action is rewrite.Action.PATH:
+            target = outcome.target
+    return routing.route(scope, target, head.get("upgrade"), method=head.method)
 
 
 def _forwarded_request(
