@@ -39,6 +39,7 @@ from __future__ import annotations
 import enum
 import mmap
 import ssl
+import threading
 from typing import Optional, Union
 
 from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
@@ -114,20 +115,31 @@ def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
 class Budget:
     """Bytes buffered across many tunnels, against one limit (``TunnelBufferLimit``).
 
-    Not locked: the async driver's tunnels share a loop thread; sync threads adding and
-    removing at once can make ``used`` drift by a few chunks, which only shifts when reads
-    pause — never correctness. ``limit`` 0 means no limit.
+    Shared by the loop thread and every sync tunnel thread, so ``take`` and ``give`` are
+    locked: unlocked ``+=`` from two threads can lose an update, and the count would
+    drift away from the bytes really held. ``limit`` 0 means no limit.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("limit", "used", "_lock")
 
     def __init__(self, limit: int = 0) -> None:
         self.limit = limit
         self.used = 0
+        self._lock = threading.Lock()
 
     @property
     def exhausted(self) -> bool:
         return self.limit > 0 and self.used >= self.limit
+
+    def take(self, n: int) -> None:
+        """``n`` more bytes are buffered."""
+        with self._lock:
+            self.used += n
+
+    def give(self, n: int) -> None:
+        """``n`` buffered bytes are gone (sent, or dropped with their tunnel)."""
+        with self._lock:
+            self.used -= n
 
 
 class Flow:
@@ -225,7 +237,7 @@ class Pump:
             if data:
                 flow.pending = bytearray(data)
                 if budget is not None:
-                    budget.used += len(data)
+                    budget.take(len(data))
 
     # -- what the driver calls ---------------------------------------------------------
     def start(self) -> None:
@@ -354,7 +366,7 @@ class Pump:
             if pending is not None:
                 pending += scratch[:n]
                 if self.budget is not None:
-                    self.budget.used += n
+                    self.budget.take(n)
             else:
                 try:
                     sent = flow.dst.send(scratch[:n])
@@ -366,7 +378,7 @@ class Pump:
                 if sent < n:
                     flow.pending = pending = bytearray(scratch[sent:n])
                     if self.budget is not None:
-                        self.budget.used += n - sent
+                        self.budget.take(n - sent)
             if pending is not None and (
                 len(pending) >= self.high_water or (budget is not None and budget.exhausted)
             ):
@@ -387,7 +399,7 @@ class Pump:
             self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
             return
         if self.budget is not None:
-            self.budget.used -= sent
+            self.budget.give(sent)
         if sent < len(pending):
             del pending[:sent]  # cheap: bytearray keeps an offset for front deletes
             return
@@ -438,7 +450,7 @@ class Pump:
 
     def _drop(self, flow: Flow) -> None:
         if flow.pending is not None and self.budget is not None:
-            self.budget.used -= len(flow.pending)
+            self.budget.give(len(flow.pending))
         flow.pending = None
 
     def __repr__(self) -> str:
