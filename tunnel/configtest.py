@@ -5,8 +5,8 @@ with their backends and effective ProxyWebsocket* values, each scope's rewrite r
 from __future__ import annotations
 
 from .config.checks import named_scopes, rule_backend
+from .config.directives import SETTINGS
 from .config.model import AccessRules, Config, ProxyRule, Require, RequireSection, Scope
-from .config.parser import SETTINGS
 
 __all__ = ["summary"]
 

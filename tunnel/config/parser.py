@@ -15,14 +15,13 @@ import functools
 import glob
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Optional
 
 from ..errors import ConfigError
 from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, compat_directive
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
+from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
@@ -36,7 +35,6 @@ from .values import (
     balancer_key,
     byte_size,
     compile_regex,
-    encoded_slashes,
     listen_address,
     member_key,
     on_off,
@@ -44,33 +42,10 @@ from .values import (
     positive_int,
     rule_key,
     seconds,
-    seconds_ms,
     server_name,
     ssl_protocol,
-    text_value,
     url_keys,
-    verify,
 )
-
-
-class _Ctx(Enum):
-    """Where a directive stands."""
-
-    SERVER = "the server context"
-    VHOST = "<VirtualHost>"
-    LOCATION = "<Location>"
-    PROXY = "<Proxy balancer://...>"
-    PROXY_URL = "<Proxy URL>"
-    REQUIRE = "<RequireAll|Any|None>"
-
-
-_S = frozenset({_Ctx.SERVER})
-_SV = frozenset({_Ctx.SERVER, _Ctx.VHOST})
-_SVL = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION})
-_SVP = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.PROXY})
-_V = frozenset({_Ctx.VHOST})
-_ALL = frozenset(_Ctx)
-_AUTH = frozenset({_Ctx.SERVER, _Ctx.VHOST, _Ctx.LOCATION, _Ctx.PROXY, _Ctx.PROXY_URL})
 
 
 @dataclass
@@ -78,7 +53,7 @@ class _Frame:
     """An open section. ``ctx`` None: transparent (`<IfModule>`)."""
 
     tag: str
-    ctx: Optional[_Ctx]
+    ctx: Optional[Ctx]
     file: str
     line: int
     scope: Optional[ScopeDraft] = None
@@ -86,77 +61,6 @@ class _Frame:
     balancer: Optional[str] = None
     vhost: Optional[VhostDraft] = None
     authz: Optional[AuthzDraft] = None  # its Require lines (a context's or a section's)
-
-
-#: Directives that set one value: lower-case name -> (name, settings key, parser, contexts).
-#: Keys without a dot are `Scope` fields; ``limits.``, ``proxy_tls.`` and ``tls.`` ones
-#: go to `Limits`, `ProxyTLS` and `ServerTLS`.
-SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[_Ctx]]] = {
-    spec[0].lower(): spec
-    for spec in (
-        ("ProxyWebsocketAsync", "websocket_async", on_off, _SVL),
-        ("ProxyWebsocketAsyncDelay", "websocket_async_delay", seconds_ms, _SVL),
-        ("ProxyWebsocketIdleTimeout", "websocket_idle_timeout", seconds_ms, _SVL),
-        ("ProxyWebsocketFallbackToProxyHttp", "fallback_to_proxy_http", on_off, _SVL),
-        ("ProxyPreserveHost", "preserve_host", on_off, _SVL),
-        ("ProxyAddHeaders", "add_headers", on_off, _SVL),
-        ("Timeout", "timeout", seconds, _SV),
-        ("ProxyTimeout", "proxy_timeout", seconds, _SV),
-        ("ServerName", "server_name", server_name, _SV),
-        ("LimitRequestLine", "limits.request_line", positive_int, _SV),
-        ("LimitRequestFieldSize", "limits.field_size", positive_int, _SV),
-        ("LimitRequestFields", "limits.fields", positive_int, _SV),
-        ("AllowEncodedSlashes", "limits.allow_encoded_slashes", encoded_slashes, _SV),
-        ("SSLProxyEngine", "proxy_tls.engine", on_off, _SV),
-        ("SSLProxyVerify", "proxy_tls.verify", verify, _SV),
-        ("SSLProxyCACertificateFile", "proxy_tls.ca_file", text_value, _SV),
-        ("SSLProxyCheckPeerName", "proxy_tls.check_peer_name", on_off, _SV),
-        ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
-        ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
-        ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
-        ("RewriteEngine", "rewrite_engine", on_off, _SV),
-    )
-}
-
-#: Directives with their own handler: lower-case name -> (name, method, contexts).
-_HANDLERS: dict[str, tuple[str, str, frozenset[_Ctx]]] = {
-    spec[0].lower(): spec
-    for spec in (
-        ("Listen", "_listen", _S),
-        ("Require", "_require", _AUTH | {_Ctx.REQUIRE}),
-        ("AuthMerging", "_auth_merging", _AUTH),
-        ("ServerAlias", "_server_alias", _V),
-        ("ProxyPass", "_proxy_pass", _SVL),
-        ("ProxyPassMatch", "_proxy_pass_match", _SVL),
-        ("BalancerMember", "_balancer_member", _SVP),
-        ("ProxySet", "_proxy_set", _SVP),
-        ("MaxTunnelThreads", "_max_tunnel_threads", _S),
-        ("TunnelBufferLimit", "_tunnel_buffer_limit", _S),
-        ("RequestReadTimeout", "_request_read_timeout", _SV),
-        ("SSLEngine", "_ssl_engine", _SV),
-        ("SSLProtocol", "ssl_protocol", _SV),
-        ("LogLevel", "log_level", _SV),
-        ("ErrorLog", "_error_log", _SV),
-        ("LogFormat", "_log_format", _SV),
-        ("CustomLog", "_custom_log", _SV),
-        ("RewriteCond", "_rewrite_cond", _SVL),
-        ("RewriteRule", "_rewrite_rule", _SVL),
-        ("RewriteOptions", "_rewrite_options", _SVL),
-        ("Include", "_include", _ALL),
-        ("IncludeOptional", "_include_optional", _ALL),
-    )
-}
-
-#: Sections: lower-case name -> (name, contexts).
-_SECTIONS: dict[str, tuple[str, frozenset[_Ctx]]] = {
-    "virtualhost": ("VirtualHost", _S),
-    "location": ("Location", _SV),
-    "locationmatch": ("LocationMatch", _SV),
-    "proxy": ("Proxy", _SV),
-    "proxymatch": ("ProxyMatch", _SV),
-    "ifmodule": ("IfModule", _ALL),
-    **{k.lower(): (k, _AUTH | {_Ctx.REQUIRE}) for k in ("RequireAll", "RequireAny", "RequireNone")},
-}
 
 
 def _one(args: list[str], what: str = "one argument") -> str:
@@ -170,7 +74,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stack: list[_Frame] = [_Frame("", _Ctx.SERVER, "", 0, scope=self.main)]
+        self.stack: list[_Frame] = [_Frame("", Ctx.SERVER, "", 0, scope=self.main)]
         self.includes: list[str] = []
         self.file = ""
         self.line = 0
@@ -229,11 +133,11 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         """The main server's or the enclosing vhost's builder."""
         return next(f.scope for f in reversed(self.stack) if f.scope is not None)
 
-    def _check_context(self, contexts: frozenset[_Ctx]) -> None:
+    def _check_context(self, contexts: frozenset[Ctx]) -> None:
         ctx = self.frame.ctx
         assert ctx is not None
         if ctx not in contexts:
-            allowed = ", ".join(c.value for c in _Ctx if c in contexts)
+            allowed = ", ".join(c.value for c in Ctx if c in contexts)
             raise BadDirective(f"not allowed in {ctx.value} (allowed in: {allowed})")
 
     # -- sections ----------------------------------------------------------------------
@@ -245,26 +149,26 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             raise BadDirective("empty section name")
         key = words[0].lower()
         args = words[1:]
-        if key in SKIPPED_SECTIONS or (key in ("limit", "limitexcept") and self.frame.ctx is _Ctx.PROXY_URL):
+        if key in SKIPPED_SECTIONS or (key in ("limit", "limitexcept") and self.frame.ctx is Ctx.PROXY_URL):
             # <Limit> in <Proxy URL>: such blocks were skipped whole before their Require
             # lines were read, and published files carry them; skipped, as they were.
             self.warn(f"<{words[0]}> section is not used by tunnel; skipped")
             self.skipping = [words[0], 1, self.file, self.line]
             return
-        if key not in _SECTIONS:
+        if key not in SECTIONS:
             raise BadDirective(f"unknown section <{words[0]}>")
-        name, contexts = _SECTIONS[key]
+        name, contexts = SECTIONS[key]
         try:
             self._check_context(contexts)
             if key.startswith("require"):
-                frame = self._new_frame(name, _Ctx.REQUIRE, authz=self.require_section(name, args))
+                frame = self._new_frame(name, Ctx.REQUIRE, authz=self.require_section(name, args))
             else:
                 frame = getattr(self, f"_open_{key}")(args)
         except BadDirective as exc:
             raise BadDirective(f"<{name}>: {exc}") from None
         self.stack.append(frame)
 
-    def _new_frame(self, tag: str, ctx: Optional[_Ctx], **kw: Any) -> _Frame:
+    def _new_frame(self, tag: str, ctx: Optional[Ctx], **kw: Any) -> _Frame:
         return _Frame(tag, ctx, self.file, self.line, **kw)
 
     def _open_ifmodule(self, args: list[str]) -> _Frame:
@@ -275,7 +179,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         if not args:
             raise BadDirective("expected one or more addr:port")
         vhost = VhostDraft(tuple(listen_address(a, vhost=True) for a in args), self.file, self.line)
-        return self._new_frame("VirtualHost", _Ctx.VHOST, scope=vhost.scope, vhost=vhost)
+        return self._new_frame("VirtualHost", Ctx.VHOST, scope=vhost.scope, vhost=vhost)
 
     def _open_location(self, args: list[str], tag: str = "Location") -> _Frame:
         regex = tag == "LocationMatch"
@@ -285,7 +189,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         compiled = compile_regex(path) if regex else None
         if not regex and not path.startswith("/"):
             raise Expected("a URL path starting with /", path)
-        return self._new_frame(tag, _Ctx.LOCATION, location=LocationDraft(path, regex, compiled))
+        return self._new_frame(tag, Ctx.LOCATION, location=LocationDraft(path, regex, compiled))
 
     def _open_locationmatch(self, args: list[str]) -> _Frame:
         return self._open_location(args, "LocationMatch")
@@ -294,15 +198,15 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         if tag == "ProxyMatch" or (len(args) == 2 and args[0] == "~"):  # a regex: "~" marks it
             pattern = _one(args[-1:] if tag == "Proxy" else args, "a regular expression")
             compile_regex(pattern)
-            return self._new_frame(tag, _Ctx.PROXY_URL, balancer="~" + pattern)
+            return self._new_frame(tag, Ctx.PROXY_URL, balancer="~" + pattern)
         if not _one(args, "a URL or balancer://name").lower().startswith("balancer://"):
-            return self._new_frame(tag, _Ctx.PROXY_URL, balancer=args[0])  # access rules only
+            return self._new_frame(tag, Ctx.PROXY_URL, balancer=args[0])  # access rules only
         url = parse_url(args[0])
         assert url.balancer is not None
         build = self._balancer(url.balancer)
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
-        return self._new_frame("Proxy", _Ctx.PROXY, balancer=url.balancer)
+        return self._new_frame("Proxy", Ctx.PROXY, balancer=url.balancer)
 
     def _open_proxymatch(self, args: list[str]) -> _Frame:
         return self._open_proxy(args, "ProxyMatch")
@@ -319,11 +223,11 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         if top.file != self.file:
             raise BadDirective(f"</{name}> closes a section opened in {top.file}")
         self.stack.pop()
-        rules = top.authz.rules() if top.authz is not None and top.ctx is not _Ctx.REQUIRE else None
-        if top.ctx is _Ctx.REQUIRE and top.authz is not None:
+        rules = top.authz.rules() if top.authz is not None and top.ctx is not Ctx.REQUIRE else None
+        if top.ctx is Ctx.REQUIRE and top.authz is not None:
             close_section(top.authz, top.tag)
-        elif top.ctx in (_Ctx.PROXY_URL, _Ctx.PROXY) and top.balancer is not None and rules is not None:
-            pattern = top.balancer if top.ctx is _Ctx.PROXY_URL else f"balancer://{top.balancer}"  # a prefix
+        elif top.ctx in (Ctx.PROXY_URL, Ctx.PROXY) and top.balancer is not None and rules is not None:
+            pattern = top.balancer if top.ctx is Ctx.PROXY_URL else f"balancer://{top.balancer}"  # a prefix
             regex = compile_regex(pattern[1:]) if pattern.startswith("~") else None
             access = ProxyAccess(pattern.lstrip("~") if regex else pattern, rules, top.file, top.line, regex)
             self.scope.settings.setdefault("proxy_access", []).append(access)
@@ -347,13 +251,13 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         if key in COMPAT_DIRECTIVES:  # those that restrict raise: ignoring them would open access
             self.warn(compat_directive(name, args))
             return
-        if key in IGNORED_DIRECTIVES or (self.frame.ctx is _Ctx.PROXY_URL and key not in ("require", "authmerging")):
+        if key in IGNORED_DIRECTIVES or (self.frame.ctx is Ctx.PROXY_URL and key not in ("require", "authmerging")):
             self.warn(f"{name} is not used by tunnel{' in <Proxy URL>' if key not in IGNORED_DIRECTIVES else ''}; ignored")
             return
         if key in SETTINGS:
             canonical, setting, parser, contexts = SETTINGS[key]
-        elif key in _HANDLERS:
-            canonical, method, contexts = _HANDLERS[key]
+        elif key in HANDLERS:
+            canonical, method, contexts = HANDLERS[key]
         else:
             raise BadDirective(f'unknown directive "{name}" (not an httpd directive tunnel knows or ignores)')
         try:
@@ -489,7 +393,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             build.params[key] = balancer_key(key, value)
 
     def in_vhost(self) -> bool:
-        return self.frame.ctx is _Ctx.VHOST
+        return self.frame.ctx is Ctx.VHOST
 
     def authz_holder(self, create: bool = True) -> AuthzDraft:
         frame = self.frame

@@ -1,0 +1,116 @@
+"""Where each directive may stand, and what reads it: the parser's tables.
+
+`Ctx` names the contexts; `SETTINGS` the directives that set one value (with their
+value parser), `HANDLERS` those with a method of their own on the parser, `SECTIONS`
+the sections. Kept apart from the parser so that configtest can name directives too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from .values import (
+    encoded_slashes,
+    on_off,
+    positive_int,
+    seconds,
+    seconds_ms,
+    server_name,
+    text_value,
+    verify,
+)
+
+__all__ = ["Ctx", "SETTINGS", "HANDLERS", "SECTIONS"]
+
+
+class Ctx(Enum):
+    """Where a directive stands."""
+
+    SERVER = "the server context"
+    VHOST = "<VirtualHost>"
+    LOCATION = "<Location>"
+    PROXY = "<Proxy balancer://...>"
+    PROXY_URL = "<Proxy URL>"
+    REQUIRE = "<RequireAll|Any|None>"
+
+
+_S = frozenset({Ctx.SERVER})
+_SV = frozenset({Ctx.SERVER, Ctx.VHOST})
+_SVL = frozenset({Ctx.SERVER, Ctx.VHOST, Ctx.LOCATION})
+_SVP = frozenset({Ctx.SERVER, Ctx.VHOST, Ctx.PROXY})
+_V = frozenset({Ctx.VHOST})
+_ALL = frozenset(Ctx)
+_AUTH = frozenset({Ctx.SERVER, Ctx.VHOST, Ctx.LOCATION, Ctx.PROXY, Ctx.PROXY_URL})
+
+
+#: Directives that set one value: lower-case name -> (name, settings key, parser, contexts).
+#: Keys without a dot are `Scope` fields; ``limits.``, ``proxy_tls.`` and ``tls.`` ones
+#: go to `Limits`, `ProxyTLS` and `ServerTLS`.
+SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
+    spec[0].lower(): spec
+    for spec in (
+        ("ProxyWebsocketAsync", "websocket_async", on_off, _SVL),
+        ("ProxyWebsocketAsyncDelay", "websocket_async_delay", seconds_ms, _SVL),
+        ("ProxyWebsocketIdleTimeout", "websocket_idle_timeout", seconds_ms, _SVL),
+        ("ProxyWebsocketFallbackToProxyHttp", "fallback_to_proxy_http", on_off, _SVL),
+        ("ProxyPreserveHost", "preserve_host", on_off, _SVL),
+        ("ProxyAddHeaders", "add_headers", on_off, _SVL),
+        ("Timeout", "timeout", seconds, _SV),
+        ("ProxyTimeout", "proxy_timeout", seconds, _SV),
+        ("ServerName", "server_name", server_name, _SV),
+        ("LimitRequestLine", "limits.request_line", positive_int, _SV),
+        ("LimitRequestFieldSize", "limits.field_size", positive_int, _SV),
+        ("LimitRequestFields", "limits.fields", positive_int, _SV),
+        ("AllowEncodedSlashes", "limits.allow_encoded_slashes", encoded_slashes, _SV),
+        ("SSLProxyEngine", "proxy_tls.engine", on_off, _SV),
+        ("SSLProxyVerify", "proxy_tls.verify", verify, _SV),
+        ("SSLProxyCACertificateFile", "proxy_tls.ca_file", text_value, _SV),
+        ("SSLProxyCheckPeerName", "proxy_tls.check_peer_name", on_off, _SV),
+        ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
+        ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
+        ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
+        ("RewriteEngine", "rewrite_engine", on_off, _SV),
+    )
+}
+
+#: Directives with their own handler: lower-case name -> (name, method, contexts).
+HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
+    spec[0].lower(): spec
+    for spec in (
+        ("Listen", "_listen", _S),
+        ("Require", "_require", _AUTH | {Ctx.REQUIRE}),
+        ("AuthMerging", "_auth_merging", _AUTH),
+        ("ServerAlias", "_server_alias", _V),
+        ("ProxyPass", "_proxy_pass", _SVL),
+        ("ProxyPassMatch", "_proxy_pass_match", _SVL),
+        ("BalancerMember", "_balancer_member", _SVP),
+        ("ProxySet", "_proxy_set", _SVP),
+        ("MaxTunnelThreads", "_max_tunnel_threads", _S),
+        ("TunnelBufferLimit", "_tunnel_buffer_limit", _S),
+        ("RequestReadTimeout", "_request_read_timeout", _SV),
+        ("SSLEngine", "_ssl_engine", _SV),
+        ("SSLProtocol", "ssl_protocol", _SV),
+        ("LogLevel", "log_level", _SV),
+        ("ErrorLog", "_error_log", _SV),
+        ("LogFormat", "_log_format", _SV),
+        ("CustomLog", "_custom_log", _SV),
+        ("RewriteCond", "_rewrite_cond", _SVL),
+        ("RewriteRule", "_rewrite_rule", _SVL),
+        ("RewriteOptions", "_rewrite_options", _SVL),
+        ("Include", "_include", _ALL),
+        ("IncludeOptional", "_include_optional", _ALL),
+    )
+}
+
+#: Sections: lower-case name -> (name, contexts).
+SECTIONS: dict[str, tuple[str, frozenset[Ctx]]] = {
+    "virtualhost": ("VirtualHost", _S),
+    "location": ("Location", _SV),
+    "locationmatch": ("LocationMatch", _SV),
+    "proxy": ("Proxy", _SV),
+    "proxymatch": ("ProxyMatch", _SV),
+    "ifmodule": ("IfModule", _ALL),
+    **{k.lower(): (k, _AUTH | {Ctx.REQUIRE}) for k in ("RequireAll", "RequireAny", "RequireNone")},
+}
