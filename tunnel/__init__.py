@@ -5,7 +5,9 @@ A connection's life, one module a line (imports only go down this list's layers)
     io/listeners.py         accepts on the listeners, a batch per wake-up
     proxy/session.py        one client connection as a generator task on io/loop.py
     protocol/request.py     sans-IO: request heads (fast path, or h11 with strict checks)
+    protocol/rewrite.py     mod_rewrite's rules, before routing ([P], [R], [F], [G])
     protocol/routing.py     ProxyPass / ProxyPassMatch matching, upgrade=, fallback
+    protocol/access.py      Require: granted or 403, before any backend is contacted
     protocol/upgrade.py     upgrade checks (wsproto's rules, the key)
     proxy/failover.py       a plain worker (health: protocol/health.py) or a balancer
                             member (protocol/balancer.py, protocol/lbmethods.py)
@@ -20,8 +22,8 @@ A connection's life, one module a line (imports only go down this list's layers)
     engine.py               owns loop, pool, balancers, logs: Engine(config).serve_forever()
 
 Around them: errors.py and accesslog.py (the bottom layer), config/ (model, lexer,
-values, parser, build, checks, scopes), protocol/heads.py and responses.py, io/streams.py
-and io/steps.py, proxy/records.py and services.py, configtest.py, cli/ (main, demo,
+values, directives, parser, access, loghooks, rewrite, build, checks, scopes),
+protocol/heads.py and responses.py, io/addresses.py, io/streams.py and io/steps.py, proxy/records.py and services.py, configtest.py, cli/ (main, demo,
 workers), echo.py (the demo backend, outside the engine's imports). docs/architecture.md
 draws the layers.
 """

@@ -2,6 +2,8 @@
 
 * `model`: frozen dataclasses (`Config`, `Scope`, `ProxyRule`, ...), a leaf.
 * `lexer`, `values`: lines and words; directive arguments into values.
+* `directives`: the contexts and the directive tables; `access`, `loghooks`,
+  `rewrite`: the parser's handlers for Require, the logs and mod_rewrite.
 * `parser`: directives into a draft, context by context; `build`: the draft frozen
   into a `Config` (scopes merged, rules ordered, checked); `checks`: route warnings.
 * `scopes`: the path rules routing and the checks share (alias_match, `<Location>` merge).
