@@ -141,6 +141,19 @@ class Budget:
         with self._lock:
             self.used -= n
 
+    def reserve(self, size: int) -> int:
+        """Count up to ``size`` bytes before a read that may have to keep them.
+
+        Returns the bytes granted: what is left under the limit, but never less than
+        `CAPPED_CHUNK` nor more than ``size``; the caller gives back what it did not keep.
+        Counting before the read is what bounds the total when sync threads read at
+        once (each would otherwise see room and read a whole scratch buffer).
+        """
+        with self._lock:
+            grant = min(size, max(self.limit - self.used, CAPPED_CHUNK)) if self.limit > 0 else size
+            self.used += grant
+            return grant
+
 
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
@@ -349,41 +362,54 @@ class Pump:
                 return  # over the global cap: only flows with nothing buffered may read
             scratch = scratch[:CAPPED_CHUNK]  # and only a small chunk, so N tunnels stay near the cap
         src_recv = flow.src.recv_into
-        size = len(scratch)
         for _ in range(READ_BUDGET):
+            view = scratch
+            grant = 0
+            if budget is not None:
+                grant = budget.reserve(len(scratch))
+                view = scratch[:grant]
+            kept = 0
             try:
-                n = src_recv(scratch)
+                n = src_recv(view)
             except WOULD_BLOCK:
+                if budget is not None:
+                    budget.give(grant)
                 return
             except (OSError, ValueError) as exc:
+                if budget is not None:
+                    budget.give(grant)
                 self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
                 return
             if n == 0:
+                if budget is not None:
+                    budget.give(grant)
                 self._eof(flow)
                 return
             flow.count += n
             pending = flow.pending
             if pending is not None:
-                pending += scratch[:n]
-                if self.budget is not None:
-                    self.budget.take(n)
+                pending += view[:n]
+                kept = n
             else:
                 try:
-                    sent = flow.dst.send(scratch[:n])
+                    sent = flow.dst.send(view[:n])
                 except WOULD_BLOCK:
                     sent = 0
                 except (OSError, ValueError) as exc:
+                    if budget is not None:
+                        budget.give(grant)
                     self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
                     return
                 if sent < n:
-                    flow.pending = pending = bytearray(scratch[sent:n])
-                    if self.budget is not None:
-                        self.budget.take(n - sent)
+                    flow.pending = pending = bytearray(view[sent:n])
+                    kept = n - sent
+            if budget is not None:
+                budget.give(grant - kept)
             if pending is not None and (
                 len(pending) >= self.high_water or (budget is not None and budget.exhausted)
             ):
                 return
-            if n < size and flow.src_tls is None:
+            if n < len(view) and flow.src_tls is None:
                 return  # a short read: the kernel buffer is most likely empty
         if flow.src_tls is not None:
             self.more = True
