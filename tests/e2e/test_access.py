@@ -15,6 +15,7 @@ from tests.support.backends import Recorder
 from tests.support.clients import read_head, recv_exactly, status_of, upgrade_request
 from tests.support.strategies import STRATEGY_CONFIGS
 from tests.support.waiting import wait_for
+from tests.support.wss import wss_connect
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -205,7 +206,7 @@ def test_https_variable_on_a_tls_listener(make_proxy, echo, tmp_path):
     plain, tls = engine.addresses
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
-    with ws_connect(f"wss://localhost:{tls[1]}/echo", ssl=ctx, open_timeout=5) as ws:
+    with wss_connect(f"wss://localhost:{tls[1]}/echo", ssl=ctx, open_timeout=5) as ws:
         ws.send("over tls")
         assert ws.recv(timeout=5) == "over tls"
     with socket.create_connection(plain, timeout=5) as sock:

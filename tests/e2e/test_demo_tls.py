@@ -12,10 +12,10 @@ import ssl
 import sys
 
 import pytest
-from websockets.sync.client import connect as ws_connect
 
 from tests.support.clients import read_head, recv_exactly, status_of
 from tests.support.processes import read_line_matching, spawn
+from tests.support.wss import wss_connect
 from tunnel.cli import demo as cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,7 +41,7 @@ def test_demo_tls_serves_https_and_wss_with_its_printed_certificate():
         status, body = https_get(port, trusting, "/any/path")
         assert status == 200 and b"tunnel demo" in body
         try:
-            with ws_connect(f"wss://127.0.0.1:{port}/any/path", ssl=trusting, open_timeout=15) as ws:
+            with wss_connect(f"wss://127.0.0.1:{port}/any/path", ssl=trusting, open_timeout=15) as ws:
                 ws.send("hello over wss")
                 assert ws.recv(timeout=15) == "hello over wss"
         except (TimeoutError, OSError, AssertionError) as exc:

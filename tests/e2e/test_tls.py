@@ -17,6 +17,7 @@ from tests.support.backends import Firehose
 from tests.support.clients import read_head, recv_until_eof, status_of, upgrade_request
 from tests.support.resources import open_fds
 from tests.support.waiting import wait_for
+from tests.support.wss import wss_connect
 from tunnel.echo import EchoServer
 from tunnel.io.streams import shutdown_write
 from tunnel.io.tls import TLSStream
@@ -215,13 +216,12 @@ def tls_ws_backend(ca, certs):
 def test_tls_legs_survive_the_async_delay_hand_over(make_proxy, ca, certs, tls_ws_backend):
     """wss -> tunnel -> wss with ProxyWebsocketAsyncDelay: messages cross the sync -> async
     hand-over (bytes decrypted or buffered inside the TLS streams move with the pump)."""
-    from websockets.sync.client import connect as ws_connect
 
     text = config_for(certs, client_tls=True, backend_tls=True, strategy="async", backend_port=tls_ws_backend.address[1])
     engine = make_proxy(text + "ProxyWebsocketAsyncDelay 50ms\n")
     port = engine.addresses[0][1]
     rounds_after = 0
-    with ws_connect(f"wss://localhost:{port}/", ssl=client_ctx(ca), max_size=None, open_timeout=5) as ws:
+    with wss_connect(f"wss://localhost:{port}/", ssl=client_ctx(ca), max_size=None, open_timeout=5) as ws:
         for i in range(400):
             payload = os.urandom(64 * 1024 + i)
             ws.send(payload)
