@@ -98,7 +98,19 @@ def test_proxy_target_from_a_back_reference_stays_on_the_backend(make_proxy, cap
 
 @pytest.mark.parametrize(
     "path",
-    ["/p/evil.example:99999/x", "/p/%20/x", "/p/a%0d%0ab/x", "/p/user@/x", "/p/[::1/x", "/p/:80/x", "/p/a:b:c/x"],
+    [
+        "/p/evil.example:99999/x",
+        "/p/%20/x",
+        "/p/a%0d%0ab/x",
+        "/p/user@/x",
+        "/p/[::1/x",
+        "/p/:80/x",
+        "/p/a:b:c/x",
+        "/p/" + "a" * 70 + ".example/x",  # a DNS label too long for the resolver
+        "/p/" + "a" * 300 + "/x",
+        "/p/%C3%A9.example/x",
+        "/p/a..b/x",
+    ],
 )
 def test_proxy_host_from_a_back_reference_is_a_valid_url_or_an_error(make_proxy, caplog, path):
     caplog.set_level(logging.INFO)
@@ -106,6 +118,8 @@ def test_proxy_host_from_a_back_reference_is_a_valid_url_or_an_error(make_proxy,
     status, head = exchange(engine, upgrade_request(path))
     assert 400 <= status < 600, head
     no_internal_error(caplog)
+    for record in caplog.records:  # a client's CR/LF cannot forge error-log lines
+        assert "\n" not in record.getMessage() and "\r" not in record.getMessage()
 
 
 # --- access: <Location /admin> Require all denied -------------------------------------
