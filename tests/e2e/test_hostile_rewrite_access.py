@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.backends import Recorder
 from tests.support.clients import read_head, status_of, upgrade_request
+from tests.support.resources import open_fds
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -180,7 +181,7 @@ def test_rewrite_forbidden_cannot_be_bypassed(make_proxy, caplog, path):
     caplog.set_level(logging.INFO)
     with Recorder("BACKEND") as backend:
         engine = make_proxy(
-            "RewriteEngine On\nRewriteRule ^/admin - [F]\n" f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            f"RewriteEngine On\nRewriteRule ^/admin - [F]\nProxyPass / ws://127.0.0.1:{backend.port}/\n"
         )
         status, head = exchange(engine, upgrade_request(path))
         assert status in (400, 403), (path, head)
@@ -235,3 +236,59 @@ def test_rewrite_env_in_the_access_log_is_escaped(make_proxy, tmp_path):
         assert line.count(b"\n") == 1, line
         assert b"\\n" in line and b'\\"' in line and b"\\\\" in line, line
         assert b"\\xc2\\x80" in line, line  # the helper sends the header as UTF-8
+
+
+HOSTILE = [
+    get("/r/%0d%0aSet-Cookie:x"),
+    get("/go/evil%0d%0a"),
+    get("/h", "X-To: a\x80b\r\n"),
+    upgrade_request("/p/a%0d%0ab/x"),
+    upgrade_request("/p/" + "a" * 300 + "/x"),
+    upgrade_request("/p/%20/x"),
+    upgrade_request("/x/../admin"),
+    upgrade_request("/%61dmin"),
+    upgrade_request("/%2e%2e/admin"),
+    upgrade_request("/%00"),
+    upgrade_request("/a%2fb"),
+    upgrade_request("/a%zz"),
+    b"GET http://other.example/admin HTTP/1.1\r\nHost: example.test\r\n\r\n",
+    b"GET ftp://x/ HTTP/1.1\r\nHost: example.test\r\n\r\n",
+]
+
+
+def test_hostile_requests_leave_no_fd_behind(make_proxy, caplog):
+    caplog.set_level(logging.INFO)
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            "RewriteEngine On\n"
+            "RewriteRule ^/r/(.*) http://x.example/$1 [R,NE]\n"
+            "RewriteRule ^/go/(.*) http://$1 [R]\n"
+            "RewriteRule ^/h http://x.example/%{HTTP:X-To} [R,NE]\n"
+            "RewriteRule ^/p/([^/]*)/(.*) ws://$1/$2 [P]\n"
+            f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            "<Location /admin>\nRequire all denied\n</Location>\n"
+        )
+        exchange(engine, get("/warm-up"))
+        wait_for(lambda: len(backend.heads) == 1, what="the warm-up at the backend")
+        for _ in range(2):  # the second round must end with the fds the first ended with
+            settled = open_fds()
+            statuses = [exchange(engine, request)[0] for request in HOSTILE]
+            assert statuses[2] == 302 and all(400 <= s < 600 for s in statuses[:2] + statuses[3:]), statuses
+            wait_for(lambda limit=settled + 1: open_fds() <= limit, what="the hostile connections' fds closed")
+        assert len(backend.heads) == 1  # only the warm-up reached the backend
+    no_internal_error(caplog)
+
+
+@pytest.mark.parametrize("path", ["/admin;x", "/ADMIN", "/admin.json", "/%41DMIN;jsessionid=1", "/x/../Admin"])
+def test_location_match_recipe_covers_the_spellings_a_backend_may_fold(make_proxy, path):
+    """<Location /admin> leaves /admin;x to the backend (as httpd does); the documented
+    <LocationMatch> denies it too."""
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            f"ProxyPass / ws://127.0.0.1:{backend.port}/\n"
+            '<LocationMatch "(?i)^/admin([;./]|$)">\nRequire all denied\n</LocationMatch>\n'
+        )
+        status, head = exchange(engine, upgrade_request(path))
+        assert status == 403, head
+        assert exchange(engine, upgrade_request("/administrators"))[0] == 101
+        assert len(backend.heads) == 1
