@@ -292,3 +292,26 @@ def test_location_match_recipe_covers_the_spellings_a_backend_may_fold(make_prox
         assert status == 403, head
         assert exchange(engine, upgrade_request("/administrators"))[0] == 101
         assert len(backend.heads) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "encoded_slashes", "expected"),
+    [
+        ("/%252e%252e/admin", "Off", b"GET /app/%2e%2e/admin HTTP/1.1"),
+        ("/x/%252E%252E/%252E%252E/admin", "Off", b"GET /app/x/%2E%2E/%2E%2E/admin HTTP/1.1"),
+        ("/..%252fadmin", "On", b"GET /app/..%2fadmin HTTP/1.1"),
+        ("/%252e/admin", "Off", b"GET /app/%2e/admin HTTP/1.1"),
+        ("/ok/a%2520b", "Off", b"GET /app/ok/a%20b HTTP/1.1"),  # no dot-segment: as before
+    ],
+)
+def test_a_double_encoded_dot_segment_cannot_leave_the_proxy_prefix(make_proxy, path, encoded_slashes, expected):
+    """The client's path is decoded once; a [P] URL made from it is forwarded without
+    resolving dot-segments again (as httpd does), so /app/ stays the prefix."""
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            f"AllowEncodedSlashes {encoded_slashes}\n"
+            f"RewriteEngine On\nRewriteRule ^/(.*) ws://127.0.0.1:{backend.port}/app/$1 [P]\n"
+        )
+        status, head = exchange(engine, upgrade_request(path))
+        assert status == 101, head
+        assert backend.heads[0].split(b"\r\n")[0] == expected

@@ -315,3 +315,14 @@ def test_a_proxy_route_keeps_the_clients_path_for_access() -> None:
     one_off, target = proxy_route("ws://b/app/admin", rule, {})
     decision = route_proxy(scope, one_off, target, "/x/../%61dmin", "websocket", "GET")
     assert decision.backend_path == "/app/admin" and decision.local_path == "/admin"
+
+
+def test_a_proxy_url_with_dot_segments_is_forwarded_as_made() -> None:
+    scope = scope_of("RewriteEngine On\nRewriteRule ^/(.*) ws://b/app/$1 [P]\n")
+    (rule,) = scope.rewrite_rules
+    out = evaluate(scope, RewriteRequest("GET", "/%252e%252e/admin?q=1", (("Host", "p"),)))
+    one_off, target = proxy_route(out.target, rule, {})
+    decision = route_proxy(scope, one_off, target, "/%252e%252e/admin?q=1", "websocket", "GET")
+    assert decision.backend_path == "/app/%2e%2e/admin?q=1"  # not /admin?q=1
+    plain = route_proxy(scope, one_off, "/app/a%7Eb", "/a", "websocket", "GET")
+    assert plain.backend_path == "/app/a~b"  # no dot-segment: canonical as before

@@ -385,6 +385,21 @@ def route_proxy(
             detail=f"no Upgrade on the [P] route of {one_off.where}",
             headers=[("Connection", "Upgrade"), ("Upgrade", "WebSocket")],
         )
+    decision = route(effective, raw_target, upgrade_header, method=method)
+    if _has_dot_segment(raw_target.partition("?")[0]):
+        # httpd forwards a [P] URL's path without resolving dot-segments: a "$1" that
+        # was "%252e%252e" in the request must not climb out of the substitution's
+        # prefix (ws://b/app/$1 reaching /admin); the backend gets the path as made.
+        decision = dataclasses.replace(decision, backend_path=raw_target)
     # Access is decided on the client's path, as httpd walks <Location> over r->uri,
     # which [P] leaves alone: a denied /admin stays denied whatever the target is.
-    return dataclasses.replace(route(effective, raw_target, upgrade_header, method=method), local_path=client_path)
+    return dataclasses.replace(decision, local_path=client_path)
+
+
+_DOT_OR_SLASH_ESCAPE = re.compile(r"%2[eEfF]")
+
+
+def _has_dot_segment(raw_path: str) -> bool:
+    """Has a path a "." or ".." segment, counting %2e and %2f as the characters?"""
+    decoded = _DOT_OR_SLASH_ESCAPE.sub(lambda m: "." if m.group(0)[2] in "eE" else "/", raw_path)
+    return any(segment in (".", "..") for segment in decoded.split("/"))
