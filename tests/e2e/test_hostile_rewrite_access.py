@@ -315,3 +315,14 @@ def test_a_double_encoded_dot_segment_cannot_leave_the_proxy_prefix(make_proxy, 
         status, head = exchange(engine, upgrade_request(path))
         assert status == 101, head
         assert backend.heads[0].split(b"\r\n")[0] == expected
+
+
+def test_an_env_note_named_backend_cannot_forge_error_log_lines(make_proxy, caplog):
+    caplog.set_level(logging.INFO)
+    engine = make_proxy("RewriteEngine On\nRewriteRule ^/b/(.*) ws://$1/ [P,E=backend:$1]\n")
+    status, head = exchange(engine, upgrade_request("/b/a%0d%0aERROR%20forged"))
+    assert status == 500, head
+    messages = [r.getMessage() for r in caplog.records if r.name == "tunnel.error"]
+    assert messages and all("\n" not in m and "\r" not in m for m in messages), messages
+    assert "\\x0d\\x0aERROR forged" in messages[0]
+    no_internal_error(caplog)

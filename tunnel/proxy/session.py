@@ -129,7 +129,7 @@ def serve_client(
                         exc.reason,
                         ex.notes.get("route", head.target),
                         _loggable(exc.detail or ""),
-                        f" [backend {ex.notes['backend']}]" if "backend" in ex.notes else "",
+                        f" [backend {_loggable(ex.notes['backend'])}]" if "backend" in ex.notes else "",
                     )
                 else:
                     _log_client_error(ex, exc)
