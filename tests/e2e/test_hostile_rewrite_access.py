@@ -326,3 +326,17 @@ def test_an_env_note_named_backend_cannot_forge_error_log_lines(make_proxy, capl
     assert messages and all("\n" not in m and "\r" not in m for m in messages), messages
     assert "\\x0d\\x0aERROR forged" in messages[0]
     no_internal_error(caplog)
+
+
+@pytest.mark.parametrize("path", ["/%252e%252e/admin", "/x/%252E%252E/admin", "/..%252fadmin"])
+def test_the_documented_rule_refuses_double_encoded_dots(make_proxy, path):
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(
+            "RewriteEngine On\n"
+            "RewriteRule %2e|%2f - [F,NC]\n"
+            f"RewriteRule ^/(.*) ws://127.0.0.1:{backend.port}/app/$1 [P]\n"
+        )
+        assert exchange(engine, upgrade_request(path))[0] == 403
+        assert exchange(engine, upgrade_request("/ok/%2e/x"))[0] == 101  # a single-encoded dot is resolved
+        assert backend.heads[0].split(b"\r\n")[0] == b"GET /app/ok/x HTTP/1.1"
+        assert len(backend.heads) == 1
