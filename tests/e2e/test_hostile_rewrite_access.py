@@ -340,3 +340,39 @@ def test_the_documented_rule_refuses_double_encoded_dots(make_proxy, path):
         assert exchange(engine, upgrade_request("/ok/%2e/x"))[0] == 101  # a single-encoded dot is resolved
         assert backend.heads[0].split(b"\r\n")[0] == b"GET /app/ok/x HTTP/1.1"
         assert len(backend.heads) == 1
+
+
+def _dual_stack_ok() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _dual_stack_ok(), reason="no dual-stack IPv6 socket here")
+@pytest.mark.parametrize(
+    ("rule", "status"),
+    [
+        ("Require ip 127.0.0.1", 101),
+        ("Require ip 127.0.0.0/8", 101),
+        ("Require local", 101),
+        ("Require ip 10.0.0.0/8", 403),
+        ("Require ip ::1", 403),
+        ("Require expr \"%{REMOTE_ADDR} -ipmatch '127.0.0.0/8'\"", 101),
+    ],
+)
+def test_ipv4_mapped_peer_on_a_dual_stack_listener(make_proxy, rule, status):
+    """A client reaching [::]:port over IPv4 is seen as ::ffff:127.0.0.1; it matches
+    IPv4 networks as httpd matches it."""
+    with Recorder("BACKEND") as backend:
+        engine = make_proxy(f"Listen [::]:0\nProxyPass / ws://127.0.0.1:{backend.port}/\n{rule}\n")
+        port = engine.addresses[0][1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(upgrade_request("/"))
+            head, _ = read_head(sock)
+        assert status_of(head) == status, head
