@@ -46,7 +46,8 @@ def test_redirect_location_never_carries_cr_or_lf(make_proxy, caplog, flags, pat
     caplog.set_level(logging.INFO)
     engine = make_proxy(f"RewriteEngine On\nRewriteRule ^/r/(.*) http://elsewhere.example/$1 {flags}\n")
     status, head = exchange(engine, get(path))
-    assert status in (301, 302, 500), head
+    # escaped, the control characters are harmless %XX; under [NE] the answer is 500
+    assert status == (500 if "NE" in flags else 302), head
     assert b"Set-Cookie" not in head.split(b"\r\n\r\n")[0].split(b"\r\n", 1)[0]
     for line in head.split(b"\r\n")[1:]:
         assert not line.lower().startswith(b"set-cookie"), head
@@ -60,7 +61,7 @@ def test_redirect_with_a_back_reference_in_the_authority(make_proxy, caplog, fla
     caplog.set_level(logging.INFO)
     engine = make_proxy(f"RewriteEngine On\nRewriteRule ^/go/(.*) http://$1 {flags}\n")
     status, head = exchange(engine, get("/go/evil.example%0d%0aSet-Cookie:x"))
-    assert status in (302, 500), head
+    assert status == 500, head  # the host part is never escaped: refused
     for line in head.split(b"\r\n")[1:]:
         assert not line.lower().startswith(b"set-cookie"), head
         assert all(b >= 0x20 and b != 0x7F for b in line), head
@@ -71,7 +72,8 @@ def test_redirect_from_a_header_variable(make_proxy, caplog):
     caplog.set_level(logging.INFO)
     engine = make_proxy("RewriteEngine On\nRewriteRule ^/h http://x.example/%{HTTP:X-To} [R,NE]\n")
     status, head = exchange(engine, get("/h", "X-To: a\x80b c\r\n"))
-    assert status in (302, 500), head
+    assert status == 302, head
+    assert b"\r\nLocation: http://x.example/a%80b c\r\n" in head + b"\r\n", head
     no_internal_error(caplog)
 
 
