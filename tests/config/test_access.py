@@ -313,3 +313,12 @@ def test_granting_compat_lines_load_with_a_warning_each() -> None:
 def test_a_limit_section_in_a_proxy_block_is_skipped_with_a_warning() -> None:
     c = conf("<Proxy *>\n    <Limit GET>\n        Require all granted\n    </Limit>\n</Proxy>\n")
     assert any(w.startswith("t.conf:2: <Limit> section is not used by tunnel; skipped") for w in c.warnings), c.warnings
+
+
+@pytest.mark.parametrize("spec", ["::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "::ffff:0:0/96"])
+def test_ipv4_mapped_networks_are_refused_as_apr_does(spec: str) -> None:
+    # they could never match: a mapped peer is compared with IPv4 networks only
+    with pytest.raises(ConfigError, match="IPv4-mapped"):
+        conf(f"Require ip {spec}\n")
+    with pytest.raises(ConfigError, match="IPv4-mapped"):
+        conf(f"Require expr \"%{{REMOTE_ADDR}} -ipmatch '{spec}'\"\n")

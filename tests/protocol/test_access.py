@@ -255,3 +255,10 @@ def test_proxymatch_regex_is_searched_in_the_backend_url() -> None:
     assert not granted(text, req(), url="ws://backend:8080/ops")
     assert granted(text, req(), url="ws://backend:8080/chat")
     assert not granted('<Proxy ~ "/internal">\nRequire all denied\n</Proxy>\n', req(), url="ws://b/x/internal/y")
+
+
+def test_expr_regex_dot_matches_a_newline_as_in_httpd() -> None:
+    # a decoded %0a in the path cannot make "." stop short
+    rule = 'Require expr "%{REQUEST_URI} =~ m#^/a.b$#"'
+    assert granted(rule, req(path="/a\nb"))
+    assert not granted('Require expr "%{REQUEST_URI} !~ m#^/a.*#"', req(path="/a\n/x"))

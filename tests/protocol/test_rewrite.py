@@ -286,3 +286,43 @@ def test_a_dynamic_proxy_substitution_that_is_not_a_url_is_a_500() -> None:
         run("RewriteRule ^/(.*) %{HTTP:X-To}/$1 [P]\n", "/a", (("X-To", "/local"),))
     out = run("RewriteRule ^/(.*) %{HTTP:X-To}/$1 [P]\n", "/a", (("X-To", "ws://b"),))
     assert (out.action, out.target) == (Action.PROXY, "ws://b/a")
+
+
+def test_a_redirect_with_a_control_character_is_refused_not_sent() -> None:
+    # [NE] leaves the decoded path as it is: CR/LF from %0d%0a would split the answer
+    with pytest.raises(InternalServerError):
+        run("RewriteRule ^/r/(.*) http://x.example/$1 [R,NE]\n", "/r/%0d%0aSet-Cookie:x")
+    with pytest.raises(InternalServerError):  # the host part is never escaped
+        run("RewriteRule ^/go/(.*) http://$1 [R]\n", "/go/a%0d%0aSet-Cookie:x")
+    # escaped (no [NE]): the same input is a harmless Location
+    out = run("RewriteRule ^/r/(.*) http://x.example/$1 [R]\n", "/r/%0d%0aSet-Cookie:x")
+    assert out.target == "http://x.example/%0D%0ASet-Cookie:x"
+    # bytes above 0x7f are %-encoded even under [NE]: a header value is ASCII
+    out = run("RewriteRule ^/h http://x.example/%{HTTP:X-To} [R,NE]\n", "/h", (("Host", "p"), ("X-To", "a\x80b")))
+    assert out.target == "http://x.example/a%80b"
+
+
+def test_dot_matches_a_newline_as_in_httpd() -> None:
+    out = run("RewriteRule ^/e/(.*)$ - [E=WHO:$1]\n", "/e/a%0ab")
+    assert dict(out.env) == {"WHO": "a\nb"}
+    out = run("RewriteCond %{HTTP:X} ^(.*)$\nRewriteRule ^ - [E=X:%1]\n", "/", (("Host", "p"), ("X", "a")))
+    assert dict(out.env) == {"X": "a"}
+
+
+def test_a_proxy_route_keeps_the_clients_path_for_access() -> None:
+    scope = scope_of("RewriteEngine On\nRewriteRule ^/(.*) ws://b/app/$1 [P]\n")
+    (rule,) = scope.rewrite_rules
+    one_off, target = proxy_route("ws://b/app/admin", rule, {})
+    decision = route_proxy(scope, one_off, target, "/x/../%61dmin", "websocket", "GET")
+    assert decision.backend_path == "/app/admin" and decision.local_path == "/admin"
+
+
+def test_a_proxy_url_with_dot_segments_is_forwarded_as_made() -> None:
+    scope = scope_of("RewriteEngine On\nRewriteRule ^/(.*) ws://b/app/$1 [P]\n")
+    (rule,) = scope.rewrite_rules
+    out = evaluate(scope, RewriteRequest("GET", "/%252e%252e/admin?q=1", (("Host", "p"),)))
+    one_off, target = proxy_route(out.target, rule, {})
+    decision = route_proxy(scope, one_off, target, "/%252e%252e/admin?q=1", "websocket", "GET")
+    assert decision.backend_path == "/app/%2e%2e/admin?q=1"  # not /admin?q=1
+    plain = route_proxy(scope, one_off, "/app/a%7Eb", "/a", "websocket", "GET")
+    assert plain.backend_path == "/app/a~b"  # no dot-segment: canonical as before

@@ -155,9 +155,14 @@ def _network(word: str) -> Network:
             padded = ".".join(octets + ["0"] * (4 - len(octets)))
             return ipaddress.ip_network(f"{padded}/{8 * len(octets)}")
     try:
-        return ipaddress.ip_network(word, strict=False)
+        network = ipaddress.ip_network(word, strict=False)
     except ValueError:
         raise BadDirective(f"not an IP address, network or partial address: {word!r}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        # APR refuses these: an IPv4 client (or one on an IPv6 socket, ::ffff:a.b.c.d)
+        # is only ever compared with IPv4 networks, so this one would match nothing.
+        raise BadDirective(f"IPv4-mapped IPv6 address {word!r}: write the IPv4 form (a.b.c.d)")
+    return network
 
 
 def parse_networks(args: list[str]) -> tuple[Network, ...]:
@@ -283,7 +288,7 @@ class _ExprParser:
             raise self.fail("unterminated regular expression")
         source = self.text[self.pos : end].replace("\\" + delim, delim) if delim != "/" else self.text[self.pos : end]
         self.pos = end + 1
-        flags = 0
+        flags = re.DOTALL  # httpd's default regex options: "." matches a newline
         while self.pos < len(self.text) and self.text[self.pos].isalpha():
             if self.text[self.pos] != "i":
                 raise self.fail(f"unknown regex flag {self.text[self.pos]!r}")

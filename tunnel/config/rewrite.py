@@ -143,7 +143,7 @@ def _cond(args: list[str], file: str, line: int) -> RewriteCond:
                 break
     regex = None
     if kind == "regex":
-        regex = compile_regex(f"(?i){pattern}" if nocase else pattern)
+        regex = compile_regex(f"(?si){pattern}" if nocase else f"(?s){pattern}")  # httpd: "." matches a newline
     elif pattern.startswith('"') and pattern.endswith('"') and len(pattern) >= 2:
         pattern = pattern[1:-1]
     return RewriteCond(test, pattern, kind, negate, nocase, ornext, file, line, regex)
@@ -190,7 +190,7 @@ def _rule(args: list[str], conds: tuple[RewriteCond, ...], file: str, line: int)
     negate = pattern.startswith("!")
     source = pattern[1:] if negate else pattern
     nocase = "NC" in seen
-    regex = compile_regex(f"(?i){source}" if nocase else source)
+    regex = compile_regex(f"(?si){source}" if nocase else f"(?s){source}")  # httpd: "." matches a newline
     if "P" in seen and ("redirect" in values or seen & {"F", "G"}):
         raise BadDirective("[P] cannot be combined with [R], [F] or [G]")
     if "P" in seen and substitution == "-":

@@ -37,6 +37,7 @@ __all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "ro
 
 _TEMPLATE_RE = re.compile(r"\\([$%\\])|\$([0-9])|%([0-9])|%\{([^}]*)\}")
 _ABSOLUTE_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SAFE_URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/%")
 
 
@@ -298,6 +299,15 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
             rest_path, _, _ = rest.partition("?")
             shown = "".join(c if c in _SAFE_URL else f"%{ord(c) & 0xFF:02X}" for c in rest_path) if escape else rest_path
             location = f"{absolute.group(1)}://{absolute.group(2)}{shown}" + (f"?{_encode_query(query)}" if query else "")
+        if _CONTROL_RE.search(location):
+            # httpd refuses to send a response header with a control character (500),
+            # so CR/LF from a back-reference under [NE], or in the host part, cannot
+            # split the answer.
+            raise InternalServerError(
+                "bad redirect target",
+                detail=f"control character in {location!r} from RewriteRule at {last.where if last else '?'}",
+            )
+        location = "".join(c if ord(c) < 0x80 else f"%{ord(c) & 0xFF:02X}" for c in location)
         return Outcome(Action.REDIRECT, location, status=redirect, rule=last, env=env)
     if not changed and query == original_query:
         return Outcome(Action.UNCHANGED, rule=last, env=env)
@@ -375,4 +385,21 @@ def route_proxy(
             detail=f"no Upgrade on the [P] route of {one_off.where}",
             headers=[("Connection", "Upgrade"), ("Upgrade", "WebSocket")],
         )
-    return route(effective, raw_target, upgrade_header, method=method)
+    decision = route(effective, raw_target, upgrade_header, method=method)
+    if _has_dot_segment(raw_target.partition("?")[0]):
+        # httpd forwards a [P] URL's path without resolving dot-segments: a "$1" that
+        # was "%252e%252e" in the request must not climb out of the substitution's
+        # prefix (ws://b/app/$1 reaching /admin); the backend gets the path as made.
+        decision = dataclasses.replace(decision, backend_path=raw_target)
+    # Access is decided on the client's path, as httpd walks <Location> over r->uri,
+    # which [P] leaves alone: a denied /admin stays denied whatever the target is.
+    return dataclasses.replace(decision, local_path=client_path)
+
+
+_DOT_OR_SLASH_ESCAPE = re.compile(r"%2[eEfF]")
+
+
+def _has_dot_segment(raw_path: str) -> bool:
+    """Has a path a "." or ".." segment, counting %2e and %2f as the characters?"""
+    decoded = _DOT_OR_SLASH_ESCAPE.sub(lambda m: "." if m.group(0)[2] in "eE" else "/", raw_path)
+    return any(segment in (".", "..") for segment in decoded.split("/"))

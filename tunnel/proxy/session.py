@@ -128,8 +128,8 @@ def serve_client(
                         exc.status,
                         exc.reason,
                         ex.notes.get("route", head.target),
-                        exc.detail or "",
-                        f" [backend {ex.notes['backend']}]" if "backend" in ex.notes else "",
+                        _loggable(exc.detail or ""),
+                        f" [backend {_loggable(ex.notes['backend'])}]" if "backend" in ex.notes else "",
                     )
                 else:
                     _log_client_error(ex, exc)
@@ -177,6 +177,12 @@ def _tls_accept(
         reason = getattr(exc, "reason", None) or str(exc)
         raise _TLSRefused(reason) from None
     return sock
+
+
+def _loggable(text: str) -> str:
+    """``text`` with control characters as ``\\xhh``: a detail may quote a client's
+    decoded path (a [P] target, say), and CR/LF in it must not start a new log line."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 def _log_client_error(ex: Exchange, exc: TunnelError) -> None:
