@@ -109,7 +109,7 @@ def _build_scope(
 ) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
-        if key == "proxy_access":
+        if key in ("proxy_access", "reverse_maps"):
             value = tuple(value)
         group, _, name = key.rpartition(".")
         groups[group][name] = value
@@ -185,6 +185,7 @@ def finish(p: Draft, source: str) -> Config:
         # Access rules merge by AuthMerging; <Proxy URL> blocks: the main server's, then the vhost's.
         settings["access"] = merge_access(main_settings.get("access"), v.scope.settings.get("access"))
         settings["proxy_access"] = [*main_settings.get("proxy_access", ()), *v.scope.settings.get("proxy_access", ())]
+        settings["reverse_maps"] = [*main_settings.get("reverse_maps", ()), *v.scope.settings.get("reverse_maps", ())]
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
             _order_location_rules(own_loc_rules + main_loc_rules)

@@ -85,6 +85,8 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("ServerAlias", "_server_alias", _V),
         ("ProxyPass", "_proxy_pass", _SVL),
         ("ProxyPassMatch", "_proxy_pass_match", _SVL),
+        ("ProxyPassReverse", "_proxy_pass_reverse", _SVL),
+        ("ProxyRequests", "_proxy_requests", _SV),
         ("BalancerMember", "_balancer_member", _SVP),
         ("ProxySet", "_proxy_set", _SVP),
         ("MaxTunnelThreads", "_max_tunnel_threads", _S),

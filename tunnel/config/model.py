@@ -421,6 +421,9 @@ class Scope:
     locations: tuple[Location, ...] = ()
     access: Optional[AccessRules] = None  # the server's or vhost's own (merged) rules
     proxy_access: tuple[ProxyAccess, ...] = ()  # <Proxy URL> blocks, main server's first
+    #: ProxyPassReverse maps (path, url), the main server's first, a <Location>'s with
+    #: its path (R77).
+    reverse_maps: tuple[tuple[str, str], ...] = ()
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main

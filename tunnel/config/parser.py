@@ -324,6 +324,33 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
     def _proxy_pass_match(self, args: list[str]) -> None:
         self._proxy_pass(args, regex=True)
 
+    def _proxy_pass_reverse(self, args: list[str]) -> None:
+        """``ProxyPassReverse [path] url [interpolate]`` (the path is a <Location>'s own)."""
+        loc = self.frame.location
+        words = [a for a in args if a.lower() != "interpolate"]
+        if len(words) != len(args):
+            raise BadDirective("interpolate is not supported (ProxyPassInterpolateEnv is not implemented)")
+        if loc is not None:
+            if len(words) != 1:
+                raise BadDirective("inside <Location> the path is the location's: expected one URL")
+            if loc.is_regex:
+                raise BadDirective("not allowed in <LocationMatch> (httpd needs a path to map to)")
+            path, url = loc.path, words[0]
+        elif len(words) == 2:
+            path, url = words
+        else:
+            raise BadDirective("expected PATH URL")
+        if not path.startswith("/"):
+            raise Expected("a URL path starting with /", path)
+        if "://" not in url:
+            raise Expected("a URL (http://host/..., balancer://name/...)", url)
+        self.scope.settings.setdefault("reverse_maps", []).append((path, url))
+
+    def _proxy_requests(self, args: list[str]) -> None:
+        if not on_off(_one(args)):
+            return  # Off, the default: a reverse proxy only
+        raise BadDirective("On is not supported: tunnel is a reverse proxy, not a forward proxy")
+
     def _rule(
         self, path: str, url: str, rest: list[str], regex: bool, compiled: Optional[re.Pattern[str]]
     ) -> ProxyRule:

@@ -15,16 +15,17 @@ The engine is reached only through `Services`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Optional, Union
 
 import h11
 
-from ..config.model import Listener, Scope, Target
+from ..config.model import Balancer, Listener, Scope, Target
 from ..errors import (
     BadGateway,
     BadRequest,
@@ -50,6 +51,7 @@ from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
+from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
 from .failover import connect_backend, peer_ip, read_response_head
@@ -327,7 +329,7 @@ def _handle(
             member = None
             return start
         # Any other answer is relayed; the client connection stays HTTP (R20, R48).
-        return (yield from _relay_answer(sock, front, backend_sock, hs, response, ex, scope, timeout))
+        return (yield from _relay_answer(sock, front, backend_sock, hs, response, ex, scope, timeout, engine.config.balancers))
     finally:
         if backend_sock is not None:
             backend_sock.close()
@@ -443,10 +445,16 @@ def _relay_answer(
     ex: Exchange,
     scope: Scope,
     timeout: float,
+    balancers: Mapping[str, Balancer],
 ) -> Generator[Wait, None, bool]:
     """Relay a non-101 answer to the client. Returns True when the connection may serve
     another request (both sides done, or the unread request body drained)."""
     clock = time.monotonic
+    if scope.reverse_maps:  # ProxyPassReverse (R77)
+        host = (ex.head.get("host") if ex.head is not None else None) or scope.server_name or "localhost"
+        scheme = "https" if ex.listener is not None and ex.listener.tls else "http"
+        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=f"{scheme}://{host}", balancers=balancers)
+        response = dataclasses.replace(response, headers=mapped)
     ex.status = response.status
     ex.response_headers = response.headers
     relayed = yield from relay_response(sock, front, backend, hs, response, timeout=timeout, clock=clock)
