@@ -402,6 +402,18 @@ def test_upgrade_none_makes_every_request_a_handshake(make_proxy, ws_b, with_upg
     assert b"Upgrade: websocket" in ws_b.heads[-1]  # the backend is asked for WebSocket
 
 
+@pytest.mark.parametrize("with_upgrade", [False, True], ids=["no-upgrade-header", "upgrade-header"])
+def test_upgrade_none_on_a_balancer_member_makes_every_request_a_handshake(make_proxy, ws_b, with_upgrade):
+    """R16 with the key on the member: routing reads the balancer's first member, and so
+    must the handshake checks (a request without Connection: upgrade was a 400)."""
+    engine = make_proxy(
+        f"<Proxy balancer://c>\n  BalancerMember ws://127.0.0.1:{ws_b.port} upgrade=NONE\n</Proxy>\n"
+        "ProxyPass /app/ balancer://c/\n"
+    )
+    status, _, rest = upgrade(engine, with_upgrade=with_upgrade)
+    assert status == 101 and rest == b"WS"
+
+
 def test_upgrade_none_still_checks_the_websocket_handshake(make_proxy, ws_b):
     engine = make_proxy(f"ProxyPass /app/ ws://127.0.0.1:{ws_b.port}/ upgrade=NONE\n")
     status, _, _ = http_get(engine.addresses[0], "/app/x")  # no Sec-WebSocket-Key

@@ -280,7 +280,10 @@ def _handle(
     key: Optional[str] = None
     token = decision.upgrade_token if decision.tunnel else None
     if decision.tunnel:
-        key = validate_upgrade(head, token or "websocket", none_mode=rule.upgrade == ("NONE",))
+        # upgrade=NONE on the route, or on a balancer's first member (as routing reads it):
+        # every request is a handshake, without the Upgrade/Connection checks (R16).
+        upgrade = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
+        key = validate_upgrade(head, token or "websocket", none_mode=upgrade == ("NONE",))
     strategy = engine.strategy_for(scope)
     reserved = False
     if decision.tunnel and engine.needs_thread(scope, strategy):
