@@ -507,33 +507,23 @@ def run_blocking(gen: Generator[Wait, None, _T]) -> _T:
                     time.sleep(timeout_ms / 1000)
                 exc = TimeoutError("deadline passed")
             continue
-        if wait.sock is None:
-            # A sleep that also watches a socket (the balancer's timeout= wait watching
-            # the client): it ends early, without TimeoutError, when the socket is
-            # readable, as on the loop.
-            assert wait.also is not None
-            poller.register(wait.also.fileno(), select.POLLIN)
-            try:
-                ready = poller.poll(timeout_ms)
-            finally:
-                poller.unregister(wait.also.fileno())
-            if not ready:
-                exc = TimeoutError("deadline passed")
-            continue
-        flags = (select.POLLIN if wait.events & EVENT_READ else 0) | (
-            select.POLLOUT if wait.events & EVENT_WRITE else 0
-        )
-        fd = wait.sock.fileno()
-        poller.register(fd, flags)
-        also = wait.also.fileno() if wait.also is not None else -1
-        if also >= 0:
-            poller.register(also, select.POLLIN)
+        # A socket to wait on, and/or one whose readability also resumes the task (a
+        # sleep that watches the client, e.g. the balancer's timeout= wait), as on the loop.
+        fds: list[tuple[int, int]] = []
+        if wait.sock is not None:
+            flags = (select.POLLIN if wait.events & EVENT_READ else 0) | (
+                select.POLLOUT if wait.events & EVENT_WRITE else 0
+            )
+            fds.append((wait.sock.fileno(), flags))
+        if wait.also is not None:
+            fds.append((wait.also.fileno(), select.POLLIN))
+        for fd, flags in fds:
+            poller.register(fd, flags)
         try:
             ready = poller.poll(timeout_ms)
         finally:
-            poller.unregister(fd)
-            if also >= 0:
-                poller.unregister(also)
+            for fd, _ in fds:
+                poller.unregister(fd)
         if not ready and wait.deadline is not None and time.monotonic() >= wait.deadline:
             exc = TimeoutError("deadline passed")
 
