@@ -364,47 +364,40 @@ class Pump:
         src_recv = flow.src.recv_into
         for _ in range(READ_BUDGET):
             view = scratch
-            grant = 0
+            grant = kept = 0
             if budget is not None:
                 grant = budget.reserve(len(scratch))
                 view = scratch[:grant]
-            kept = 0
             try:
-                n = src_recv(view)
-            except WOULD_BLOCK:
-                if budget is not None:
-                    budget.give(grant)
-                return
-            except (OSError, ValueError) as exc:
-                if budget is not None:
-                    budget.give(grant)
-                self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
-                return
-            if n == 0:
-                if budget is not None:
-                    budget.give(grant)
-                self._eof(flow)
-                return
-            flow.count += n
-            pending = flow.pending
-            if pending is not None:
-                pending += view[:n]
-                kept = n
-            else:
                 try:
-                    sent = flow.dst.send(view[:n])
+                    n = src_recv(view)
                 except WOULD_BLOCK:
-                    sent = 0
-                except (OSError, ValueError) as exc:
-                    if budget is not None:
-                        budget.give(grant)
-                    self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
                     return
-                if sent < n:
-                    flow.pending = pending = bytearray(view[sent:n])
-                    kept = n - sent
-            if budget is not None:
-                budget.give(grant - kept)
+                except (OSError, ValueError) as exc:
+                    self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
+                    return
+                if n == 0:
+                    self._eof(flow)
+                    return
+                flow.count += n
+                pending = flow.pending
+                if pending is not None:
+                    pending += view[:n]
+                    kept = n
+                else:
+                    try:
+                        sent = flow.dst.send(view[:n])
+                    except WOULD_BLOCK:
+                        sent = 0
+                    except (OSError, ValueError) as exc:
+                        self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+                        return
+                    if sent < n:
+                        flow.pending = pending = bytearray(view[sent:n])
+                        kept = n - sent
+            finally:
+                if budget is not None:
+                    budget.give(grant - kept)  # what the read did not leave buffered
             if pending is not None and (
                 len(pending) >= self.high_water or (budget is not None and budget.exhausted)
             ):
