@@ -24,7 +24,6 @@ class Exchange:
     peer: InetAddress  # ("unix", 0) for a unix socket client, ("unknown", 0) when not known
     listener: Optional[Listener]
     head: Optional[RequestHead] = None
-    local: str = ""  # the address the client connected to (for Require local)
     status: int = 0
     start: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)

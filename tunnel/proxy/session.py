@@ -91,7 +91,6 @@ def serve_client(
     if leading:
         front.feed(leading)
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
-    local = _local_ip(sock)
     result: Optional[TunnelStart] = None
     client: Endpoint = sock  # or a TLSStream over it on a TLS listener
     try:
@@ -103,7 +102,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener, local=local)
+            ex = Exchange(peer=peer, listener=listener)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -273,7 +272,7 @@ def _handle(
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
     decision = _route(engine, scope, head, ex)
-    _check_access(scope, decision, head, ex)  # before the upgrade checks and any backend (R70)
+    _check_access(scope, decision, head, ex, sock)  # before the upgrade checks and any backend (R70)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
@@ -342,7 +341,7 @@ def _handle(
             balancer.release(member)
 
 
-def _local_ip(sock: socket.socket) -> str:
+def _local_ip(sock: Endpoint) -> str:
     try:
         name = sock.getsockname()
     except OSError:
@@ -350,7 +349,7 @@ def _local_ip(sock: socket.socket) -> str:
     return str(name[0]) if isinstance(name, tuple) and name else ""
 
 
-def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange) -> None:
+def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> None:
     """Raise Forbidden unless the access rules in force grant the request (R70)."""
     if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
         return  # no Require anywhere for this host: granted
@@ -360,7 +359,7 @@ def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Ex
         return
     request = AccessRequest(
         remote=peer_ip(ex.peer),
-        local=ex.local,
+        local=_local_ip(client),  # a system call: only when rules are in force
         method=head.method,
         path=decision.local_path,
         query=head.target.partition("?")[2],
