@@ -63,6 +63,7 @@ def test_parsing_contexts_and_inheritance():
         ("ProxyPassReverse / http://b/ interpolate", 1, "interpolate is not supported"),
         ("<Location /x>\nProxyPassReverse /x http://b/\n</Location>", 2, "inside <Location> the path is the location's"),
         ("<LocationMatch ^/x>\nProxyPassReverse http://b/\n</LocationMatch>", 2, "not allowed in <LocationMatch>"),
+        ("ProxyPass / ws://b/\nProxyPassReverse / balancer://nope/", 2, "ProxyPassReverse: balancer://nope is not defined"),
         ("ProxyRequests On", 1, "ProxyRequests: On is not supported: tunnel is a reverse proxy, not a forward proxy"),
         ("ProxyRequests maybe", 1, "ProxyRequests: expected On or Off"),
     ],

@@ -109,8 +109,10 @@ def _build_scope(
 ) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
-        if key in ("proxy_access", "reverse_maps"):
+        if key == "proxy_access":
             value = tuple(value)
+        elif key == "reverse_maps":  # (path, url, file, line): where it was written is for errors only
+            value = tuple((path, url) for path, url, _, _ in value)
         group, _, name = key.rpartition(".")
         groups[group][name] = value
     return Scope(
@@ -149,6 +151,7 @@ def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[Se
 
 def finish(p: Draft, source: str) -> Config:
     balancers = _finish_balancers(p)
+    _check_reverse_maps(p, balancers)
     resolve = {name: b.members[0] for name, b in balancers.items()}
 
     def with_balancer(rule: ProxyRule) -> ProxyRule:
@@ -323,3 +326,12 @@ def _check_proxy_tls(scope: Scope, balancers: dict[str, Balancer], where: str) -
                         line=member.line,
                     )
 
+
+def _check_reverse_maps(p: Draft, balancers: dict[str, Balancer]) -> None:
+    """A ProxyPassReverse balancer:// URL must name a defined balancer (as ProxyPass)."""
+    for scope in (p.main, *(v.scope for v in p.vhosts)):
+        for _, url, file, line in scope.settings.get("reverse_maps", ()):
+            if url.lower().startswith("balancer://"):
+                name = url[len("balancer://") :].partition("/")[0]
+                if name not in balancers:
+                    raise ConfigError(f"ProxyPassReverse: balancer://{name} is not defined", file=file, line=line)

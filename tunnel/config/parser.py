@@ -344,7 +344,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             raise Expected("a URL path starting with /", path)
         if "://" not in url:
             raise Expected("a URL (http://host/..., balancer://name/...)", url)
-        self.scope.settings.setdefault("reverse_maps", []).append((path, url))
+        self.scope.settings.setdefault("reverse_maps", []).append((path, url, self.file, self.line))
 
     def _proxy_requests(self, args: list[str]) -> None:
         if not on_off(_one(args)):
