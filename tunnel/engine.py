@@ -31,9 +31,10 @@ from .errors import ServiceUnavailable
 from .io.connect import client_context, server_context
 from .io.listeners import Acceptor, open_listener
 from .io.loop import Loop, Task, run_blocking
-from .io.streams import Endpoint, PeerAddress
+from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
+from .proxy.explain import Explanation, explain
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
@@ -306,6 +307,15 @@ class Engine:
             self._tunnel_closed(start)
 
     # -- tunnels -----------------------------------------------------------------------
+    def explain(
+        self, raw_head: bytes, *, listener: Optional[Listener] = None, peer: InetAddress = ("127.0.0.1", 40000)
+    ) -> Explanation:
+        """What this engine would do with one request head, step by step, without
+        connecting anything (``tunnel explain``): the vhost and `<Location>` chosen,
+        each rewrite rule and condition tried, the route or the refusal, the balancer
+        policy, the request the backend would receive, the timeouts and the strategy."""
+        return explain(self._services, raw_head, listener=listener, peer=peer)
+
     def live_tunnels(self) -> list[Pump]:
         """The pumps of the tunnels open now (for status pages and tests)."""
         with self._lock:

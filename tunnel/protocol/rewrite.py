@@ -102,6 +102,7 @@ class _State:
     env: dict[str, str]
     rule_match: Optional[re.Match[str]] = None
     cond_match: Optional[re.Match[str]] = None
+    trace: Optional[list[str]] = None  # `tunnel explain`: one line per rule and cond tried
 
     def variable(self, name: str) -> str:
         kind, colon, arg = name.partition(":")
@@ -175,8 +176,17 @@ def _cond_holds(cond: RewriteCond, state: _State) -> bool:
         m = cond.regex.search(value)
         if m is not None and not cond.negate:
             state.cond_match = m
-        return (m is not None) != cond.negate
-    return _compare(cond, value, cond.pattern) != cond.negate
+        ok = (m is not None) != cond.negate
+    else:
+        ok = _compare(cond, value, cond.pattern) != cond.negate
+    if state.trace is not None:
+        shown = ("!" if cond.negate else "") + (cond.pattern if cond.kind == "regex" else f"{cond.kind}{cond.pattern}")
+        flags = ",".join(f for f, on in (("NC", cond.nocase), ("OR", cond.ornext)) if on)
+        state.trace.append(
+            f"  RewriteCond at {cond.file}:{cond.line}: {cond.test} = {value!r} against {shown!r}"
+            f"{f' [{flags}]' if flags else ''}: {'true' if ok else 'false'}"
+        )
+    return ok
 
 
 def _conds_hold(conds: Sequence[RewriteCond], state: _State) -> bool:
@@ -230,8 +240,11 @@ def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> s
     return f"{scheme}://{host}{shown}" + (f"?{_encode_query(query)}" if query else "")
 
 
-def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
+def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] = None) -> Outcome:
     """Run the scope's rules over a request.
+
+    ``trace``, when given, gets one line for each rule and condition tried and its
+    outcome (``tunnel explain``).
 
     Raises:
         BadRequest, Forbidden, NotFound: the request-target itself is bad (as routing).
@@ -245,19 +258,30 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
     if request.method.upper() == "CONNECT" or request.target == "*":
         return Outcome(Action.UNCHANGED)  # httpd's hook declines: no URL-path (routing answers)
     path, query = normalize_target(request.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
-    state = _State(request, path, query, {})
+    state = _State(request, path, query, {}, trace=trace)
     original_query = query
     current, changed, redirect = path, False, 0
     last: Optional[RewriteRule] = None
     for rule in scope.rewrite_rules:
         assert rule.regex is not None
         m = rule.regex.search(current)
+        if trace is not None:
+            matched = (m is None) == rule.negate
+            trace.append(
+                f"RewriteRule at {rule.where}: {current!r} against {'!' if rule.negate else ''}{rule.pattern!r}"
+                f" -> {rule.substitution!r}{f' {rule.flags}' if rule.flags else ''}: "
+                + ("pattern matches" if matched else "pattern does not match")
+            )
         if (m is None) != rule.negate:
             continue
         state.rule_match, state.cond_match = (None if rule.negate else m), None
         if not _conds_hold(rule.conds, state):
+            if trace is not None:
+                trace.append("  conditions do not hold: rule skipped")
             continue
         last = rule
+        if trace is not None:
+            trace.append("  rule applies" + (" (last: [L]/[END])" if rule.last or rule.end else ""))
         for var, value in rule.env:
             state.env[var] = state.expand(value)
         env = tuple(state.env.items())

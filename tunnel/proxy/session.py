@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Optional, Union
 
 import h11
@@ -272,17 +272,11 @@ def _handle(
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
     decision = _route(engine, scope, head, ex)
-    _check_access(scope, decision, head, ex, sock)  # before the upgrade checks and any backend (R70)
+    _check_access(scope, decision, head, ex, lambda: _local_ip(sock))  # before the upgrade checks and any backend (R70)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
-    key: Optional[str] = None
-    token = decision.upgrade_token if decision.tunnel else None
-    if decision.tunnel:
-        # upgrade=NONE on the route, or on a balancer's first member (as routing reads it):
-        # every request is a handshake, without the Upgrade/Connection checks (R16).
-        upgrade = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
-        key = validate_upgrade(head, token or "websocket", none_mode=upgrade == ("NONE",))
+    token, key = _check_upgrade(decision, head)
     strategy = engine.strategy_for(scope)
     reserved = False
     if decision.tunnel and engine.needs_thread(scope, strategy):
@@ -341,6 +335,23 @@ def _handle(
             balancer.release(member)
 
 
+def _check_upgrade(decision: RouteResult, head: RequestHead) -> tuple[Optional[str], Optional[str]]:
+    """The Upgrade token to forward and the client's Sec-WebSocket-Key (None, None for a
+    plain request).
+
+    Raises:
+        BadRequest, UpgradeRequired: the upgrade request is not valid (R12).
+    """
+    if not decision.tunnel:
+        return None, None
+    rule = decision.rule
+    token = decision.upgrade_token
+    # upgrade=NONE on the route, or on a balancer's first member (as routing reads it):
+    # every request is a handshake, without the Upgrade/Connection checks (R16).
+    upgrade = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
+    return token, validate_upgrade(head, token or "websocket", none_mode=upgrade == ("NONE",))
+
+
 def _local_ip(sock: Endpoint) -> str:
     try:
         name = sock.getsockname()
@@ -349,8 +360,11 @@ def _local_ip(sock: Endpoint) -> str:
     return str(name[0]) if isinstance(name, tuple) and name else ""
 
 
-def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> None:
-    """Raise Forbidden unless the access rules in force grant the request (R70)."""
+def _check_access(
+    scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, local_ip: Callable[[], str]
+) -> None:
+    """Raise Forbidden unless the access rules in force grant the request (R70).
+    ``local_ip`` gives the address the client connected to (`Require local`)."""
     if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
         return  # no Require anywhere for this host: granted
     url = backend_url(decision)
@@ -359,7 +373,7 @@ def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Ex
         return
     request = AccessRequest(
         remote=peer_ip(ex.peer),
-        local=_local_ip(client),  # a system call: only when rules are in force
+        local=local_ip(),  # a system call: only when rules are in force
         method=head.method,
         path=decision.local_path,
         query=head.target.partition("?")[2],
@@ -368,9 +382,12 @@ def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Ex
     )
     if not is_granted(rules, request):
         raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
-def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> RouteResult:
+def _route(
+    engine: Services, scope: Scope, head: RequestHead, ex: Exchange, trace: Optional[list[str]] = None
+) -> RouteResult:
     """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
-    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P]."""
+    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P].
+    ``trace`` gets a line per rewrite rule and condition tried (``tunnel explain``)."""
     target = head.target
     if scope.rewrite_engine and scope.rewrite_rules:
         listener = ex.listener
@@ -385,7 +402,7 @@ def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> R
             https=listener is not None and listener.tls,
             server_name=scope.server_name or engine.server_name,
         )
-        outcome = rewrite.evaluate(scope, request)
+        outcome = rewrite.evaluate(scope, request, trace)
         ex.notes.update(outcome.env)
         rule = outcome.rule
         where = f"RewriteRule at {rule.where}" if rule is not None else ""
