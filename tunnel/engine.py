@@ -16,6 +16,7 @@ joins the loop; without, the calling thread does the handshake and the (sync) tu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import ssl
@@ -164,7 +165,7 @@ class Engine:
                 sock = open_listener(listener, reuse_port=self.reuse_port)
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
-                bound = Listener(listener.host, addr[1], listener.tls, listener.file, listener.line)
+                bound = dataclasses.replace(listener, port=addr[1])
                 self._acceptors.append(Acceptor(self._adopt, loop, sock, bound))
                 log.info("listening on %s", bound.display)
         except BaseException as exc:
@@ -437,6 +438,7 @@ class Engine:
         self.access_log.write(
             Entry(
                 remote_host=str(ex.peer[0]),
+                peer_host=str(ex.connection_peer[0]) if ex.connection_peer is not None else "",
                 request_line=head.request_line if head else "-",
                 method=head.method if head else "-",
                 path=head.target if head else "-",

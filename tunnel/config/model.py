@@ -41,6 +41,8 @@ class Listener:
     tls: bool = False
     file: str = "<config>"
     line: int = 0
+    #: RemoteIPProxyProtocol On for this address (the main server's or a vhost's, R130).
+    proxy_protocol: bool = False
 
     @property
     def display(self) -> str:
@@ -426,6 +428,12 @@ class Scope:
     reverse_maps: tuple[tuple[str, str], ...] = ()
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
+    #: RemoteIPHeader (R131): the header naming the client behind trusted proxies.
+    remoteip_header: str = ""
+    #: RemoteIPProxiesHeader: where the proxies that were skipped are recorded.
+    remoteip_proxies_header: str = ""
+    #: RemoteIPInternalProxy / RemoteIPTrustedProxy networks, True for internal ones.
+    remoteip_proxies: tuple[tuple[Network, bool], ...] = ()
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
@@ -469,6 +477,8 @@ class Config:
     max_tunnel_threads: int = DEFAULT_MAX_TUNNEL_THREADS
     #: TunnelBufferLimit: bytes buffered across all tunnels before reads pause (0 = none).
     buffer_limit: int = 0
+    #: RemoteIPProxyProtocolExceptions: clients that may skip the PROXY header.
+    proxy_protocol_exceptions: tuple[Network, ...] = ()
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     source: str = "<config>"
 

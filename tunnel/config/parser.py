@@ -25,6 +25,7 @@ from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
+from .remoteip import RemoteIPHooks
 from .rewrite import RewriteDirectives
 from .values import (
     IGNORED_DIRECTIVES,
@@ -69,7 +70,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -421,6 +422,14 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
 
     def in_vhost(self) -> bool:
         return self.frame.ctx is Ctx.VHOST
+
+    def vhost_addresses(self) -> tuple[tuple[str, int], ...]:
+        vhost = self.frame.vhost
+        return vhost.addresses if vhost is not None else ()
+
+    def _scope_setting(self, key: str) -> list[Any]:
+        value: list[Any] = self.scope.settings.setdefault(key, [])
+        return value
 
     def authz_holder(self, create: bool = True) -> AuthzDraft:
         frame = self.frame

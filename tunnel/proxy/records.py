@@ -36,6 +36,9 @@ class Exchange:
     vhost: str = ""
     early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
     early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
+    #: the TCP peer when ``peer`` is the client a PROXY header or RemoteIPHeader named
+    #: (%{c}a); None when they are the same.
+    connection_peer: Optional[InetAddress] = None
 
 
 @dataclass

@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..io.loop import Wait
 from ..io.steps import recv, sendall, tls_handshake
-from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
+from ..io.streams import INHERITS_OPTIONS, Endpoint, InetAddress, PeerAddress, tune
 from ..io.tls import TLSStream
 from ..protocol import rewrite, routing
 from ..protocol.access import AccessRequest, backend_url, effective_access, is_granted
@@ -57,6 +57,7 @@ from ..protocol.upgrade import validate_upgrade
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
 from .records import Exchange, TunnelStart
+from .remoteip import ProxyRefused, accept_proxy_header, apply_remoteip_header
 from .services import Services
 
 __all__ = ["serve_client"]
@@ -93,8 +94,17 @@ def serve_client(
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
     result: Optional[TunnelStart] = None
     client: Endpoint = sock  # or a TLSStream over it on a TLS listener
+    connection_peer: Optional[InetAddress] = None
     try:
         tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
+        if listener is not None and listener.proxy_protocol and not leading:
+            try:
+                carried = yield from accept_proxy_header(config, sock, peer, clock() + limits.header_timeout)
+            except ProxyRefused as exc:
+                log.warning("PROXY protocol: connection from %s on %s closed: %s", peer_ip(peer), listener.display, exc)
+                return None
+            if carried is not None and carried.source is not None:
+                connection_peer, peer = peer, carried.source
         if listener is not None and listener.tls:
             try:
                 client = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
@@ -102,7 +112,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener)
+            ex = Exchange(peer=peer, listener=listener, connection_peer=connection_peer)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -271,6 +281,8 @@ def _handle(
     clock = time.monotonic
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
+    if scope.remoteip_header:
+        apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
     decision = _route(engine, scope, head, ex)
     _check_access(scope, decision, head, ex, lambda: _local_ip(sock))  # before the upgrade checks and any backend (R70)
     scope = decision.scope
