@@ -216,3 +216,27 @@ def test_config_errors_and_addresses(tmp_path):
     assert [str(n) for n, _ in config.scope.remoteip_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
     warned = Config.from_text("Listen 8080\n<VirtualHost *:9999>\nRemoteIPProxyProtocol On\n</VirtualHost>\n", filename="t.conf")
     assert any("names no address tunnel listens on" in w for w in warned.warnings)
+
+
+@pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
+def test_behind_a_real_haproxy(make_proxy, recorder, tmp_path, send_proxy):
+    from tests.support.haproxy import haproxy_tcp
+
+    engine = make_proxy(
+        "RemoteIPProxyProtocol On\nRemoteIPInternalProxy 127.0.0.1\n"
+        "<Location /app/>\n  Require ip 127.0.0.2\n</Location>\n"
+        f"ProxyPass /app/ http://127.0.0.1:{recorder.address[1]}/app/\n"
+        f"ProxyPass /ws/ ws://127.0.0.1:{recorder.address[1]}/ws/\n"
+    )
+    with haproxy_tcp(tmp_path, [engine.addresses[0]], send_proxy=send_proxy) as port:
+        for source, expected in (("127.0.0.2", 200), ("127.0.0.3", 403)):
+            with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+                s.sendall(GET)
+                head, _ = read_head(s)
+                assert status_of(head) == expected
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.4", 0)) as s:
+            s.sendall(upgrade_request("/ws/chat"))
+            head, rest = read_head(s)
+            assert status_of(head) == 101
+    wait_for(lambda: len(recorder.heads) == 2)
+    assert [_xff(h) for h in recorder.heads] == ["127.0.0.2", "127.0.0.4"]
