@@ -71,6 +71,10 @@ class LocationDraft:
     regex: Optional[re.Pattern[str]]
     settings: dict[str, Any] = field(default_factory=dict)
     rule: Optional[ProxyRule] = None
+    rewrite_conds: list[RewriteCond] = field(default_factory=list)  # per-directory rules (R79)
+    rewrite_rules: list[RewriteRule] = field(default_factory=list)
+    rewrite_options: Optional[str] = None
+    rewrite_base: str = ""
 
 
 @dataclass
@@ -307,7 +311,7 @@ def _check_rewrite_targets(scope: Scope, balancers: dict[str, Balancer], where: 
     """R4 for [P] rules whose substitution starts with a literal scheme (R67): a wss://
     or https:// one needs SSLProxyEngine On, a balancer:// one a defined balancer (whose
     TLS members need it too). Dynamic schemes are checked per request (500)."""
-    for rule in scope.rewrite_rules:
+    for rule in scope.rewrite_rules + tuple(r for loc in scope.locations for r in loc.rewrite_rules):
         m = _LITERAL_SCHEME.match(rule.substitution) if rule.proxy else None
         if m is None:
             continue

@@ -71,7 +71,8 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
-        ("RewriteEngine", "rewrite_engine", on_off, _SV),
+        ("RewriteEngine", "rewrite_engine", on_off, _SVL),
+        ("DocumentRoot", "document_root", text_value, _SV),
     )
 }
 
@@ -101,6 +102,7 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RewriteCond", "_rewrite_cond", _SVL),
         ("RewriteRule", "_rewrite_rule", _SVL),
         ("RewriteOptions", "_rewrite_options", _SVL),
+        ("RewriteBase", "_rewrite_base", _SVL),
         ("RemoteIPProxyProtocol", "_remoteip_proxy_protocol", _SV),
         ("RemoteIPProxyProtocolExceptions", "_remoteip_proxy_protocol_exceptions", _SV),
         ("RemoteIPHeader", "_remoteip_header", _SV),

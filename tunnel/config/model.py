@@ -395,6 +395,9 @@ class Location:
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
+    #: Its own RewriteRules, run per directory at the fixup phase (R79).
+    rewrite_rules: tuple[RewriteRule, ...] = ()
+    rewrite_base: str = ""  # RewriteBase
 
 
 @dataclass(frozen=True)
@@ -428,6 +431,9 @@ class Scope:
     reverse_maps: tuple[tuple[str, str], ...] = ()
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
+    #: DocumentRoot: tunnel serves no files, but a `<Location>`'s RewriteRules see the
+    #: path under it when no ProxyPass takes a request (R79).
+    document_root: str = ""
     #: RemoteIPHeader (R131): the header naming the client behind trusted proxies.
     remoteip_header: str = ""
     #: RemoteIPProxiesHeader: where the proxies that were skipped are recorded.

@@ -121,8 +121,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
         self.warnings.append(f"{self.file}:{self.line}: {text}")
 
     # -- contexts ----------------------------------------------------------------------
-    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
-        return self.scope, self.frame.location is not None
+    def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
+        return self.scope, self.frame.location
 
     @property
     def frame(self) -> _Frame:
@@ -238,11 +238,24 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
             self.vhosts.append(top.vhost)
         elif top.location is not None:
             loc, parent = top.location, self.scope
+            if loc.rewrite_conds:
+                cond = loc.rewrite_conds[0]
+                raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings or rules is not None:
+            if loc.settings or rules is not None or loc.rewrite_rules or loc.rewrite_base:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules)
+                    Location(
+                        loc.path,
+                        loc.is_regex,
+                        tuple(loc.settings.items()),
+                        top.file,
+                        top.line,
+                        loc.regex,
+                        rules,
+                        rewrite_rules=tuple(loc.rewrite_rules),
+                        rewrite_base=loc.rewrite_base,
+                    )
                 )
 
     # -- directives --------------------------------------------------------------------
