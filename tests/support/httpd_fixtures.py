@@ -64,7 +64,8 @@ class Fixture:
         templates)."""
         text = self.path.read_text()
         for old, new in (*self.subs, *COMMON_SUBS):
-            text = text.replace(old, new.format(**values))
+            if old in text:
+                text = text.replace(old, new.format(**values))
         return text
 
     def prelude(self, values: dict[str, str]) -> str:
