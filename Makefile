@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-quick bench-peers lint fuzz soak clean venv system-deps
+.PHONY: run test bench bench-quick bench-peers lint fuzz soak clean venv system-deps test-apps
 
 venv: $(STAMP)
 
@@ -22,16 +22,35 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tunnel demo --listen $(HOST):$(PORT)
 
-# Debian packages the tests use (headless Chromium for the demo page test). Installed
-# once; skipped when present or when apt-get is not available (the test then skips).
+# Debian packages the tests use (headless Chromium for the browser tests, Apache httpd
+# for the side-by-side test). Installed once; skipped when present or when apt-get is not
+# available (the tests then skip). apache2 is installed under a policy-rc.d that forbids
+# starting services, so the package starts no httpd of its own.
 system-deps:
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium (Debian) for the browser test"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 			|| echo "warning: chromium could not be installed; the browser test will skip"; \
 	fi
+	@if ! command -v apache2 >/dev/null 2>&1 && [ ! -x /usr/sbin/apache2 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing apache2 (Debian) for the side-by-side test"; \
+		created=; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created=1; \
+		fi; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2 >/dev/null) \
+			|| echo "warning: apache2 could not be installed; the side-by-side test will skip"; \
+		if [ -n "$$created" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	fi
 
-test: $(STAMP) system-deps
+# Real applications for tests/e2e/test_real_apps.py that are too heavy for the `test`
+# extra (jupyter_server, its kernel and terminals); a failed install only skips the test.
+test-apps: $(STAMP)
+	@$(PY) -c "import jupyter_server, ipykernel, terminado" 2>/dev/null \
+		|| $(PIP) install --quiet jupyter_server ipykernel terminado \
+		|| echo "warning: jupyter_server could not be installed; the Jupyter test will skip"
+
+test: $(STAMP) system-deps test-apps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks (bench/): C load generator and backend built with cc into bench/build/,

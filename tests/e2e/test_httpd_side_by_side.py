@@ -116,7 +116,7 @@ def backends(request: pytest.FixtureRequest, mats: dict[str, str]) -> Iterator[l
 
 def _values(mats: dict[str, str], backends: list[AppBackend]) -> dict[str, str]:
     values = dict(mats)
-    values.update({f"p{role}": str(port) for role, port in zip(ROLES, free_ports(len(ROLES)))})
+    values.update({f"p{role}": str(port) for role, port in zip(ROLES, free_ports(len(ROLES)), strict=True)})
     values.update({f"b{i + 1}": str(b.port) for i, b in enumerate(backends)})
     return values
 
@@ -192,7 +192,7 @@ def _send(fixture: Fixture, probe: Probe, port: int, ca: str) -> dict[str, Any]:
 def _run_probe(fixture: Fixture, probe: Probe, port: int, ca: str, backends: list[AppBackend]) -> dict[str, Any]:
     before = [len(b.seen) for b in backends]
     result = _send(fixture, probe, port, ca)
-    seen = [s for b, n in zip(backends, before) for s in b.seen[n:]]
+    seen = [s for b, n in zip(backends, before, strict=True) for s in b.seen[n:]]
     result["backend"] = [
         {"backend": s.backend, "method": s.method, "target": s.target,
          "headers": {k: s.headers[k] for k in COMPARED_REQUEST_HEADERS if k in s.headers}}

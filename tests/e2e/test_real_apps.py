@@ -196,14 +196,13 @@ def jupyter(tmp_path: Path) -> Iterator[tuple[int, str]]:
         port = s.getsockname()[1]
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), HOME=str(tmp_path))
-    log = open(tmp_path / "jupyter.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         "--port-retries=0", "--allow-root", f"--IdentityProvider.token={token}", "--ServerApp.allow_origin=*",
-         f"--ServerApp.root_dir={tmp_path}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    log.close()
+    with open(tmp_path / "jupyter.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+             "--port-retries=0", "--allow-root", f"--IdentityProvider.token={token}", "--ServerApp.allow_origin=*",
+             f"--ServerApp.root_dir={tmp_path}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
 
     def up() -> bool:
         try:

@@ -106,12 +106,11 @@ Include "{fixture}"
         main = self._main(prelude, fixture_text)
         if self.error_log.exists():
             self.error_log.unlink()
-        out = open(self.workdir / "stderr.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(APACHE2), "-f", str(main), "-DFOREGROUND"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        out.close()
+        with open(self.workdir / "stderr.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(APACHE2), "-f", str(main), "-DFOREGROUND"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         waiting = list(ports)
         while waiting:

@@ -15,7 +15,7 @@ empty file), ``{dh}`` (DH parameters).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "httpd"
