@@ -130,15 +130,17 @@ def _build_scope(
 
 
 def _order_location_rules(rules: list[ProxyRule]) -> list[ProxyRule]:
-    """Location rules in matching order: regex ones first (httpd merges `<LocationMatch>`
-    last, so its ProxyPass wins), then plain ones by decreasing path length (R1); ties
-    keep the given order."""
-    return sorted(rules, key=lambda r: (not r.is_regex, -len(r.path) if not r.is_regex else 0))
+    """`<Location>` ProxyPass rules in matching order, given in merge order (the main
+    server's blocks in file order, then the vhost's). httpd merges every matching block
+    in that order, `<LocationMatch>` among them, and the last merged block's ProxyPass
+    replaces the earlier ones' (R1, R106): so the rules are tried last block first."""
+    return list(reversed(rules))
 
 
 def _order_locations(locations: list[Location]) -> list[Location]:
-    """httpd's merge order: plain sections in configuration order, then regex ones."""
-    return sorted(locations, key=lambda loc: loc.is_regex)
+    """httpd's merge order: `<Location>` and `<LocationMatch>` sections together, in
+    file order (the main server's before a vhost's)."""
+    return list(locations)
 
 
 def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[ServerTLS]:
@@ -195,7 +197,7 @@ def finish(p: Draft, source: str) -> Config:
         settings["reverse_maps"] = [*main_settings.get("reverse_maps", ()), *v.scope.settings.get("reverse_maps", ())]
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
-            _order_location_rules(own_loc_rules + main_loc_rules)
+            _order_location_rules(main_loc_rules + own_loc_rules)
             + main_rules
             + [with_balancer(r) for r in v.scope.rules]
         )

@@ -64,6 +64,24 @@ class _Frame:
     authz: Optional[AuthzDraft] = None  # its Require lines (a context's or a section's)
 
 
+def _has_wildcards(pattern: str) -> bool:
+    """apr_fnmatch_test: ``*``, ``?`` or a ``[...]`` set, outside backslash escapes."""
+    escaped = False
+    bracket = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "*?":
+            return True
+        elif ch == "[":
+            bracket = True
+        elif ch == "]" and bracket:
+            return True
+    return False
+
+
 def _one(args: list[str], what: str = "one argument") -> str:
     if len(args) != 1:
         raise BadDirective(f"expected {what}, got {len(args)} arguments")
@@ -319,9 +337,17 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
             if loc.rule is not None:
                 raise BadDirective("only one ProxyPass per <Location>")
             path, url, rest = loc.path, args[0], args[1:]
-            # ProxyPassMatch in a plain <Location> takes its path as the regex (httpd).
-            compiled = loc.regex if loc.is_regex else (compile_regex(path) if regex else None)
-            regex = regex or loc.is_regex
+            # httpd: a per-directory ProxyPass is a regex for ProxyPassMatch, or when the
+            # block's path has wildcard characters (apr_fnmatch_test); otherwise it is a
+            # prefix, even in <LocationMatch> (R1).
+            regex = regex or _has_wildcards(path)
+            compiled = compile_regex(path) if regex else None
+            if loc.is_regex and not regex:
+                self.warn(
+                    f"ProxyPass in <LocationMatch {path}>: httpd takes {path!r} as a literal path prefix "
+                    "(it has no *, ? or [...]), so the route only takes paths that start with it; "
+                    "ProxyPassMatch makes it a regex"
+                )
         else:
             if len(args) < 2:
                 raise BadDirective("expected PATH URL [key=value ...] or PATH !")
