@@ -8,7 +8,7 @@ from .config.checks import named_scopes, rule_backend
 from .config.directives import SETTINGS
 from .config.model import AccessRules, Config, ProxyRule, Require, RequireSection, Scope
 
-__all__ = ["summary"]
+__all__ = ["summary", "ignored_summary"]
 
 
 def _seconds_text(value: float) -> str:
@@ -131,3 +131,16 @@ def summary(config: Config) -> str:
                 + f"  [{m.file}:{m.line}]"
             )
     return "\n".join(out)
+
+
+def ignored_summary(config: Config) -> str:
+    """The directives accepted and ignored (R97), each with where it was written, or
+    "" when there are none."""
+    if not config.ignored:
+        return ""
+    where: dict[str, list[str]] = {}
+    for name, at in config.ignored:
+        where.setdefault(name, []).append(at)
+    lines = [f"Ignored directives ({len(config.ignored)} lines; no effect on proxied traffic):"]
+    lines += [f"  {name}: {', '.join(places)}" for name, places in sorted(where.items(), key=lambda i: i[0].lower())]
+    return "\n".join(lines)

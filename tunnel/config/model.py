@@ -9,6 +9,7 @@ inherits every value it does not set itself (see docs/httpd-behaviour.md, R1).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from collections.abc import Sequence
@@ -478,28 +479,49 @@ class Config:
         vhosts = tuple(dataclasses.replace(v, scope=forced(v.scope)) for v in self.vhosts)
         return dataclasses.replace(self, scope=forced(self.scope), vhosts=vhosts)
 
-    def scope_for(self, listener: Optional[Listener], host: Optional[str]) -> Scope:
+    @functools.cached_property
+    def ip_vhosts(self) -> bool:
+        """Some vhost names an address (not ``*`` / ``_default_``): matching it needs
+        the connection's local address."""
+        return any(a not in ("*", "_default_", "") for v in self.vhosts for a, _ in v.addresses)
+
+    def scope_for(self, listener: Optional[Listener], host: Optional[str], local_ip: Optional[str] = None) -> Scope:
         """The scope for a request that came in on ``listener`` with ``Host: host``.
 
         httpd's name-based virtual hosting: among the vhosts whose address matches the
         listener, the one whose ServerName/ServerAlias matches the host (port dropped,
         case-insensitive) wins, else the first of them; no vhost matching → global scope.
         """
-        return self.vhost_for(listener, host)[0]
+        return self.vhost_for(listener, host, local_ip)[0]
 
     def vhost_for(
-        self, listener: Optional[Listener], host: Optional[str]
+        self, listener: Optional[Listener], host: Optional[str], local_ip: Optional[str] = None
     ) -> tuple[Scope, Optional[VirtualHost]]:
-        candidates = [
-            v
-            for v in self.vhosts
-            if listener is None
-            or any(
-                (a in ("*", "_default_", "", listener.host) or listener.host == "")
-                and (p in (0, listener.port))
-                for a, p in v.addresses
-            )
-        ]
+        """The vhost for a request (vhost.c's order, R90): those whose address is the
+        connection's local address (``local_ip``; without it, the listener's) and port,
+        else those with ``*``, else those with ``_default_``; among them, the one whose
+        ServerName or ServerAlias is the Host, else the first."""
+        if local_ip is not None and local_ip.startswith("::ffff:") and "." in local_ip:
+            local_ip = local_ip[7:]
+        exact: list[VirtualHost] = []
+        star: list[VirtualHost] = []
+        default: list[VirtualHost] = []
+        for v in self.vhosts:
+            kinds = set()
+            for a, p in v.addresses:
+                if listener is not None and p not in (0, listener.port):
+                    continue
+                if a in ("*", ""):
+                    kinds.add("*")
+                elif a == "_default_":
+                    kinds.add("_default_")
+                elif listener is None or (a == local_ip if local_ip is not None else listener.host in ("", a)):
+                    kinds.add("ip")
+            for kind, group in (("ip", exact), ("*", star), ("_default_", default)):
+                if kind in kinds:
+                    group.append(v)
+                    break
+        candidates = exact or star or default
         if not candidates:
             return self.scope, None
         name = (host or "").rsplit("]", 1)[-1]

@@ -105,6 +105,11 @@ class TLSHooks:
         if level not in ("none", "optional", "require"):
             raise Expected("none, optional or require", args[0])
         self._set("tls.verify_client", level)
+        if level != "none":
+            self.warn(
+                f"SSLVerifyClient {level}: SSLVerifyDepth cannot be applied (Python's ssl has no depth setting): "
+                "a client chain of any length to a CA in SSLCACertificateFile is accepted"
+            )
 
     def _ssl_verify_depth(self, args: list[str]) -> None:
         if len(args) != 1 or not re.fullmatch(r"[0-9]{1,3}", args[0]):

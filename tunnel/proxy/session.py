@@ -35,6 +35,7 @@ from ..errors import (
     GatewayTimeout,
     Gone,
     InternalServerError,
+    NotFound,
     Redirect,
     RequestTimeout,
     TunnelError,
@@ -54,6 +55,7 @@ from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
+from . import aliasing
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
 from .records import Exchange, TunnelStart
@@ -269,10 +271,29 @@ def _handle(
         ClientGone: the client left while the backend was being reached.
     """
     clock = time.monotonic
-    scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
+    config = engine.config
+    local = _local_ip(sock) if config.ip_vhosts else None  # a system call: only for IP-based vhosts (R90)
+    scope, vhost = config.vhost_for(ex.listener, head.get("host"), local)
     ex.vhost = vhost.server_name if vhost is not None else ""
-    decision = _route(engine, scope, head, ex)
-    _check_access(scope, decision, head, ex, sock)  # before the upgrade checks and any backend (R70)
+    routed = _route(engine, scope, head, ex)
+    if isinstance(routed, str):
+        try:
+            decision = routing.route(scope, routed, head.get("upgrade"), method=head.method)
+        except NotFound:
+            # No ProxyPass takes the path: mod_alias's translation, then its fixup (R94).
+            aliasing.server_redirect(scope, routed, head, ex.listener, engine.server_name)
+            parts = aliasing.normalized(scope, head.target)
+            if parts is not None and any(loc.redirects for loc in scope.locations):
+                _check_access(scope, parts[0], None, head, ex, sock)
+                aliasing.location_redirect(scope, *parts, head, ex.listener, engine.server_name)
+            raise
+    else:
+        decision = routed
+    _check_access(scope, decision.local_path, backend_url(decision), head, ex, sock)  # before the upgrade checks and any backend (R70)
+    if any(loc.redirects for loc in scope.locations):  # mod_alias's fixup: after access, before the handler (R94)
+        query = head.target.partition("?")[2]
+        aliasing.location_redirect(decision.scope, decision.local_path, query, head, ex.listener, engine.server_name)
+    aliasing.check_trace(decision.scope, head)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
@@ -349,28 +370,30 @@ def _local_ip(sock: Endpoint) -> str:
     return str(name[0]) if isinstance(name, tuple) and name else ""
 
 
-def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> None:
-    """Raise Forbidden unless the access rules in force grant the request (R70)."""
+def _check_access(
+    scope: Scope, path: str, url: Optional[str], head: RequestHead, ex: Exchange, client: Endpoint
+) -> None:
+    """Raise Forbidden unless the access rules in force grant the request (R70): the
+    routed ``path``, and ``url`` the backend URL `<Proxy>` blocks match (None: none)."""
     if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
         return  # no Require anywhere for this host: granted
-    url = backend_url(decision)
-    rules = effective_access(scope, decision.local_path, url)
+    rules = effective_access(scope, path, url)
     if rules is None:
         return
     request = AccessRequest(
         remote=peer_ip(ex.peer),
         local=_local_ip(client),  # a system call: only when rules are in force
         method=head.method,
-        path=decision.local_path,
+        path=path,
         query=head.target.partition("?")[2],
         headers=tuple(head.headers),
         https=ex.listener is not None and ex.listener.tls,
     )
     if not is_granted(rules, request):
-        raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
-def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> RouteResult:
-    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
-    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P]."""
+        raise Forbidden("access denied by the server configuration", detail=f"{path} -> {url or '(not proxied)'}")
+def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> Union[RouteResult, str]:
+    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63):
+    the route of a [P] rule, else the (rewritten) target ProxyPass routing is to see."""
     target = head.target
     if scope.rewrite_engine and scope.rewrite_rules:
         listener = ex.listener
@@ -384,6 +407,9 @@ def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> R
             server_port=listener.port if listener is not None else 0,
             https=listener is not None and listener.tls,
             server_name=scope.server_name or engine.server_name,
+            canonical=scope.use_canonical_name,
+            configured_port=scope.server_port,
+            configured_scheme=scope.server_scheme,
         )
         outcome = rewrite.evaluate(scope, request)
         ex.notes.update(outcome.env)
@@ -407,7 +433,7 @@ def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> R
             return rewrite.route_proxy(scope, one_off, target, head.target, head.get("upgrade"), head.method)
         if action is rewrite.Action.PATH:
             target = outcome.target
-    return routing.route(scope, target, head.get("upgrade"), method=head.method)
+    return target
 
 
 def _forwarded_request(
@@ -453,9 +479,9 @@ def _relay_answer(
     another request (both sides done, or the unread request body drained)."""
     clock = time.monotonic
     if scope.reverse_maps:  # ProxyPassReverse (R77)
-        host = (ex.head.get("host") if ex.head is not None else None) or scope.server_name or "localhost"
-        scheme = "https" if ex.listener is not None and ex.listener.tls else "http"
-        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=f"{scheme}://{host}", balancers=balancers)
+        assert ex.head is not None
+        base = aliasing.base_url(scope, ex.head, ex.listener, scope.server_name or "localhost")  # R95
+        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=base, balancers=balancers)
         response = dataclasses.replace(response, headers=mapped)
     ex.status = response.status
     ex.response_headers = response.headers
