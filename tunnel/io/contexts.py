@@ -110,6 +110,13 @@ def check_tls(config: Config) -> list[str]:
     problems: list[str] = []
     servers = [config.tls] + [v.tls for v in config.vhosts]
     for tls in dict.fromkeys(t for t in servers if t is not None):
+        files = (("SSLCertificateFile", tls.certificate_file), ("SSLCertificateKeyFile", tls.key_file),
+                 ("SSLCertificateChainFile", tls.chain_file), ("SSLCACertificateFile", tls.ca_file),
+                 ("SSLOpenSSLConfCmd DHParameters", tls.dh_params))  # fmt: skip
+        missing = [f"{name} {path}" for name, path in files if path is not None and not os.path.isfile(path)]
+        if missing:
+            problems.append(f"{tls.file}:{tls.line}: the TLS settings of this SSLEngine name no such file: {', '.join(missing)}")
+            continue
         try:
             server_context(tls)
         except (ssl.SSLError, OSError, ValueError) as exc:
