@@ -95,7 +95,7 @@ def client_context(tls: ProxyTLS) -> ssl.SSLContext:
 
 def _problem(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        return getattr(exc, "reason", None) or str(exc)
     if isinstance(exc, OSError):
         return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
     return str(exc)
