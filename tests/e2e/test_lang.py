@@ -215,7 +215,7 @@ def test_client_certificates_are_required_when_configured(make_proxy, pki, page,
 def expired_backend_pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("backend-pki")
     ca = trustme.CA()
-    old = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    old = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     cert = ca.issue_cert("localhost", "127.0.0.1", not_before=old, not_after=old + datetime.timedelta(days=1))
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
     return cert, str(d / "ca.pem")

@@ -66,10 +66,8 @@ class AliasHooks:
                 self._add(location, AliasRedirect("", self._check_url(own, status, regex, one=True), status,
                                                   self.file, self.line))
                 return
-        if arg3 is None and not grok:
-            fake, url = arg1, arg2
-        else:
-            fake, url = arg2, arg3
+        fake: Optional[str] = arg1 if arg3 is None and not grok else arg2
+        url = arg2 if arg3 is None and not grok else arg3
         if fake is None:
             raise BadDirective("expected a URL-path (or a regular expression) to redirect")
         compiled = compile_regex(fake) if regex else None

@@ -15,8 +15,8 @@ import functools
 import glob
 import os
 import re
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ConfigError

@@ -82,7 +82,7 @@ def client_context(tls: ProxyTLS) -> ssl.SSLContext:
     if not tls.verify:
         ctx.verify_mode = ssl.CERT_NONE
     elif not tls.check_peer_expire:
-        ctx.verify_flags |= NO_CHECK_TIME  # type: ignore[assignment]
+        ctx.verify_flags |= NO_CHECK_TIME
     if tls.machine_certificate_file:
         ctx.load_cert_chain(tls.machine_certificate_file)
     ctx.minimum_version = _VERSIONS[tls.min_protocol]
