@@ -342,6 +342,13 @@ def test_redirect_forms_are_read_as_mod_alias_reads_them() -> None:
     assert [(r.path, r.url, r.status) for r in loc.redirects] == [
         ("", "http://x.test/loc", 301), ("/loc/sub", "http://x.test/sub", 302)]
     assert [(r.path, r.url, r.status) for r in gone.redirects] == [("", None, 410)]
+    from tunnel.configtest import summary
+
+    shown = summary(c)
+    assert "  Redirect 301 /b -> https://x.test/b (where no route takes the path)  [t.conf:2]" in shown
+    assert "  RedirectMatch 302 ^/f/(.*)$ -> http://x.test/$1 (where no route takes the path)  [t.conf:6]" in shown
+    assert "  <Location /loc> Redirect 301 -> http://x.test/loc  [t.conf:11]" in shown
+    assert "  <Location /gone> Redirect 410  [t.conf:15]" in shown
 
 
 @pytest.mark.parametrize(
