@@ -17,9 +17,7 @@ from .values import (
     positive_int,
     seconds,
     seconds_ms,
-    server_name,
     text_value,
-    verify,
 )
 
 __all__ = ["Ctx", "SETTINGS", "HANDLERS", "SECTIONS"]
@@ -59,18 +57,22 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("ProxyAddHeaders", "add_headers", on_off, _SVL),
         ("Timeout", "timeout", seconds, _SV),
         ("ProxyTimeout", "proxy_timeout", seconds, _SV),
-        ("ServerName", "server_name", server_name, _SV),
         ("LimitRequestLine", "limits.request_line", positive_int, _SV),
         ("LimitRequestFieldSize", "limits.field_size", positive_int, _SV),
         ("LimitRequestFields", "limits.fields", positive_int, _SV),
         ("AllowEncodedSlashes", "limits.allow_encoded_slashes", encoded_slashes, _SV),
         ("SSLProxyEngine", "proxy_tls.engine", on_off, _SV),
-        ("SSLProxyVerify", "proxy_tls.verify", verify, _SV),
         ("SSLProxyCACertificateFile", "proxy_tls.ca_file", text_value, _SV),
         ("SSLProxyCheckPeerName", "proxy_tls.check_peer_name", on_off, _SV),
         ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
+        ("SSLCertificateChainFile", "tls.chain_file", text_value, _SV),
+        ("SSLCACertificateFile", "tls.ca_file", text_value, _SV),
+        ("SSLHonorCipherOrder", "tls.honor_cipher_order", on_off, _SV),
+        ("SSLSessionTickets", "tls.session_tickets", on_off, _SV),
+        ("SSLProxyCheckPeerCN", "proxy_tls.check_peer_cn", on_off, _SV),
+        ("SSLProxyCheckPeerExpire", "proxy_tls.check_peer_expire", on_off, _SV),
         ("RewriteEngine", "rewrite_engine", on_off, _SVL),
         ("DocumentRoot", "document_root", text_value, _SV),
     )
@@ -113,6 +115,30 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RemoteIPTrustedProxyList", "_remoteip_trusted_proxy_list", _SV),
         ("Include", "_include", _ALL),
         ("IncludeOptional", "_include_optional", _ALL),
+        # core (config/corehooks.py)
+        ("Define", "_define", _SV),
+        ("UnDefine", "_undefine", _SV),
+        ("ServerName", "_server_name", _SV),
+        ("Protocols", "_protocols", _SV),
+        ("ProtocolsHonorOrder", "_protocols_honor_order", _SV),
+        ("HostnameLookups", "_hostname_lookups", _SVL),
+        ("UseCanonicalName", "_use_canonical_name", _SVL),
+        ("TraceEnable", "_trace_enable", _SV),
+        ("ErrorDocument", "_error_document", _SVL),
+        # mod_ssl (config/tlshooks.py)
+        ("SSLProxyVerify", "_ssl_proxy_verify", _SV),
+        ("SSLProxyProtocol", "_ssl_proxy_protocol", _SV),
+        ("SSLCipherSuite", "_ssl_cipher_suite", _SV),
+        ("SSLProxyCipherSuite", "_ssl_proxy_cipher_suite", _SV),
+        ("SSLVerifyClient", "_ssl_verify_client", _SV),
+        ("SSLVerifyDepth", "_ssl_verify_depth", _SV),
+        ("SSLCompression", "_ssl_compression", _SV),
+        ("SSLOpenSSLConfCmd", "_ssl_openssl_conf_cmd", _SV),
+        # mod_alias (config/aliashooks.py)
+        ("Redirect", "_redirect", _SVL),
+        ("RedirectMatch", "_redirect_match", _SVL),
+        ("RedirectPermanent", "_redirect_permanent", _SVL),
+        ("RedirectTemp", "_redirect_temp", _SVL),
     )
 }
 
@@ -124,5 +150,8 @@ SECTIONS: dict[str, tuple[str, frozenset[Ctx]]] = {
     "proxy": ("Proxy", _SV),
     "proxymatch": ("ProxyMatch", _SV),
     "ifmodule": ("IfModule", _ALL),
+    "ifdefine": ("IfDefine", _ALL),
+    "ifversion": ("IfVersion", _ALL),
+    "iffile": ("IfFile", _ALL),
     **{k.lower(): (k, _AUTH | {Ctx.REQUIRE}) for k in ("RequireAll", "RequireAny", "RequireNone")},
 }

@@ -68,6 +68,10 @@ class RewriteRequest:
     server_port: int = 0
     https: bool = False
     server_name: str = ""
+    #: UseCanonicalName On, ServerName's port and scheme (R95)
+    canonical: bool = False
+    configured_port: int = 0
+    configured_scheme: str = ""
 
     def header(self, name: str) -> str:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -239,14 +243,18 @@ def _split_authority(authority: str, default_port: int) -> tuple[str, int]:
 
 
 def _server(request: RewriteRequest) -> tuple[str, int]:
-    """SERVER_NAME and SERVER_PORT as httpd's default (UseCanonicalName Off) gives them:
-    the Host header's name and port (the scheme's default port when it names none);
-    without a Host, ServerName and the listener's port."""
+    """SERVER_NAME and SERVER_PORT as httpd gives them (ap_get_server_name and
+    ap_get_server_port, R95): under UseCanonicalName Off (the default) the Host
+    header's name and port (ServerName's port, then the scheme's default, when it names
+    none); without a Host, ServerName and the listener's port; under On, ServerName and
+    its port (else the scheme's default)."""
     default = 443 if request.https else 80
+    if request.canonical:
+        return request.server_name, request.configured_port or default
     host = request.header("host")
     if not host:
-        return request.server_name, request.server_port or default
-    return _split_authority(host, default)
+        return request.server_name, request.configured_port or request.server_port or default
+    return _split_authority(host, request.configured_port or default)
 
 
 def _same_host(scheme: str, authority: str, request: RewriteRequest) -> bool:
@@ -256,8 +264,12 @@ def _same_host(scheme: str, authority: str, request: RewriteRequest) -> bool:
 
 
 def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> str:
-    scheme = "https" if request.https else "http"
-    host = request.header("host") or request.server_name or "localhost"
+    scheme = "https" if request.https else request.configured_scheme or "http"
+    name, port = _server(request)
+    name = name or "localhost"
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    host = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
     shown = encode_path(path) if escape else path
     return f"{scheme}://{host}{shown}" + (f"?{_encode_query(query)}" if query else "")
 

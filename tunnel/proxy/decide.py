@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import unquote
 
 from ..config.model import Location, Scope
@@ -29,11 +29,12 @@ from ..protocol.access import AccessRequest, backend_url, effective_access, is_g
 from ..protocol.heads import RequestHead
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
+from . import aliasing
 from .failover import peer_ip
 from .records import Exchange
 from .services import Services
 
-__all__ = ["decide", "route", "check_access", "check_upgrade", "MAX_INTERNAL_REDIRECTS"]
+__all__ = ["decide", "translate", "route", "check_access", "check_upgrade", "MAX_INTERNAL_REDIRECTS"]
 
 #: httpd's LimitInternalRecursion default: internal redirects one request may take.
 MAX_INTERNAL_REDIRECTS = 10
@@ -101,6 +102,9 @@ def _request(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) ->
         server_port=listener.port if listener is not None else 0,
         https=listener is not None and listener.tls,
         server_name=scope.server_name or engine.server_name,
+        canonical=scope.use_canonical_name,
+        configured_port=scope.server_port,
+        configured_scheme=scope.server_scheme,
     )
 
 
@@ -130,21 +134,34 @@ def _apply(
     return None
 
 
-def route(
+def translate(
     engine: Services, scope: Scope, head: RequestHead, ex: Exchange, trace: Optional[list[str]] = None
-) -> RouteResult:
-    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
-    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P].
+) -> Union[RouteResult, str]:
+    """mod_rewrite's URI translation (it runs before mod_proxy's, R63): the route of a
+    [P] rule, else the (rewritten) request-target ProxyPass routing is to see.
     ``trace`` gets a line per rewrite rule and condition tried (``tunnel explain``)."""
-    target = head.target
     if scope.rewrite_engine and scope.rewrite_rules:
         outcome = rewrite.evaluate(scope, _request(engine, scope, head, ex), trace)
         proxied = _apply(engine, scope, head, ex, outcome)
         if proxied is not None:
             return proxied
         if outcome.action is rewrite.Action.PATH:
-            target = outcome.target
-    return routing.route(scope, target, head.get("upgrade"), method=head.method)
+            return outcome.target
+    return head.target
+
+
+def route(
+    engine: Services, scope: Scope, head: RequestHead, ex: Exchange, trace: Optional[list[str]] = None
+) -> RouteResult:
+    """The route: a [P] rule's, or ProxyPass routing of the (rewritten) target.
+
+    Raises:
+        NotFound: no ProxyPass takes the path (and no rule proxies it).
+    """
+    routed = translate(engine, scope, head, ex, trace)
+    if isinstance(routed, str):
+        return routing.route(scope, routed, head.get("upgrade"), method=head.method)
+    return routed
 
 
 def _directory_rules(scope: Scope, path: str) -> Optional[Location]:
@@ -155,6 +172,50 @@ def _directory_rules(scope: Scope, path: str) -> Optional[Location]:
         if location_matches(location, path):
             found = location
     return found if found is not None and found.rewrite_rules else None
+
+
+def _per_directory(
+    engine: Services,
+    scope: Scope,
+    effective: Scope,
+    location: Location,
+    subject: str,
+    head: RequestHead,
+    ex: Exchange,
+    trace: Optional[list[str]],
+) -> Union[RouteResult, RequestHead, None]:
+    """A `<Location>`'s rules (R79): a [P] route, the head of an internal redirect, or
+    None (nothing changed). Answers (redirect, 403, 410) are raised."""
+    perdir = rewrite.PerDir(
+        location.rewrite_rules,
+        subject,
+        directory="" if location.is_regex else location.path.rstrip("/") + "/",
+        base=location.rewrite_base,
+        document_root=scope.document_root or DEFAULT_DOCUMENT_ROOT,
+    )
+    if trace is not None:
+        trace.append(f"<Location {location.path}> at {location.file}:{location.line}: its RewriteRules see {subject!r}")
+    outcome = rewrite.evaluate(effective, _request(engine, effective, head, ex), trace, perdir=perdir)
+    proxied = _apply(engine, effective, head, ex, outcome)
+    if proxied is not None:
+        return proxied
+    if outcome.action is not rewrite.Action.PATH:
+        return None
+    # An internal redirect: the request starts again on the new path (R79).
+    if trace is not None:
+        trace.append(f"internal redirect to {outcome.target}")
+    return dataclasses.replace(head, target=outcome.target)
+
+
+def _last_checks(
+    engine: Services, decision: RouteResult, head: RequestHead, ex: Exchange, path: str, query: str
+) -> tuple[RouteResult, RequestHead]:
+    """mod_alias's fixup (`<Location>` Redirect lines, after access control, R94) and
+    mod_proxy's TraceEnable check."""
+    if any(loc.redirects for loc in decision.scope.locations):
+        aliasing.location_redirect(decision.scope, path, query, head, ex.listener, engine.server_name)
+    aliasing.check_trace(decision.scope, head)
+    return decision, head
 
 
 def decide(
@@ -175,51 +236,47 @@ def decide(
             redirects...).
     """
     for _ in range(MAX_INTERNAL_REDIRECTS + 1):
-        decision: Optional[RouteResult]
-        try:
-            decision = route(engine, scope, head, ex, trace)
-        except NotFound:
-            decision = None  # no route: httpd maps it to a file, and per-directory rules still run
-            path = routing.normalize_target(head.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)[0]
-            location = _directory_rules(scope, path)
-            if location is None:
-                raise
-            effective = routing.effective_scope(scope, path)
-            _check_path_access(scope, path, None, head, ex, local_ip)
-            subject = (scope.document_root or DEFAULT_DOCUMENT_ROOT).rstrip("/") + path
-        else:
-            routed = decision
-            check_access(scope, routed, head, ex, local_ip)  # before anything else (R70)
-            path, effective = routed.local_path, routed.scope
-            location = _directory_rules(scope, path)
-            if location is None:
-                return routed, head
-            subject = "proxy:" + unquote(backend_url(routed))
-        if not effective.rewrite_engine:
-            if decision is None:
-                raise NotFound("no route for this path", detail=path)
-            return decision, head
-        perdir = rewrite.PerDir(
-            location.rewrite_rules,
-            subject,
-            directory="" if location.is_regex else location.path.rstrip("/") + "/",
-            base=location.rewrite_base,
-            document_root=scope.document_root or DEFAULT_DOCUMENT_ROOT,
-        )
-        if trace is not None:
-            trace.append(f"<Location {location.path}> at {location.file}:{location.line}: its RewriteRules see {subject!r}")
-        outcome = rewrite.evaluate(effective, _request(engine, effective, head, ex), trace, perdir=perdir)
-        proxied = _apply(engine, effective, head, ex, outcome)
-        if proxied is not None:
-            return proxied, head
-        if outcome.action is not rewrite.Action.PATH:
-            if decision is None:
-                raise NotFound("no route for this path", detail=path)
-            return decision, head
-        # An internal redirect: the request starts again on the new path (R79).
-        if trace is not None:
-            trace.append(f"internal redirect to {outcome.target}")
-        head = dataclasses.replace(head, target=outcome.target)
+        routed = translate(engine, scope, head, ex, trace)
+        decision: Optional[RouteResult] = routed if not isinstance(routed, str) else None
+        query = head.target.partition("?")[2]
+        if isinstance(routed, str):
+            try:
+                decision = routing.route(scope, routed, head.get("upgrade"), method=head.method)
+            except NotFound as not_found:
+                # No ProxyPass takes the path: mod_alias's translation (R94); then, as
+                # for a file httpd would serve, access control and the fixups.
+                aliasing.server_redirect(scope, routed, head, ex.listener, engine.server_name)
+                parts = aliasing.normalized(scope, head.target)
+                if parts is None:
+                    raise
+                path = parts[0]
+                location = _directory_rules(scope, path)
+                if location is None and not any(loc.redirects for loc in scope.locations):
+                    raise
+                _check_path_access(scope, path, None, head, ex, local_ip)
+                effective = routing.effective_scope(scope, path)
+                if location is not None and effective.rewrite_engine:
+                    subject = (scope.document_root or DEFAULT_DOCUMENT_ROOT).rstrip("/") + path
+                    done = _per_directory(engine, scope, effective, location, subject, head, ex, trace)
+                    if isinstance(done, RouteResult):
+                        return _last_checks(engine, done, head, ex, path, query)
+                    if done is not None:
+                        head = done
+                        continue
+                aliasing.location_redirect(scope, path, query, head, ex.listener, engine.server_name)
+                raise not_found from None
+        assert decision is not None
+        check_access(scope, decision, head, ex, local_ip)  # before anything else (R70)
+        location = _directory_rules(scope, decision.local_path)
+        if location is not None and decision.scope.rewrite_engine:
+            subject = "proxy:" + unquote(backend_url(decision))
+            done = _per_directory(engine, scope, decision.scope, location, subject, head, ex, trace)
+            if isinstance(done, RouteResult):
+                decision = done
+            elif done is not None:
+                head = done
+                continue
+        return _last_checks(engine, decision, head, ex, decision.local_path, query)
     raise InternalServerError(
         "too many internal redirects", detail=f"more than {MAX_INTERNAL_REDIRECTS} (LimitInternalRecursion)"
     )

@@ -47,6 +47,7 @@ from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
+from . import aliasing
 from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
@@ -273,7 +274,9 @@ def _handle(
         ClientGone: the client left while the backend was being reached.
     """
     clock = time.monotonic
-    scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
+    config = engine.config
+    local = _local_ip(sock) if config.ip_vhosts else None  # a system call: only for IP-based vhosts (R90)
+    scope, vhost = config.vhost_for(ex.listener, head.get("host"), local)
     ex.vhost = vhost.server_name if vhost is not None else ""
     if scope.remoteip_header:
         apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
@@ -393,9 +396,9 @@ def _relay_answer(
     another request (both sides done, or the unread request body drained)."""
     clock = time.monotonic
     if scope.reverse_maps:  # ProxyPassReverse (R77)
-        host = (ex.head.get("host") if ex.head is not None else None) or scope.server_name or "localhost"
-        scheme = "https" if ex.listener is not None and ex.listener.tls else "http"
-        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=f"{scheme}://{host}", balancers=balancers)
+        assert ex.head is not None
+        base = aliasing.base_url(scope, ex.head, ex.listener, scope.server_name or "localhost")  # R95
+        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=base, balancers=balancers)
         response = dataclasses.replace(response, headers=mapped)
     ex.status = response.status
     ex.response_headers = response.headers
