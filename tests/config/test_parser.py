@@ -195,7 +195,7 @@ ERRORS: list[tuple[str, int, str]] = [
     ("ErrorLog syslog:local7", 1, "ErrorLog: piped logs and syslog are not supported"),
     ("LogLevel info debug", 1, "LogLevel: expected [level] [module:level ...]"),
     ("CustomLog - nickname", 1, 'CustomLog: unknown log format nickname "nickname"'),
-    ("LogFormat %h", 1, 'LogFormat: expected "FORMAT" nickname'),
+    ("LogFormat %h x y", 1, 'LogFormat: expected "FORMAT" [nickname]'),
     ("<VirtualHost *:80>\nListen 80\n</VirtualHost>", 2, "Listen: not allowed in <VirtualHost>"),
     ("<VirtualHost *:80>\nMaxTunnelThreads 2\n</VirtualHost>", 2, "MaxTunnelThreads: not allowed in <VirtualHost>"),
     ("<Location /a>\nTimeout 5\n</Location>", 2, "Timeout: not allowed in <Location>"),

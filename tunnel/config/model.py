@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ..errors import ConfigError
+from .headermodel import EMPTY_ENV, EnvDirectives
 
 #: httpd's `Timeout` default, seconds.
 DEFAULT_TIMEOUT = 60.0
@@ -200,6 +201,9 @@ class Member:
     upgrade: Optional[tuple[str, ...]] = None
     file: str = "<config>"
     line: int = 0
+    #: httpd's worker name (BALANCER_WORKER_NAME): the URL, scheme and host lower-cased,
+    #: a default port dropped, the path as written; "" when built outside the parser.
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,11 +257,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """`ErrorLog`, `LogLevel`, `CustomLog` (file, format string already resolved)."""
+    """`ErrorLog`, `LogLevel`, `CustomLog` and `TransferLog` (file, format string
+    already resolved)."""
 
     error_log: Optional[str] = None  # None: stderr
     level: str = "warn"
     custom_logs: tuple[tuple[str, str], ...] = ()  # (file, format) ; file "-" = stdout
+    #: each custom log's env= condition, in the same order: "" (always), "VAR" or "!VAR" (R85)
+    conditions: tuple[str, ...] = ()
 
 
 # -- access control (mod_authz_core, mod_authz_host; built by config/access.py) -----------
@@ -393,6 +400,7 @@ class Location:
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
+    env: EnvDirectives = EMPTY_ENV  # its Header, RequestHeader, SetEnv*, SetEnvIf lines (R80-R84)
 
 
 @dataclass(frozen=True)
@@ -429,6 +437,9 @@ class Scope:
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
+    #: Header, RequestHeader, SetEnv/UnsetEnv/PassEnv and SetEnvIf lines: the main
+    #: server's, then the vhost's (R80-R84); `<Location>` ones are in ``locations``.
+    env: EnvDirectives = EMPTY_ENV
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

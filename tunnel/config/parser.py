@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, compat_directive
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
+from .headers import EnvDraft, HeaderHooks, worker_name
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
@@ -69,7 +70,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, HeaderHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -122,6 +123,10 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
     # -- contexts ----------------------------------------------------------------------
     def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
         return self.scope, self.frame.location is not None
+
+    def _env_context(self) -> tuple[EnvDraft, bool]:
+        loc = self.frame.location
+        return (loc.env, True) if loc is not None else (self.scope.env, False)
 
     @property
     def frame(self) -> _Frame:
@@ -239,9 +244,10 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             loc, parent = top.location, self.scope
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings or rules is not None:
+            env = loc.env.freeze()
+            if loc.settings or rules is not None or env:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules)
+                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules, env)
                 )
 
     # -- directives --------------------------------------------------------------------
@@ -407,7 +413,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             raise Expected("a ws://, wss://, http://, https:// or unix: URL", args[0])
         pairs, _ = url_keys(args[1:])
         values = {key: member_key(key, value) for key, value in pairs}
-        build.members.append(Member(parsed.target, file=self.file, line=self.line, **values))
+        name = worker_name(args[0], parsed.target)
+        build.members.append(Member(parsed.target, file=self.file, line=self.line, name=name, **values))
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
 
