@@ -60,7 +60,7 @@ def compat_directive(name: str, args: list[str]) -> str:
 
 #: Providers httpd has that tunnel refuses, with the reason.
 _REFUSED = {
-    "env": "needs SetEnvIf/SetEnv, which tunnel does not implement",
+    "env": "write Require expr \"%{reqenv:VAR} != ''\" instead",
     "user": "tunnel does no authentication",
     "group": "tunnel does no authentication",
     "valid-user": "tunnel does no authentication",
@@ -88,6 +88,9 @@ VARIABLES = frozenset(
     }
 )
 _HEADER_FUNCS = ("http:", "req:")
+#: ``%{reqenv:NAME}`` / ``%{env:NAME}``: the request's environment (SetEnvIf, SetEnv,
+#: RewriteRule [E=]; R84).
+_ENV_FUNCS = ("reqenv:", "env:")
 
 
 @dataclass
@@ -365,11 +368,11 @@ class _ExprParser:
 
 def _variable(name: str, parser: _ExprParser) -> Var:
     lower = name.lower()
-    if lower.startswith(_HEADER_FUNCS) and name.partition(":")[2]:
+    if lower.startswith(_HEADER_FUNCS + _ENV_FUNCS) and name.partition(":")[2]:
         return Var(name)
     if name.upper() in VARIABLES:
         return Var(name.upper())
-    raise parser.fail(f"unknown variable %{{{name}}} (tunnel knows HTTP:name, {', '.join(sorted(VARIABLES))})")
+    raise parser.fail(f"unknown variable %{{{name}}} (tunnel knows HTTP:name, reqenv:name, {', '.join(sorted(VARIABLES))})")
 
 
 def parse_expr(text: str) -> Expr:

@@ -339,7 +339,7 @@ class HeaderHooks:
             if value is None:
                 self.warn(f"PassEnv {name}: the variable is not set in tunnel's environment")
                 continue
-            draft.env_vars[name.lower()] = (name, value)
+            draft.env_vars[name.lower()] = (name, as_wire_text(value))
 
     def _setenvif_line(self, args: list[str], directive: str, nocase: bool) -> None:
         draft, in_location = self._env_context()

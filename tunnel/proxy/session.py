@@ -54,8 +54,9 @@ from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
+from . import envphase
 from .failover import connect_backend, peer_ip, read_response_head
-from .forward import drain_request_body, relay_response, send_request_body, send_to_client
+from .forward import drain_request_body, relay_response, response_headers, send_request_body, send_to_client
 from .records import Exchange, TunnelStart
 from .services import Services
 
@@ -102,7 +103,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener)
+            ex = Exchange(peer=peer, listener=listener, env_conf=config.scope.env)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -222,8 +223,13 @@ def _answer_error(
         # the access log keeps the status that was sent.
         return False
     ex.status = exc.status
-    ex.response_headers = list(exc.headers)  # %{Location}o of a redirect, for one
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
+    own = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if ex.env_conf.always:  # Header always (R82)
+        headers = envphase.error_headers(ex, sock, own, exc.headers)
+    else:
+        headers = own + list(exc.headers)
+    ex.response_headers = list(headers)  # %{Location}o of a redirect, for one
     keep = (
         not close
         and exc.status not in DROPS_CONNECTION
@@ -234,15 +240,14 @@ def _answer_error(
     deadline = time.monotonic() + 5.0
     try:
         if _status_line_ok(front):
-            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-            headers += exc.headers
             if not keep:
                 headers.append(("Connection", "close"))
-            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers, reason=phrase(exc.status).encode("ascii")), deadline)
+            wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # Header values are latin-1
+            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=wire, reason=phrase(exc.status).encode("ascii")), deadline)
             n += yield from send_to_client(sock, front, h11.Data(data=body), deadline)
             n += yield from send_to_client(sock, front, h11.EndOfMessage(), deadline)
         else:
-            data = error_response_bytes(exc.status, exc.reason, headers=exc.headers)
+            data = error_response_bytes(exc.status, exc.reason, headers=[h for h in headers if h[0] not in ("Content-Type", "Content-Length")])
             yield from sendall(sock, data, deadline)
             n = len(data)
             keep = False
@@ -271,8 +276,11 @@ def _handle(
     clock = time.monotonic
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
+    head = envphase.post_read(scope, head, ex, sock)  # RequestHeader early, SetEnvIf (R84)
     decision = _route(engine, scope, head, ex)
+    envphase.header_parser(scope, decision, head, ex, sock)  # <Location> SetEnvIf
     _check_access(scope, decision, head, ex, sock)  # before the upgrade checks and any backend (R70)
+    head, decision = envphase.fixups(decision, head, ex, sock)  # SetEnv, RequestHeader (R81, R83)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
@@ -309,6 +317,8 @@ def _handle(
         response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
         if response.status == 101:
             hs.check_switch(response)
+            if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
+                response = dataclasses.replace(response, headers=envphase.switch_headers(ex, sock, response.headers, token or "websocket"))
             data = client_switch_bytes(response, token or "websocket")
             try:
                 yield from sendall(sock, data, clock() + scope.timeout)
@@ -365,6 +375,7 @@ def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Ex
         query=head.target.partition("?")[2],
         headers=tuple(head.headers),
         https=ex.listener is not None and ex.listener.tls,
+        env=ex.notes,
     )
     if not is_granted(rules, request):
         raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
@@ -384,6 +395,7 @@ def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> R
             server_port=listener.port if listener is not None else 0,
             https=listener is not None and listener.tls,
             server_name=scope.server_name or engine.server_name,
+            env=ex.notes,
         )
         outcome = rewrite.evaluate(scope, request)
         ex.notes.update(outcome.env)
@@ -457,6 +469,8 @@ def _relay_answer(
         scheme = "https" if ex.listener is not None and ex.listener.tls else "http"
         mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=f"{scheme}://{host}", balancers=balancers)
         response = dataclasses.replace(response, headers=mapped)
+    if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
+        response = dataclasses.replace(response, headers=envphase.answer_headers(ex, sock, response_headers(response)))
     ex.status = response.status
     ex.response_headers = response.headers
     relayed = yield from relay_response(sock, front, backend, hs, response, timeout=timeout, clock=clock)
