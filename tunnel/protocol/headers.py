@@ -19,12 +19,13 @@ table followed by the second. The proxy's own answers (errors, redirects) get th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..accesslog import env_value
-from ..config.headermodel import Condition, Format, FormatTag, HeaderOp
+from ..config.headermodel import Condition, Format, HeaderOp
 from .access import AccessRequest, expr_true
 
 __all__ = ["HeaderContext", "apply_request_headers", "apply_response_headers", "expand", "pregsub", "env_set", "env_unset"]
@@ -32,7 +33,7 @@ __all__ = ["HeaderContext", "apply_request_headers", "apply_response_headers", "
 Headers = list[tuple[str, str]]
 
 #: Characters that must not reach a header line (CR, LF, NUL and other controls but tab).
-_CONTROLS = {c: " " for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]}
+_CONTROLS = dict.fromkeys([*range(0, 9), *range(10, 32), 127], " ")
 
 
 @dataclass
@@ -100,11 +101,10 @@ def expand(fmt: Format, ctx: HeaderContext) -> str:
     return "".join(out)
 
 
-def pregsub(template: str, match: object) -> str:
+def pregsub(template: str, match: re.Match[str]) -> str:
     """httpd's ap_pregsub: ``$0``-``$9`` are the match's groups (nothing for a group that
     matched nothing or did not take part), a backslash takes the next character as it is."""
-    groups: Callable[[int], Optional[str]] = getattr(match, "group")
-    count = int(getattr(getattr(match, "re"), "groups"))
+    count = match.re.groups
     out: list[str] = []
     i, n = 0, len(template)
     while i < n:
@@ -112,7 +112,7 @@ def pregsub(template: str, match: object) -> str:
         if c == "$" and i + 1 < n and template[i + 1].isdigit():
             number = int(template[i + 1])
             if number <= count:
-                out.append(groups(number) or "")
+                out.append(match.group(number) or "")
             i += 2
         elif c == "\\" and i + 1 < n:
             out.append(template[i + 1])
