@@ -111,6 +111,21 @@ def test_request_header_set_upgrade_makes_a_tunnel(make_proxy):
         assert header(backend.heads[-1], "Upgrade") == ["websocket"]
 
 
+def test_early_request_headers_run_before_setenvif_and_late_ones_after(make_proxy, echo):
+    engine = make_proxy(
+        f"""
+RequestHeader set X-Early on early
+RequestHeader set X-Late on
+SetEnvIf X-Early ^on$ saw_early
+SetEnvIf X-Late ^on$ saw_late
+Header set X-Saw "%{{saw_early}}e %{{saw_late}}e"
+ProxyPass / http://127.0.0.1:{echo.address[1]}/
+"""
+    )
+    status, head, _ = http_get(engine.addresses[0], "/")
+    assert status == 200 and header(head, "X-Saw") == ["1 (null)"]
+
+
 # -- Header -----------------------------------------------------------------------------------
 
 ANSWER = (
