@@ -37,6 +37,7 @@ class Entry:
     """One finished request or tunnel."""
 
     remote_host: str = "-"
+    peer_host: str = ""  # the TCP peer when a PROXY header or RemoteIPHeader named the client
     request_line: str = "-"
     method: str = "-"
     path: str = "-"
@@ -173,6 +174,8 @@ class Formatter:
                 return lambda e: _escape(str(e.notes.get(arg, "-")))
             if code == "e":  # the request's environment (one table with the notes in tunnel)
                 return lambda e: _env_field(e, arg)
+            if code in ("a", "h") and arg == "c":  # the connection's peer (a balancer in front)
+                return lambda e: e.peer_host or e.remote_host
             if code == "t":
                 return _custom_time(arg)
             if code == "T":

@@ -79,6 +79,12 @@ def test_expr_condition_is_parsed_once() -> None:
     assert op.condition is not None and op.condition.expr is not None and op.condition.text.startswith("expr=")
 
 
+def test_a_string_expression_value() -> None:
+    (op,) = conf('RequestHeader set "X-Forwarded-Proto" expr=%{REQUEST_SCHEME}').scope.env.request
+    (tag,) = op.value
+    assert (op.name, tag.code, tag.arg) == ("X-Forwarded-Proto", "expr", "%{REQUEST_SCHEME}") and tag.word is not None
+
+
 def test_request_header_early() -> None:
     (op,) = conf("RequestHeader set X-Early 1 early").scope.env.request
     assert op.early and op.condition is None
@@ -122,7 +128,7 @@ def test_utf8_value_goes_out_as_its_bytes() -> None:
         ("Header set X v expr=", "Header: expr= needs an expression"),
         ("Header set X v expr=%{NOPE}==1", "Header: cannot parse expr=: unknown variable %{NOPE}"),
         ("Header set X v early", "Header: early is not supported for Header"),
-        ("Header set X expr=%{REMOTE_ADDR}", "Header: a value given as expr=... (a string expression) is not supported"),
+        ("Header set X expr=%{NOPE}", "Header: cannot parse the value expr=%{NOPE}: unknown variable %{NOPE}"),
         ('Header set X "a %b"', "Header: %b (idle/busy workers of httpd's scoreboard) is not supported"),
         ('Header set X "a %i"', "Header: %i (idle/busy workers"),
         ('Header set X "a %q"', "Header: unrecognized header format %q"),

@@ -51,6 +51,8 @@ def test_request_header_lines_reach_the_backend_of_a_plain_request_and_an_upgrad
         engine = make_proxy(
             f"""
 RequestHeader set X-Proxy tunnel
+RequestHeader set "X-Forwarded-Proto" expr=%{{REQUEST_SCHEME}}
+RequestHeader set X-Real-IP %{{REMOTE_ADDR}}s
 RequestHeader unset X-Secret
 RequestHeader append X-List added
 RequestHeader edit Cookie "session=[^;]*" "session=hidden"
@@ -67,6 +69,7 @@ ProxyPass / http://127.0.0.1:{plain.address[1]}/
         assert seen["x-proxy"] == "tunnel" and "x-secret" not in seen and seen["x-list"] == "first, added"
         assert seen["cookie"] == "a=1; session=hidden" and "x-only-ws" not in seen
         assert seen["x-forwarded-for"] == "127.0.0.1"  # the client's went; the proxy's own is added after (R81)
+        assert seen["x-forwarded-proto"] == "http" and seen["x-real-ip"] == "127.0.0.1"
         sock, head, _ = raw_upgrade(engine.addresses[0], "/ws", extra=extra)
         with sock:
             assert status_of(head) == 101

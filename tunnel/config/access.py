@@ -33,7 +33,7 @@ from .model import (
 )
 from .values import BadDirective
 
-__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "compat_directive", "parse_require", "parse_expr", "auth_merging", "parse_networks"]
+__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "compat_directive", "parse_require", "parse_expr", "parse_string_expr", "auth_merging", "parse_networks"]
 
 #: httpd 2.2's mod_access_compat directives: refused, pointing to Require.
 COMPAT_DIRECTIVES = frozenset({"order", "allow", "deny", "satisfy"})
@@ -85,6 +85,7 @@ VARIABLES = frozenset(
         "REMOTE_ADDR",
         "QUERY_STRING",
         "HTTPS",
+        "REQUEST_SCHEME",
     }
 )
 _HEADER_FUNCS = ("http:", "req:")
@@ -373,6 +374,21 @@ def _variable(name: str, parser: _ExprParser) -> Var:
     if name.upper() in VARIABLES:
         return Var(name.upper())
     raise parser.fail(f"unknown variable %{{{name}}} (tunnel knows HTTP:name, reqenv:name, {', '.join(sorted(VARIABLES))})")
+
+
+def parse_string_expr(text: str) -> Word:
+    """A string expression (``Header set X expr=...``): text with ``%{VAR}`` parts."""
+    parser = _ExprParser(text)
+    parts: list[Union[str, Var]] = []
+    last = 0
+    for m in _VAR.finditer(text):
+        if m.start() > last:
+            parts.append(text[last : m.start()])
+        parts.append(_variable(m.group(1), parser))
+        last = m.end()
+    if last < len(text) or not parts:
+        parts.append(text[last:])
+    return tuple(parts)
 
 
 def parse_expr(text: str) -> Expr:

@@ -74,6 +74,10 @@ class LocationDraft:
     settings: dict[str, Any] = field(default_factory=dict)
     rule: Optional[ProxyRule] = None
     env: EnvDraft = field(default_factory=EnvDraft)
+    rewrite_conds: list[RewriteCond] = field(default_factory=list)  # per-directory rules (R79)
+    rewrite_rules: list[RewriteRule] = field(default_factory=list)
+    rewrite_options: Optional[str] = None
+    rewrite_base: str = ""
 
 
 @dataclass
@@ -114,7 +118,7 @@ def _build_scope(
 ) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
-        if key == "proxy_access":
+        if key in ("proxy_access", "remoteip_proxies"):
             value = tuple(value)
         elif key == "reverse_maps":  # (path, url, file, line): where it was written is for errors only
             value = tuple((path, url) for path, url, _, _ in value)
@@ -242,7 +246,7 @@ def finish(p: Draft, source: str) -> Config:
         custom_logs.append((file, fmt))
         conditions.append(condition)
     config = Config(
-        listeners=tuple(p.listeners),
+        listeners=_proxy_protocol_listeners(p),
         scope=scope,
         vhosts=tuple(vhosts),
         balancers=balancers,
@@ -253,6 +257,29 @@ def finish(p: Draft, source: str) -> Config:
         **p.globals,
     )
     return config.replace(warnings=config.warnings + tuple(route_warnings(config)))
+
+
+def _proxy_protocol_listeners(p: Draft) -> tuple[Listener, ...]:
+    """The listeners with ``proxy_protocol`` set by RemoteIPProxyProtocol lines, in
+    configuration order (a later line for the same address wins, R130)."""
+    settings = p.globals.pop("proxy_protocol", [])
+    exceptions = p.globals.pop("proxy_protocol_exceptions", None)
+    if exceptions is not None:
+        p.globals["proxy_protocol_exceptions"] = tuple(exceptions)
+    listeners = []
+    for listener in p.listeners:
+        on = False
+        for addresses, value, _, _ in settings:
+            if addresses is None or any(
+                (a in ("*", "_default_", "", listener.host) or listener.host == "") and port in (0, listener.port)
+                for a, port in addresses
+            ):
+                on = value
+        listeners.append(dataclasses.replace(listener, proxy_protocol=on) if on else listener)
+    if any(on for _, on, _, _ in settings) and not any(li.proxy_protocol for li in listeners):
+        _, _, file, line = next(s for s in settings if s[1])
+        p.warnings.append(f"{file}:{line}: RemoteIPProxyProtocol On names no address tunnel listens on")
+    return tuple(listeners)
 
 
 def _finish_balancers(p: Draft) -> dict[str, Balancer]:
@@ -294,7 +321,7 @@ def _check_rewrite_targets(scope: Scope, balancers: dict[str, Balancer], where: 
     """R4 for [P] rules whose substitution starts with a literal scheme (R67): a wss://
     or https:// one needs SSLProxyEngine On, a balancer:// one a defined balancer (whose
     TLS members need it too). Dynamic schemes are checked per request (500)."""
-    for rule in scope.rewrite_rules:
+    for rule in scope.rewrite_rules + tuple(r for loc in scope.locations for r in loc.rewrite_rules):
         m = _LITERAL_SCHEME.match(rule.substitution) if rule.proxy else None
         if m is None:
             continue

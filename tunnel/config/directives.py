@@ -71,7 +71,8 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLProxyMachineCertificateFile", "proxy_tls.machine_certificate_file", text_value, _SV),
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
-        ("RewriteEngine", "rewrite_engine", on_off, _SV),
+        ("RewriteEngine", "rewrite_engine", on_off, _SVL),
+        ("DocumentRoot", "document_root", text_value, _SV),
     )
 }
 
@@ -111,6 +112,15 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("BrowserMatch", "_browser_match", _SVL),
         ("BrowserMatchNoCase", "_browser_match_nocase", _SVL),
         ("TransferLog", "_transfer_log", _SV),
+        ("RewriteBase", "_rewrite_base", _SVL),
+        ("RemoteIPProxyProtocol", "_remoteip_proxy_protocol", _SV),
+        ("RemoteIPProxyProtocolExceptions", "_remoteip_proxy_protocol_exceptions", _SV),
+        ("RemoteIPHeader", "_remoteip_header", _SV),
+        ("RemoteIPProxiesHeader", "_remoteip_proxies_header", _SV),
+        ("RemoteIPInternalProxy", "_remoteip_internal_proxy", _SV),
+        ("RemoteIPTrustedProxy", "_remoteip_trusted_proxy", _SV),
+        ("RemoteIPInternalProxyList", "_remoteip_internal_proxy_list", _SV),
+        ("RemoteIPTrustedProxyList", "_remoteip_trusted_proxy_list", _SV),
         ("Include", "_include", _ALL),
         ("IncludeOptional", "_include_optional", _ALL),
     )

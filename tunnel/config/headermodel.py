@@ -24,10 +24,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FormatTag:
-    """One ``%X`` / ``%{arg}X`` specifier of a Header value: ``code`` is t, D, e, s or l."""
+    """One ``%X`` / ``%{arg}X`` specifier of a Header value: ``code`` is t, D, e, s or l;
+    or ``expr`` for a whole value written ``expr=...`` (``word``: a
+    `tunnel.config.model.Word`, typed loosely to keep this module a leaf)."""
 
     code: str
     arg: str = ""
+    word: Any = None
 
 
 #: A compiled Header value: literal text and specifiers, concatenated when applied.

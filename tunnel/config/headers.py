@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .access import parse_expr
+from .access import parse_expr, parse_string_expr
 from .headermodel import Condition, EnvDirectives, Format, FormatTag, HeaderOp, SetEnvIf
 from .model import Target
 from .values import BadDirective, compile_regex
@@ -189,11 +189,12 @@ def parse_header(args: list[str], directive: str) -> tuple[str, HeaderOp]:
             raise BadDirective(f'"{name}" is not a header name')
         if name.lower() in _FRAMING:
             raise BadDirective(f"{name} frames the message, which is the proxy's own business: it cannot be changed")
-    if value is not None and value.startswith("expr="):
-        raise BadDirective("a value given as expr=... (a string expression) is not supported; write the value with %{VAR}e specifiers")
     fmt: Format = ()
-    if action == "note":
-        fmt = compile_format(value or "")
+    if value is not None and value.startswith("expr="):
+        try:  # a string expression: text with %{VAR} parts (Require expr's variables)
+            fmt = (FormatTag("expr", value[5:], parse_string_expr(as_wire_text(value[5:]))),)
+        except BadDirective as exc:
+            raise BadDirective(f"cannot parse the value {value}: {exc}") from None
     elif value is not None:
         fmt = compile_format(value)
     return table, HeaderOp(action, name, fmt, regex, condition, early)

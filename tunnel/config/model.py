@@ -42,6 +42,8 @@ class Listener:
     tls: bool = False
     file: str = "<config>"
     line: int = 0
+    #: RemoteIPProxyProtocol On for this address (the main server's or a vhost's, R130).
+    proxy_protocol: bool = False
 
     @property
     def display(self) -> str:
@@ -401,6 +403,9 @@ class Location:
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
     env: EnvDirectives = EMPTY_ENV  # its Header, RequestHeader, SetEnv*, SetEnvIf lines (R80-R84)
+    #: Its own RewriteRules, run per directory at the fixup phase (R79).
+    rewrite_rules: tuple[RewriteRule, ...] = ()
+    rewrite_base: str = ""  # RewriteBase
 
 
 @dataclass(frozen=True)
@@ -434,6 +439,15 @@ class Scope:
     reverse_maps: tuple[tuple[str, str], ...] = ()
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
+    #: DocumentRoot: tunnel serves no files, but a `<Location>`'s RewriteRules see the
+    #: path under it when no ProxyPass takes a request (R79).
+    document_root: str = ""
+    #: RemoteIPHeader (R131): the header naming the client behind trusted proxies.
+    remoteip_header: str = ""
+    #: RemoteIPProxiesHeader: where the proxies that were skipped are recorded.
+    remoteip_proxies_header: str = ""
+    #: RemoteIPInternalProxy / RemoteIPTrustedProxy networks, True for internal ones.
+    remoteip_proxies: tuple[tuple[Network, bool], ...] = ()
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
@@ -480,6 +494,8 @@ class Config:
     max_tunnel_threads: int = DEFAULT_MAX_TUNNEL_THREADS
     #: TunnelBufferLimit: bytes buffered across all tunnels before reads pause (0 = none).
     buffer_limit: int = 0
+    #: RemoteIPProxyProtocolExceptions: clients that may skip the PROXY header.
+    proxy_protocol_exceptions: tuple[Network, ...] = ()
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     source: str = "<config>"
 

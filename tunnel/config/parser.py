@@ -26,6 +26,7 @@ from .headers import EnvDraft, HeaderHooks, worker_name
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
+from .remoteip import RemoteIPHooks
 from .rewrite import RewriteDirectives
 from .values import (
     IGNORED_DIRECTIVES,
@@ -70,7 +71,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, HeaderHooks):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, HeaderHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -121,8 +122,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, HeaderHooks):
         self.warnings.append(f"{self.file}:{self.line}: {text}")
 
     # -- contexts ----------------------------------------------------------------------
-    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
-        return self.scope, self.frame.location is not None
+    def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
+        return self.scope, self.frame.location
 
     def _env_context(self) -> tuple[EnvDraft, bool]:
         loc = self.frame.location
@@ -242,12 +243,26 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, HeaderHooks):
             self.vhosts.append(top.vhost)
         elif top.location is not None:
             loc, parent = top.location, self.scope
+            if loc.rewrite_conds:
+                cond = loc.rewrite_conds[0]
+                raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
             env = loc.env.freeze()
-            if loc.settings or rules is not None or env:
+            if loc.settings or rules is not None or loc.rewrite_rules or loc.rewrite_base or env:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules, env)
+                    Location(
+                        loc.path,
+                        loc.is_regex,
+                        tuple(loc.settings.items()),
+                        top.file,
+                        top.line,
+                        loc.regex,
+                        rules,
+                        env=env,
+                        rewrite_rules=tuple(loc.rewrite_rules),
+                        rewrite_base=loc.rewrite_base,
+                    )
                 )
 
     # -- directives --------------------------------------------------------------------
@@ -428,6 +443,14 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, HeaderHooks):
 
     def in_vhost(self) -> bool:
         return self.frame.ctx is Ctx.VHOST
+
+    def vhost_addresses(self) -> tuple[tuple[str, int], ...]:
+        vhost = self.frame.vhost
+        return vhost.addresses if vhost is not None else ()
+
+    def _scope_setting(self, key: str) -> list[Any]:
+        value: list[Any] = self.scope.settings.setdefault(key, [])
+        return value
 
     def authz_holder(self, create: bool = True) -> AuthzDraft:
         frame = self.frame

@@ -41,7 +41,7 @@ from ..config.scopes import location_matches, merge_access
 from ..config.values import BadDirective
 from .routing import RouteResult
 
-__all__ = ["AccessRequest", "Result", "backend_url", "effective_access", "is_granted", "evaluate", "expr_true"]
+__all__ = ["AccessRequest", "Result", "backend_url", "effective_access", "is_granted", "evaluate", "expr_true", "word_value"]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -182,6 +182,11 @@ def _provider(req: Require, request: AccessRequest) -> bool:
 # -- expressions ---------------------------------------------------------------------------
 
 
+def word_value(word: Word, request: AccessRequest) -> str:
+    """A string expression's value (``Header set X expr=...``)."""
+    return _word(word, request)
+
+
 def expr_true(expr: Expr, request: AccessRequest) -> bool:
     """Is a parsed ap_expr (Require expr, Header ... expr=) true for ``request``?"""
     return _expr(expr, request)
@@ -240,5 +245,6 @@ def _variable(var: Var, request: AccessRequest) -> str:
         "REMOTE_ADDR": request.remote,
         "QUERY_STRING": request.query,
         "HTTPS": "on" if request.https else "off",
+        "REQUEST_SCHEME": "https" if request.https else "http",
     }
     return values[name]

@@ -26,7 +26,7 @@ from typing import Optional
 
 from ..accesslog import env_value
 from ..config.headermodel import Condition, Format, HeaderOp
-from .access import AccessRequest, expr_true
+from .access import AccessRequest, expr_true, word_value
 
 __all__ = ["HeaderContext", "apply_request_headers", "apply_response_headers", "expand", "pregsub", "env_set", "env_unset"]
 
@@ -95,6 +95,8 @@ def expand(fmt: Format, ctx: HeaderContext) -> str:
         elif code == "s":
             value = ctx.ssl.get(part.arg.upper()) or ""
             out.append(value.replace("\r", " ").replace("\n", " ") if value else "(null)")
+        elif code == "expr":
+            out.append(word_value(part.word, ctx.access))
         elif code == "l":
             one, five, fifteen = ctx.loadavg()
             out.append(f"l={one:.2f}/{five:.2f}/{fifteen:.2f}")

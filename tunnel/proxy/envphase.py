@@ -1,6 +1,6 @@
 """The request's environment and header lines, at the moments httpd runs them (R80-R84).
 
-``serve_client``'s `_handle` calls in here, in order:
+``serve_client``'s `_handle` (and `tunnel.proxy.decide` for step 2) call in here, in order:
 
 1. `post_read` once the vhost is known: ``RequestHeader ... early`` lines, then the
    server's and vhost's SetEnvIf lines (before mod_rewrite, which reads ``%{ENV:...}``).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ..config.model import Scope
@@ -53,20 +53,23 @@ def _raw_path(target: str) -> str:
     return target.partition("?")[0]
 
 
-def _facts(head: RequestHead, ex: Exchange, client: Endpoint, uri: str) -> EnvFacts:
+def _facts(head: RequestHead, ex: Exchange, local_ip: Callable[[], str], uri: str) -> EnvFacts:
     return EnvFacts(
         remote_addr=peer_ip(ex.peer),
         method=head.method,
         protocol=f"HTTP/{head.http_version}",
         uri=uri,
         headers=head.headers,
-        server_addr=lambda: _local_ip(client),
+        server_addr=local_ip,
     )
 
 
 def _ssl_vars(client: Optional[Endpoint], ex: Exchange) -> dict[str, str]:
     https = ex.listener is not None and ex.listener.tls
-    values = {"HTTPS": "on" if https else "off"}
+    # mod_ssl's lookup also answers some request variables, which configurations use.
+    values = {"HTTPS": "on" if https else "off", "REMOTE_ADDR": peer_ip(ex.peer), "REQUEST_SCHEME": "https" if https else "http"}
+    if ex.head is not None:
+        values["REQUEST_METHOD"] = ex.head.method
     if isinstance(client, TLSStream):
         values["SSL_PROTOCOL"] = client.version() or ""
         cipher = client.cipher()
@@ -97,7 +100,7 @@ def _context(head: Optional[RequestHead], ex: Exchange, client: Optional[Endpoin
     )
 
 
-def post_read(scope: Scope, head: RequestHead, ex: Exchange, client: Endpoint) -> RequestHead:
+def post_read(scope: Scope, head: RequestHead, ex: Exchange, local_ip: Callable[[], str]) -> RequestHead:
     """The server's and vhost's lines as the request head is read. Returns the head,
     changed by ``RequestHeader ... early`` lines."""
     ex.env_conf = scope.env
@@ -105,24 +108,25 @@ def post_read(scope: Scope, head: RequestHead, ex: Exchange, client: Endpoint) -
         return head
     early = [op for op in scope.env.request if op.early]
     if early:
-        headers = apply_request_headers(early, head.headers, _context(head, ex, client, _raw_path(head.target)), early=True)
+        headers = apply_request_headers(early, head.headers, _context(head, ex, None, _raw_path(head.target)), early=True)
         head = dataclasses.replace(head, headers=headers)
         ex.head = head
-    post_read_request(scope, _facts(head, ex, client, _raw_path(head.target)), ex.notes)
+    post_read_request(scope, _facts(head, ex, local_ip, _raw_path(head.target)), ex.notes)
     return head
 
 
-def header_parser(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> None:
-    """The matching `<Location>` blocks' lines join in; their SetEnvIf lines run."""
+def header_parser(scope: Scope, path: str, head: RequestHead, ex: Exchange, local_ip: Callable[[], str]) -> None:
+    """Once the request is mapped to ``path``: the matching `<Location>` blocks' lines
+    join in, and their SetEnvIf lines run (before the access rules)."""
     if not has_env(scope):
         return
-    conf, loc_rules = request_config(scope, decision.local_path)
+    conf, loc_rules = request_config(scope, path)
     ex.env_conf = conf
     if loc_rules:
-        location_setenvif(loc_rules, _facts(head, ex, client, decision.local_path), ex.notes)
+        location_setenvif(loc_rules, _facts(head, ex, local_ip, path), ex.notes)
 
 
-def fixups(decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> tuple[RequestHead, RouteResult]:
+def fixups(decision: RouteResult, head: RequestHead, ex: Exchange, client: Optional[Endpoint]) -> tuple[RequestHead, RouteResult]:
     """SetEnv values, then RequestHeader lines. Returns the head the backend is sent
     and the decision, taken again when the Upgrade header changed (R81)."""
     conf = ex.env_conf

@@ -40,6 +40,9 @@ class Exchange:
     #: the Header/RequestHeader/SetEnv lines in force (the server's, then the vhost's
     #: and the matching <Location> blocks' once known; R80-R83)
     env_conf: EnvDirectives = EMPTY_ENV
+    #: the TCP peer when ``peer`` is the client a PROXY header or RemoteIPHeader named
+    #: (%{c}a); None when they are the same.
+    connection_peer: Optional[InetAddress] = None
 
 
 @dataclass
