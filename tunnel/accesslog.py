@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-__all__ = ["COMMON", "COMBINED", "PREDEFINED_LOG_FORMATS", "LOG_LEVELS", "Entry", "Formatter", "AccessLog"]
+__all__ = ["COMMON", "COMBINED", "PREDEFINED_LOG_FORMATS", "LOG_LEVELS", "Entry", "Formatter", "AccessLog", "env_value"]
 
 COMMON = '%h %l %u %t "%r" %>s %b'
 COMBINED = COMMON + ' "%{Referer}i" "%{User-Agent}i"'
@@ -172,6 +172,8 @@ class Formatter:
                 return lambda e: _escape(e.response_headers.get(key, "-"))
             if code == "n":
                 return lambda e: _escape(str(e.notes.get(arg, "-")))
+            if code == "e":  # the request's environment (one table with the notes in tunnel)
+                return lambda e: _env_field(e, arg)
             if code in ("a", "h") and arg == "c":  # the connection's peer (a balancer in front)
                 return lambda e: e.peer_host or e.remote_host
             if code == "t":
@@ -191,21 +193,51 @@ class Formatter:
         return "".join(p(e) for p in self.parts)
 
 
-class AccessLog:
-    """CustomLog targets: (file or "-" for stdout, format). Thread-safe, line-buffered."""
+def env_value(env: Mapping[str, str], name: str) -> str | None:
+    """A variable of a request's environment; names compare ignoring case, as in httpd's
+    tables (an exact match first)."""
+    value = env.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, value in env.items():
+        if key.lower() == lowered:
+            return value
+    return None
 
-    def __init__(self, targets: Sequence[tuple[str, str]]) -> None:
+
+def _env_field(e: Entry, name: str) -> str:
+    """%{VAR}e: the value escaped ("" when set empty), "-" when not set."""
+    value = env_value(e.notes, name)
+    return "-" if value is None else _escape(value)
+
+
+def _wanted(condition: str, e: Entry) -> bool:
+    """CustomLog's env= clause: "" always, "VAR" when set, "!VAR" when not set (R85)."""
+    if not condition:
+        return True
+    if condition.startswith("!"):
+        return env_value(e.notes, condition[1:]) is None
+    return env_value(e.notes, condition) is not None
+
+
+class AccessLog:
+    """CustomLog targets: (file or "-" for stdout, format), each with an optional env=
+    condition ("VAR" or "!VAR", in the same order). Thread-safe, line-buffered."""
+
+    def __init__(self, targets: Sequence[tuple[str, str]], conditions: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
-        self._outs: list[tuple[TextIO, Formatter, bool]] = []
+        self._outs: list[tuple[TextIO, Formatter, bool, str]] = []
         try:
-            for path, fmt in targets:
+            for i, (path, fmt) in enumerate(targets):
                 formatter = Formatter(fmt)  # a bad format fails before its file is opened
+                condition = conditions[i] if i < len(conditions) else ""
                 if path == "-":
-                    self._outs.append((sys.stdout, formatter, False))
+                    self._outs.append((sys.stdout, formatter, False, condition))
                 else:
                     # Open for the log's whole life (``close()`` closes it): no ``with`` block fits.
                     log_file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed by close()
-                    self._outs.append((log_file, formatter, True))
+                    self._outs.append((log_file, formatter, True, condition))
         except BaseException:
             self.close()  # the files opened before the one that failed
             raise
@@ -218,7 +250,9 @@ class AccessLog:
         if not self._outs:
             return
         with self._lock:
-            for out, fmt, _ in self._outs:
+            for out, fmt, _, condition in self._outs:
+                if not _wanted(condition, e):
+                    continue
                 try:
                     out.write(fmt.format(e) + "\n")
                     out.flush()
@@ -227,7 +261,7 @@ class AccessLog:
 
     def close(self) -> None:
         with self._lock:
-            for out, _, owned in self._outs:
+            for out, _, owned, _ in self._outs:
                 if owned:
                     out.close()
             self._outs = []

@@ -83,7 +83,7 @@ class Engine:
         self.pool = ThreadPool(config.max_tunnel_threads)
         self.balancers = Balancers(config.balancers, clock=time.monotonic, lock=threading.Lock)
         self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
-        self.access_log = AccessLog(config.log.custom_logs)
+        self.access_log = AccessLog(config.log.custom_logs, config.log.conditions)
         #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
         self.stats: Counter[str] = Counter()
         self._forced_host = host

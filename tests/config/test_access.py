@@ -193,7 +193,7 @@ ERRORS = [
     ("Require user bob", 1, 'Require user: not supported by tunnel (tunnel does no authentication)'),
     ("Require valid-user", 1, "Require valid-user: not supported"),
     ("Require group admins", 1, "Require group: not supported"),
-    ("Require env LETMEIN", 1, "Require env: not supported by tunnel (needs SetEnvIf"),
+    ("Require env LETMEIN", 1, "Require env: not supported by tunnel (write Require expr"),
     ("Require host example.org", 1, "Require host: not supported by tunnel (needs reverse DNS"),
     ("Require forward-dns example.org", 1, "Require forward-dns: not supported"),
     ("Require ldap-group cn=x", 1, 'unknown or unsupported provider "ldap-group"'),

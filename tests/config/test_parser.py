@@ -55,7 +55,7 @@ VALUES: list[tuple[str, G, Any]] = [
     ("Listen 127.0.0.1:0", lambda c: (c.listeners[0].host, c.listeners[0].port, c.listeners[0].tls), ("127.0.0.1", 0, False)),
     ("Listen [::1]:8443 https", lambda c: (c.listeners[0].host, c.listeners[0].tls, c.listeners[0].display), ("::1", True, "[::1]:8443")),
     ("Listen *:80 HTTP", lambda c: (c.listeners[0].host, c.listeners[0].tls), ("", False)),
-    ("ServerName Proxy.Example:443", lambda c: c.scope.server_name, "proxy.example"),
+    ("ServerName Proxy.Example:443", lambda c: (c.scope.server_name, c.scope.server_port), ("Proxy.Example", 443)),
     ("Timeout 30", lambda c: c.scope.timeout, 30.0),
     ("ProxyTimeout 2.5", lambda c: (c.scope.proxy_timeout, c.scope.head_timeout()), (2.5, 2.5)),
     ("proxypreservehost on", lambda c: c.scope.preserve_host, True),
@@ -197,7 +197,7 @@ ERRORS: list[tuple[str, int, str]] = [
     ("ErrorLog syslog:local7", 1, "ErrorLog: piped logs and syslog are not supported"),
     ("LogLevel info debug", 1, "LogLevel: expected [level] [module:level ...]"),
     ("CustomLog - nickname", 1, 'CustomLog: unknown log format nickname "nickname"'),
-    ("LogFormat %h", 1, 'LogFormat: expected "FORMAT" nickname'),
+    ("LogFormat %h x y", 1, 'LogFormat: expected "FORMAT" [nickname]'),
     ("<VirtualHost *:80>\nListen 80\n</VirtualHost>", 2, "Listen: not allowed in <VirtualHost>"),
     ("<VirtualHost *:80>\nMaxTunnelThreads 2\n</VirtualHost>", 2, "MaxTunnelThreads: not allowed in <VirtualHost>"),
     ("<Location /a>\nTimeout 5\n</Location>", 2, "Timeout: not allowed in <Location>"),
@@ -318,10 +318,12 @@ def test_vhost_merges_over_the_main_server_as_it_stands_at_the_end() -> None:
     )
     (v,) = c.vhosts
     assert v.addresses == (("*", 80), ("127.0.0.1", 8080), ("::1", 443), ("_default_", 0))
-    assert (v.server_name, v.aliases, v.line) == ("chat.example", ("www.chat.example", "other.example"), 3)
+    # ServerName keeps its case (X-Forwarded-Server, self URLs); matching ignores it
+    assert (v.server_name, v.aliases, v.line) == ("Chat.Example", ("www.chat.example", "other.example"), 3)
     assert v.scope.websocket_idle_timeout == 30.0  # a global line after the block still applies
     assert v.scope.proxy_timeout == 9.0 and c.scope.proxy_timeout == 7.0  # the vhost's own wins
-    assert v.scope.server_name == "chat.example" and c.scope.server_name == "main.example"
+    assert v.scope.server_name == "Chat.Example" and c.scope.server_name == "main.example"
+    assert c.scope_for(Listener("", 80), "CHAT.example") is v.scope
     # mod_proxy appends a vhost's aliases to the main server's (merge_proxy_config)
     assert [r.path for r in v.scope.rules] == ["/global/", "/own/"]
     assert [r.path for r in c.scope.rules] == ["/global/"]

@@ -23,17 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 
 #: fixture -> the first error `tunnel configtest` reports today (file:line: stripped).
 CANNOT_LOAD_TODAY = {
-    "socketio-sticky": 'unknown directive "Header"',
-    "jupyterhub": 'unknown directive "Header"',
-    "gitea": 'unknown directive "RequestHeader"',
-    "gitea-subpath": 'unknown directive "RequestHeader"',
-    "synapse": 'unknown directive "RequestHeader"',
-    "zulip": 'unknown directive "RequestHeader"',
-    "guacamole": 'unknown directive "SetEnvIf"',
-    "jellyfin": 'unknown directive "RequestHeader"',
-    "vaultwarden": 'unknown directive "RequestHeader"',
-    "jenkins-https": 'unknown directive "NameVirtualHost"',
-    "ntfy": 'unknown directive "SetEnv"',
+    "ntfy": 'unknown directive "LimitRequestBody"',
 }
 
 

@@ -44,17 +44,7 @@ pytestmark = [
 #: Fixtures tunnel cannot load today, with the first error it reports (the directive the
 #: other work is adding). Remove an entry when its fixture loads.
 TUNNEL_CANNOT_LOAD = {
-    "socketio-sticky": 'unknown directive "Header"',
-    "jupyterhub": 'unknown directive "Header"',
-    "gitea": 'unknown directive "RequestHeader"',
-    "gitea-subpath": 'unknown directive "RequestHeader"',
-    "synapse": 'unknown directive "RequestHeader"',
-    "zulip": 'unknown directive "RequestHeader"',
-    "guacamole": 'unknown directive "SetEnvIf"',
-    "jellyfin": 'unknown directive "RequestHeader"',
-    "vaultwarden": 'unknown directive "RequestHeader"',
-    "jenkins-https": 'unknown directive "NameVirtualHost"',
-    "ntfy": 'unknown directive "SetEnv"',
+    "ntfy": 'unknown directive "LimitRequestBody"',
 }
 
 #: Fixtures tunnel loads but answers differently from httpd (found by this test).
@@ -178,7 +168,10 @@ def _send(fixture: Fixture, probe: Probe, port: int, ca: str) -> dict[str, Any]:
             sock.sendall(_masked_text_frame(message))
             echo = _read_frame(sock, rest)
     fields = _head_fields(head)
-    return {"status": status, "response": {k: fields[k] for k in COMPARED_RESPONSE_HEADERS if k in fields}, "echo": echo}
+    # httpd sends a 101 past mod_headers; tunnel applies Header lines to it on purpose
+    # (R82, a documented difference), so a 101's headers are not compared.
+    compared = () if status == 101 else COMPARED_RESPONSE_HEADERS
+    return {"status": status, "response": {k: fields[k] for k in compared if k in fields}, "echo": echo}
 
 
 def _run_probe(fixture: Fixture, probe: Probe, port: int, ca: str, backends: list[AppBackend]) -> dict[str, Any]:
@@ -209,6 +202,17 @@ def _normalise(result: dict[str, Any], ports: dict[str, int]) -> dict[str, Any]:
 
 # -- the two proxies -----------------------------------------------------------------------
 
+def _skip_on_old_openssl(httpd: Httpd) -> None:
+    """Skip when this machine's OpenSSL lacks a group the file names (Zulip's
+    post-quantum X25519MLKEM768 needs OpenSSL 3.5): httpd's TLS children cannot start,
+    so there is nothing to compare with here; the file is right, the library is old."""
+    text = httpd.error_log.read_text(errors="replace") if httpd.error_log.exists() else ""
+    if "SSL Library Error" in text and "cannot be set" in text:
+        httpd.stop()
+        line = next(x for x in text.splitlines() if "cannot be set" in x)
+        pytest.skip(f"httpd cannot start with this OpenSSL: {line[-120:]}")
+
+
 def _start_httpd(fixture: Fixture, workdir: Path, mats: dict[str, str], backends: list[AppBackend]) -> tuple[Httpd, dict[str, int]]:
     for _attempt in range(5):
         values = _values(mats, backends)
@@ -216,9 +220,14 @@ def _start_httpd(fixture: Fixture, workdir: Path, mats: dict[str, str], backends
         ports = _ports(fixture, values)
         try:
             httpd.start(fixture.prelude(values), fixture.render(values), list(ports.values()))
+            _skip_on_old_openssl(httpd)
             return httpd, ports
         except PortTaken:
             continue
+        except AssertionError as exc:
+            if "cannot be set" in str(exc) and "SSL Library Error" in str(exc):  # see _skip_on_old_openssl
+                pytest.skip(f"httpd cannot start with this OpenSSL: {str(exc).splitlines()[1][:160]}")
+            raise
     raise AssertionError("httpd could not bind free ports in 5 attempts")
 
 
@@ -254,7 +263,11 @@ def test_tunnel_decides_as_httpd(name: str, backends: list[AppBackend], mats: di
         try:
             differences = []
             for probe in fixture.probes:
-                expected = _normalise(_run_probe(fixture, probe, httpd_ports[probe.role], mats["ca"], backends), httpd_ports)
+                try:
+                    expected = _normalise(_run_probe(fixture, probe, httpd_ports[probe.role], mats["ca"], backends), httpd_ports)
+                except OSError:
+                    _skip_on_old_openssl(httpd)  # its TLS children may die after the ports opened
+                    raise
                 got = _normalise(_run_probe(fixture, probe, tunnel_ports[probe.role], mats["ca"], backends), tunnel_ports)
                 if got != expected:
                     differences.append(f"{probe.name} ({'ws' if probe.ws else 'GET'} {probe.path}):\n"

@@ -33,7 +33,7 @@ from .model import (
 )
 from .values import BadDirective
 
-__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "compat_directive", "parse_require", "parse_expr", "auth_merging", "parse_networks"]
+__all__ = ["AuthzDraft", "COMPAT_DIRECTIVES", "compat_directive", "parse_require", "parse_expr", "parse_string_expr", "auth_merging", "parse_networks"]
 
 #: httpd 2.2's mod_access_compat directives: refused, pointing to Require.
 COMPAT_DIRECTIVES = frozenset({"order", "allow", "deny", "satisfy"})
@@ -60,7 +60,7 @@ def compat_directive(name: str, args: list[str]) -> str:
 
 #: Providers httpd has that tunnel refuses, with the reason.
 _REFUSED = {
-    "env": "needs SetEnvIf/SetEnv, which tunnel does not implement",
+    "env": "write Require expr \"%{reqenv:VAR} != ''\" instead",
     "user": "tunnel does no authentication",
     "group": "tunnel does no authentication",
     "valid-user": "tunnel does no authentication",
@@ -85,9 +85,13 @@ VARIABLES = frozenset(
         "REMOTE_ADDR",
         "QUERY_STRING",
         "HTTPS",
+        "REQUEST_SCHEME",
     }
 )
 _HEADER_FUNCS = ("http:", "req:")
+#: ``%{reqenv:NAME}`` / ``%{env:NAME}``: the request's environment (SetEnvIf, SetEnv,
+#: RewriteRule [E=]; R84).
+_ENV_FUNCS = ("reqenv:", "env:")
 
 
 @dataclass
@@ -365,11 +369,26 @@ class _ExprParser:
 
 def _variable(name: str, parser: _ExprParser) -> Var:
     lower = name.lower()
-    if lower.startswith(_HEADER_FUNCS) and name.partition(":")[2]:
+    if lower.startswith(_HEADER_FUNCS + _ENV_FUNCS) and name.partition(":")[2]:
         return Var(name)
     if name.upper() in VARIABLES:
         return Var(name.upper())
-    raise parser.fail(f"unknown variable %{{{name}}} (tunnel knows HTTP:name, {', '.join(sorted(VARIABLES))})")
+    raise parser.fail(f"unknown variable %{{{name}}} (tunnel knows HTTP:name, reqenv:name, {', '.join(sorted(VARIABLES))})")
+
+
+def parse_string_expr(text: str) -> Word:
+    """A string expression (``Header set X expr=...``): text with ``%{VAR}`` parts."""
+    parser = _ExprParser(text)
+    parts: list[Union[str, Var]] = []
+    last = 0
+    for m in _VAR.finditer(text):
+        if m.start() > last:
+            parts.append(text[last : m.start()])
+        parts.append(_variable(m.group(1), parser))
+        last = m.end()
+    if last < len(text) or not parts:
+        parts.append(text[last:])
+    return tuple(parts)
 
 
 def parse_expr(text: str) -> Expr:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 from ..accesslog import PREDEFINED_LOG_FORMATS, Formatter
 from ..errors import ConfigError
 from .checks import route_warnings
+from .headers import EnvDraft
 from .model import (
     AliasRedirect,
     Balancer,
@@ -55,6 +56,7 @@ class ScopeDraft:
     rewrite_rules: list[RewriteRule] = field(default_factory=list)
     rewrite_options: Optional[str] = None  # "inherit" | "inheritbefore"
     redirects: list[AliasRedirect] = field(default_factory=list)
+    env: EnvDraft = field(default_factory=EnvDraft)  # Header, SetEnv*, SetEnvIf lines (R80-R84)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class LocationDraft:
     regex: Optional[re.Pattern[str]]
     settings: dict[str, Any] = field(default_factory=dict)
     rule: Optional[ProxyRule] = None
+    env: EnvDraft = field(default_factory=EnvDraft)
     rewrite_conds: list[RewriteCond] = field(default_factory=list)  # per-directory rules (R79)
     rewrite_rules: list[RewriteRule] = field(default_factory=list)
     rewrite_options: Optional[str] = None
@@ -101,7 +104,9 @@ class Draft:
         self.warnings: list[str] = []
         self.log: dict[str, Any] = {}
         self.log_formats: dict[str, str] = dict(PREDEFINED_LOG_FORMATS)
-        self.custom_logs: list[tuple[str, str, str, int]] = []  # file, format|nick, where
+        #: file, format|nickname (None: TransferLog's default), where, env= condition
+        self.custom_logs: list[tuple[str, Optional[str], str, int, str]] = []
+        self.log_default_format: Optional[str] = None  # the last LogFormat without a nickname
         self.globals: dict[str, Any] = {}
         self.ignored: list[tuple[str, str]] = []  # (directive, "file:line")
 
@@ -177,6 +182,7 @@ def finish(p: Draft, source: str) -> Config:
         return dataclasses.replace(rule, balancer_scheme=first.target.scheme, balancer_upgrade=first.upgrade)
 
     main_settings = dict(p.main.settings)
+    main_settings["env"] = main_env = p.main.env.freeze()
     main_rules = [with_balancer(r) for r in p.main.rules]
     main_loc_rules = [with_balancer(r) for r in p.main.location_rules]
     _dangling_conds(p)
@@ -202,6 +208,10 @@ def finish(p: Draft, source: str) -> Config:
     vhosts: list[VirtualHost] = []
     for v in p.vhosts:
         settings = {**main_settings, **v.scope.settings}
+        if "server_port" not in v.scope.settings and v.addresses and v.addresses[0][1]:
+            # httpd: a vhost's own port is its first address's, unless its ServerName names one (vhost.c)
+            settings["server_port"] = v.addresses[0][1]
+        settings["env"] = main_env.merged(v.scope.env.freeze())  # the main server's lines, then the vhost's
         # Access rules merge by AuthMerging; <Proxy URL> blocks: the main server's, then the vhost's.
         settings["access"] = merge_access(main_settings.get("access"), v.scope.settings.get("access"))
         settings["proxy_access"] = [*main_settings.get("proxy_access", ()), *v.scope.settings.get("proxy_access", ())]
@@ -236,13 +246,15 @@ def finish(p: Draft, source: str) -> Config:
             )
         )
 
-    custom_logs = []
-    for file, fmt, where_file, where_line in p.custom_logs:
+    custom_logs, conditions = [], []
+    for file, given, where_file, where_line, condition in p.custom_logs:
+        directive = "CustomLog" if given is not None else "TransferLog"
+        fmt = given if given is not None else (p.log_default_format or "common")
         if fmt in p.log_formats:
             fmt = p.log_formats[fmt]
         elif "%" not in fmt:
             raise ConfigError(
-                f'CustomLog: unknown log format nickname "{fmt}" (define it with LogFormat)',
+                f'{directive}: unknown log format nickname "{fmt}" (define it with LogFormat)',
                 file=where_file,
                 line=where_line,
             )
@@ -250,15 +262,16 @@ def finish(p: Draft, source: str) -> Config:
 
             Formatter(fmt)
         except ValueError as exc:
-            raise ConfigError(f"CustomLog: bad log format: {exc}", file=where_file, line=where_line) from None
+            raise ConfigError(f"{directive}: bad log format: {exc}", file=where_file, line=where_line) from None
         custom_logs.append((file, fmt))
+        conditions.append(condition)
     config = Config(
         listeners=_proxy_protocol_listeners(p),
         scope=scope,
         vhosts=tuple(vhosts),
         balancers=balancers,
         tls=tls,
-        log=LogConfig(custom_logs=tuple(custom_logs), **p.log),
+        log=LogConfig(custom_logs=tuple(custom_logs), conditions=tuple(conditions), **p.log),
         warnings=tuple(p.warnings),
         ignored=tuple(p.ignored),
         source=source,

@@ -29,6 +29,7 @@ from .authz import Require as Require
 from .authz import RequireSection as RequireSection
 from .authz import Var as Var
 from .authz import Word as Word
+from .headermodel import EMPTY_ENV, EnvDirectives
 
 #: httpd's `Timeout` default, seconds.
 DEFAULT_TIMEOUT = 60.0
@@ -216,6 +217,9 @@ class Member:
     upgrade: Optional[tuple[str, ...]] = None
     file: str = "<config>"
     line: int = 0
+    #: httpd's worker name (BALANCER_WORKER_NAME): the URL, scheme and host lower-cased,
+    #: a default port dropped, the path as written; "" when built outside the parser.
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,11 +300,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """`ErrorLog`, `LogLevel`, `CustomLog` (file, format string already resolved)."""
+    """`ErrorLog`, `LogLevel`, `CustomLog` and `TransferLog` (file, format string
+    already resolved)."""
 
     error_log: Optional[str] = None  # None: stderr
     level: str = "warn"
     custom_logs: tuple[tuple[str, str], ...] = ()  # (file, format) ; file "-" = stdout
+    #: each custom log's env= condition, in the same order: "" (always), "VAR" or "!VAR" (R85)
+    conditions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,7 @@ class Location:
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
+    env: EnvDirectives = EMPTY_ENV  # its Header, RequestHeader, SetEnv*, SetEnvIf lines (R80-R84)
     #: Its own RewriteRules, run per directory at the fixup phase (R79).
     rewrite_rules: tuple[RewriteRule, ...] = ()
     rewrite_base: str = ""  # RewriteBase
@@ -404,6 +412,9 @@ class Scope:
     trace_enable: str = "on"  # TraceEnable on|off|extended
     #: the server's and vhost's Redirect lines: the vhost's first, then the main server's
     redirects: tuple[AliasRedirect, ...] = ()
+    #: Header, RequestHeader, SetEnv/UnsetEnv/PassEnv and SetEnvIf lines: the main
+    #: server's, then the vhost's (R80-R84); `<Location>` ones are in ``locations``.
+    env: EnvDirectives = EMPTY_ENV
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

@@ -25,6 +25,7 @@ from .aliashooks import AliasHooks
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .corehooks import CoreHooks
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
+from .headers import EnvDraft, HeaderHooks, worker_name
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
@@ -92,7 +93,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks, HeaderHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self, defines: Optional[Mapping[str, Optional[str]]] = None, environ: Optional[Mapping[str, str]] = None) -> None:
@@ -147,6 +148,10 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHoo
     # -- contexts ----------------------------------------------------------------------
     def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
         return self.scope, self.frame.location
+
+    def _env_context(self) -> tuple[EnvDraft, bool]:
+        loc = self.frame.location
+        return (loc.env, True) if loc is not None else (self.scope.env, False)
 
     @property
     def frame(self) -> _Frame:
@@ -272,7 +277,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHoo
                 raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings or rules is not None or loc.redirects or loc.rewrite_rules or loc.rewrite_base:
+            env = loc.env.freeze()
+            if loc.settings or rules is not None or loc.redirects or loc.rewrite_rules or loc.rewrite_base or env:
                 parent.locations.append(
                     Location(
                         loc.path,
@@ -283,6 +289,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHoo
                         loc.regex,
                         rules,
                         redirects=tuple(loc.redirects),
+                        env=env,
                         rewrite_rules=tuple(loc.rewrite_rules),
                         rewrite_base=loc.rewrite_base,
                     )
@@ -460,7 +467,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHoo
             raise Expected("a ws://, wss://, http://, https:// or unix: URL", args[0])
         pairs, _ = url_keys(args[1:])
         values = {key: member_key(key, value) for key, value in pairs if not accepted_worker_key(key, value)}
-        build.members.append(Member(parsed.target, file=self.file, line=self.line, **values))
+        name = worker_name(args[0], parsed.target)
+        build.members.append(Member(parsed.target, file=self.file, line=self.line, name=name, **values))
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
 

@@ -24,7 +24,7 @@ MAX_INCLUDE_DEPTH = 32
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
     for name in [
-        "LoadModule", "LoadFile", "ServerRoot", "User", "Group", "PidFile", "Mutex", "DefaultRuntimeDir",
+        "LoadModule", "LoadFile", "NameVirtualHost", "ServerRoot", "User", "Group", "PidFile", "Mutex", "DefaultRuntimeDir",
         "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature",
         "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset",
         "TypesConfig", "AddType", "AddHandler", "AddOutputFilter", "AddOutputFilterByType", "AddEncoding",
@@ -155,11 +155,14 @@ def text_value(value: str) -> str:
 
 
 def server_name_port(value: str) -> tuple[str, str, int]:
-    """``[scheme://]name[:port]`` -> (scheme or "", the name lower-cased, port or 0)."""
+    """``[scheme://]name[:port]`` -> (scheme or "", the name as written, port or 0).
+
+    The name keeps its case (httpd sends it so in X-Forwarded-Server and its own URLs);
+    virtual-host matching ignores case."""
     match = re.fullmatch(r"(?:([A-Za-z][A-Za-z0-9+.-]*)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._*-]+)(?::([0-9]{1,5}))?", value)
     if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
         raise Expected("[scheme://]host name[:port]", value)
-    return (match.group(1) or "").lower(), match.group(2).lower(), int(match.group(3) or 0)
+    return (match.group(1) or "").lower(), match.group(2), int(match.group(3) or 0)
 
 
 def server_name(value: str) -> str:

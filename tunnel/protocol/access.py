@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional, Union
 
@@ -40,7 +41,7 @@ from ..config.scopes import location_matches, merge_access
 from ..config.values import BadDirective
 from .routing import RouteResult
 
-__all__ = ["AccessRequest", "Result", "backend_url", "effective_access", "is_granted", "evaluate"]
+__all__ = ["AccessRequest", "Result", "backend_url", "effective_access", "is_granted", "evaluate", "expr_true", "word_value"]
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -63,6 +64,7 @@ class AccessRequest:
         query: the query string without ``?`` (``%{QUERY_STRING}``).
         headers: the request headers as received.
         https: the client connection is TLS.
+        env: the request's environment (``%{reqenv:NAME}``, ``%{env:NAME}``).
     """
 
     remote: str
@@ -72,6 +74,7 @@ class AccessRequest:
     query: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     https: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def header(self, name: str) -> str:
         name = name.lower()
@@ -179,6 +182,16 @@ def _provider(req: Require, request: AccessRequest) -> bool:
 # -- expressions ---------------------------------------------------------------------------
 
 
+def word_value(word: Word, request: AccessRequest) -> str:
+    """A string expression's value (``Header set X expr=...``)."""
+    return _word(word, request)
+
+
+def expr_true(expr: Expr, request: AccessRequest) -> bool:
+    """Is a parsed ap_expr (Require expr, Header ... expr=) true for ``request``?"""
+    return _expr(expr, request)
+
+
 def _expr(expr: Expr, request: AccessRequest) -> bool:
     if isinstance(expr, Const):
         return expr.value
@@ -217,7 +230,10 @@ def _word(word: Word, request: AccessRequest) -> str:
 
 
 def _variable(var: Var, request: AccessRequest) -> str:
-    _, colon, arg = var.name.partition(":")
+    func, colon, arg = var.name.partition(":")
+    if colon and func.lower() in ("env", "reqenv"):
+        lowered = arg.lower()
+        return next((v for k, v in request.env.items() if k.lower() == lowered), "")
     if colon:
         return request.header(arg)  # HTTP:name, req:name, http:name
     name = var.name
@@ -229,5 +245,6 @@ def _variable(var: Var, request: AccessRequest) -> str:
         "REMOTE_ADDR": request.remote,
         "QUERY_STRING": request.query,
         "HTTPS": "on" if request.https else "off",
+        "REQUEST_SCHEME": "https" if request.https else "http",
     }
     return values[name]

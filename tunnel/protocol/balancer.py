@@ -171,6 +171,10 @@ class BalancerState:
     # -- choosing ----------------------------------------------------------------------
 
     def pick(self, *, sticky_route: Optional[str] = None, exclude: Collection[int] = ()) -> MemberState:
+        """`pick_routed`'s member (see there)."""
+        return self.pick_routed(sticky_route=sticky_route, exclude=exclude)[0]
+
+    def pick_routed(self, *, sticky_route: Optional[str] = None, exclude: Collection[int] = ()) -> tuple[MemberState, bool]:
         """Choose the member for a new request or tunnel (R43-R45).
 
         Counts the pick in ``elected`` and in the lbmethod's counters, but not in ``busy``:
@@ -181,7 +185,8 @@ class BalancerState:
             exclude: indexes of members not to choose this time (already tried).
 
         Returns:
-            The chosen member.
+            The chosen member, and whether the sticky route chose it (False when the
+            lbmethod elected it).
 
         Raises:
             ServiceUnavailable: no member is usable, or the sticky route's member is
@@ -201,6 +206,7 @@ class BalancerState:
                         f"no usable member in balancer://{self.name}",
                         detail=f"route {sticky_route!r} is unusable and nofailover is on",
                     )
+            by_route = chosen is not None
             if chosen is None:
                 chosen = self._elect(excluded)
             if chosen is None:
@@ -208,7 +214,7 @@ class BalancerState:
                     f"no usable member in balancer://{self.name}", detail=self._why_none(excluded)
                 )
             chosen.elected += 1
-            return chosen
+            return chosen, by_route
 
     def sticky_route_from(self, target_query: str, cookie_header: Optional[str]) -> Optional[str]:
         """The sticky route a request names, or None (find_session_route).
@@ -225,18 +231,54 @@ class BalancerState:
         Returns:
             The route, or None when the balancer is not sticky or none is named.
         """
+        session = self.sticky_session_from(target_query, cookie_header)
+        return session[1] if session is not None and session[1] else None
+
+    def sticky_session_from(self, target_query: str, cookie_header: Optional[str]) -> Optional[tuple[str, str]]:
+        """The stickysession name a request used and the route after its value's first
+        ``.`` ("" when nothing follows it); None when it names none (no value, or one
+        without a ``.``). What BALANCER_SESSION_STICKY/ROUTE hold (R87)."""
         names = self.balancer.stickysession
         if not names or not names[0]:
             return None
         cookie_name = names[0]
         param_name = names[1] if len(names) > 1 and names[1] else cookie_name
+        used = param_name
         value = _query_param(target_query, param_name)
         if value is None and cookie_header is not None:
-            value = _cookie_value(cookie_header, cookie_name)
+            used, value = cookie_name, _cookie_value(cookie_header, cookie_name)
         if value is None:
             return None
         _, dot, route = value.partition(".")
-        return route if dot and route else None
+        return (used, route) if dot else None
+
+    def environment(self, member: MemberState, session: Optional[tuple[str, str]], by_route: bool) -> dict[str, str]:
+        """The variables mod_proxy_balancer sets once ``member`` is chosen (R87).
+
+        Args:
+            member: the chosen member.
+            session: `sticky_session_from`'s answer for the request.
+            by_route: `pick_routed`'s flag: the sticky route chose the member.
+
+        Returns:
+            BALANCER_NAME (``balancer://name``), BALANCER_WORKER_NAME (the member's URL),
+            BALANCER_WORKER_ROUTE (its route, "" for none); BALANCER_ROUTE_CHANGED "1"
+            when the balancer is sticky and the member is not the one the request named
+            (no route, an unusable one, a redirect= hand-over); BALANCER_SESSION_STICKY
+            and BALANCER_SESSION_ROUTE when the request named a route.
+        """
+        env = {
+            "BALANCER_NAME": f"balancer://{self.name}",
+            "BALANCER_WORKER_NAME": member.member.name or member.name,
+            "BALANCER_WORKER_ROUTE": member.route,
+        }
+        route = session[1] if session is not None else None
+        sticky = bool(self.balancer.stickysession and self.balancer.stickysession[0])
+        if sticky and (not by_route or member.route != route):
+            env["BALANCER_ROUTE_CHANGED"] = "1"
+        if session is not None:
+            env["BALANCER_SESSION_STICKY"], env["BALANCER_SESSION_ROUTE"] = session
+        return env
 
     # -- accounting ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+from ..accesslog import env_value
 from ..config.model import Balancer, ProxyRule, RewriteCond, RewriteRule, Scope
 from ..config.values import BadDirective, parse_url
 from ..errors import BadRequest, InternalServerError, UpgradeRequired
@@ -72,6 +73,7 @@ class RewriteRequest:
     canonical: bool = False
     configured_port: int = 0
     configured_scheme: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)  # the request's environment so far (SetEnvIf)
 
     def header(self, name: str) -> str:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -136,7 +138,9 @@ class _State:
         if colon and kind.upper() == "HTTP":
             return req.header(arg)
         if colon and kind.upper() == "ENV":
-            return self.env.get(arg, "")
+            # [E=] values of this run first, then the request's environment (R84)
+            value = self.env.get(arg)
+            return value if value is not None else env_value(req.env, arg) or ""
         upper = name.upper()
         if upper.startswith("HTTP_"):
             return req.header(upper[5:].replace("_", "-"))

@@ -55,7 +55,7 @@ from ..config.model import ProxyRule, Scope, Target
 from ..config.scopes import alias_match, effective_scope
 from ..errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, UpgradeRequired
 
-__all__ = ["RouteResult", "normalize_target", "route", "alias_match", "effective_scope", "encode_path"]
+__all__ = ["RouteResult", "normalize_target", "route", "reselect_upgrade", "alias_match", "effective_scope", "encode_path"]
 
 #: Bytes kept as they are when a decoded path is re-encoded: RFC 3986 pchar and "/".
 PATH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
@@ -323,6 +323,43 @@ def _plain_target(target: Optional[Target]) -> Optional[Target]:
     return dataclasses.replace(target, scheme="https" if target.tls else "http")
 
 
+def _upgrade_required(rule: ProxyRule, upgrade_header: Optional[str]) -> UpgradeRequired:
+    """The 426 of the wstunnel path (R15)."""
+    configured = rule.upgrade or rule.balancer_upgrade or ()
+    shown = ", ".join(t for t in configured if t != "*") or "WebSocket"
+    return UpgradeRequired(
+        "upgrade not allowed on this route",
+        detail=f"Upgrade: {upgrade_header} on {rule.where}",
+        headers=[("Connection", "Upgrade"), ("Upgrade", shown)],
+    )
+
+
+def reselect_upgrade(decision: RouteResult, upgrade_header: Optional[str]) -> RouteResult:
+    """The upgrade decision taken again with the Upgrade header as RequestHeader left it
+    (R81): mod_proxy reads it when it builds the backend request, after the fixups,
+    while the route was chosen with the client's.
+
+    Raises:
+        UpgradeRequired: under ProxyWebsocketFallbackToProxyHttp Off, a WebSocket route
+            whose Upgrade now offers nothing it allows (the wstunnel handler's 426).
+    """
+    rule = decision.rule
+    allowed = _allowed(rule)
+    if allowed == ("NONE",):
+        return decision
+    token = _select(allowed, _offered(upgrade_header))
+    if token is not None:
+        if decision.tunnel and token == decision.upgrade_token:
+            return decision
+        return dataclasses.replace(decision, tunnel=True, upgrade_token=token, target=rule.target)
+    if not decision.tunnel:
+        return decision
+    if _is_websocket_route(rule) and not decision.scope.fallback_to_proxy_http:
+        raise _upgrade_required(rule, upgrade_header)
+    target = _plain_target(rule.target) if _is_websocket_route(rule) else rule.target
+    return dataclasses.replace(decision, tunnel=False, upgrade_token=None, target=target)
+
+
 # -- route -------------------------------------------------------------------------------------
 
 
@@ -373,13 +410,7 @@ def route(scope: Scope, raw_target: str, upgrade_header: Optional[str], *, metho
                 if not effective.fallback_to_proxy_http:
                     if not offered:
                         continue  # R2: path W's check_trans veto
-                    configured = rule.upgrade or rule.balancer_upgrade or ()
-                    shown = ", ".join(t for t in configured if t != "*") or "WebSocket"
-                    raise UpgradeRequired(
-                        "upgrade not allowed on this route",
-                        detail=f"Upgrade: {upgrade_header} on {rule.where}",
-                        headers=[("Connection", "Upgrade"), ("Upgrade", shown)],
-                    )
+                    raise _upgrade_required(rule, upgrade_header)
                 target = _plain_target(target)
         backend = _backend_path(rule, path, raw_path, length, match)
         return RouteResult(

@@ -29,7 +29,7 @@ from ..protocol.access import AccessRequest, backend_url, effective_access, is_g
 from ..protocol.heads import RequestHead
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
-from . import aliasing
+from . import aliasing, envphase
 from .failover import peer_ip
 from .records import Exchange
 from .services import Services
@@ -77,6 +77,7 @@ def _check_path_access(
         query=head.target.partition("?")[2],
         headers=tuple(head.headers),
         https=ex.listener is not None and ex.listener.tls,
+        env=ex.notes,
     )
     if not is_granted(rules, request):
         raise Forbidden("access denied by the server configuration", detail=f"{path} -> {url}" if url else path)
@@ -105,6 +106,7 @@ def _request(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) ->
         canonical=scope.use_canonical_name,
         configured_port=scope.server_port,
         configured_scheme=scope.server_scheme,
+        env=ex.notes,
     )
 
 
@@ -253,6 +255,7 @@ def decide(
                 location = _directory_rules(scope, path)
                 if location is None and not any(loc.redirects for loc in scope.locations):
                     raise
+                envphase.header_parser(scope, path, head, ex, local_ip)  # <Location> SetEnvIf (R84)
                 _check_path_access(scope, path, None, head, ex, local_ip)
                 effective = routing.effective_scope(scope, path)
                 if location is not None and effective.rewrite_engine:
@@ -266,6 +269,7 @@ def decide(
                 aliasing.location_redirect(scope, path, query, head, ex.listener, engine.server_name)
                 raise not_found from None
         assert decision is not None
+        envphase.header_parser(scope, decision.local_path, head, ex, local_ip)  # <Location> SetEnvIf (R84)
         check_access(scope, decision, head, ex, local_ip)  # before anything else (R70)
         location = _directory_rules(scope, decision.local_path)
         if location is not None and decision.scope.rewrite_engine:

@@ -23,6 +23,7 @@ from ..protocol.access import backend_url, effective_access
 from ..protocol.heads import RequestHead
 from ..protocol.request import FrontEnd
 from ..protocol.routing import RouteResult
+from . import envphase
 from .decide import check_upgrade, decide, route
 from .records import Exchange
 from .services import Services
@@ -158,6 +159,7 @@ def explain(
         out.lines.append("virtual host: none matches; the main server's configuration applies")
     trace: list[str] = []
     local = listener.host if listener is not None and listener.host else "127.0.0.1"
+    head = envphase.post_read(scope, head, ex, lambda: local)  # RequestHeader early, SetEnvIf (R84)
     try:
         decision, head = decide(services, scope, head, ex, lambda: local, trace)
     except TunnelError as exc:
@@ -175,6 +177,10 @@ def explain(
     out.lines.extend(_route_lines(decision, ex))
     applies = effective_access(scope, decision.local_path, backend_url(decision)) is not None
     out.lines.append("access: granted" + ("" if applies else " (no Require lines apply)"))
+    try:
+        head, decision = envphase.fixups(decision, head, ex, None)  # SetEnv, RequestHeader (R81, R83)
+    except TunnelError as exc:
+        return _answer(out, exc)
     scope = decision.scope
     try:
         token, key = check_upgrade(decision, head)

@@ -62,7 +62,8 @@ def connect_backend(
         return sock, target, None, None
     balancer = engine.balancer(decision.balancer)
     query = head.target.partition("?")[2]
-    sticky = balancer.sticky_route_from(query, head.get("cookie"))
+    session = balancer.sticky_session_from(query, head.get("cookie"))
+    sticky = session[1] if session is not None and session[1] else None
     tried: set[int] = set()
     attempts = balancer.attempts_allowed() + 1
     last: Optional[TunnelError] = None
@@ -70,7 +71,7 @@ def connect_backend(
     for _ in range(attempts):
         while True:
             try:
-                member = balancer.pick(sticky_route=sticky, exclude=tried)
+                member, by_route = balancer.pick_routed(sticky_route=sticky, exclude=tried)
                 break
             except ServiceUnavailable:
                 # httpd's balancer timeout=: wait for a member to become usable (an
@@ -89,6 +90,7 @@ def connect_backend(
                     if watch is not None and not _watch_client(client, front):
                         raise ClientGone()
         tried.add(member.index)
+        ex.notes.update(balancer.environment(member, session, by_route))  # BALANCER_* (R87)
         mt: Target = member.member.target
         target = Target(mt.scheme, mt.host, mt.port, _join(mt.path, decision.backend_path), mt.unix_path)
         ex.notes["backend"] = str(target)

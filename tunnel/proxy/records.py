@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..config.headermodel import EMPTY_ENV, EnvDirectives
 from ..config.model import Listener, Scope
 from ..io.streams import InetAddress
 from ..protocol.balancer import BalancerState, MemberState
@@ -36,6 +37,9 @@ class Exchange:
     vhost: str = ""
     early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
     early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
+    #: the Header/RequestHeader/SetEnv lines in force (the server's, then the vhost's
+    #: and the matching <Location> blocks' once known; R80-R83)
+    env_conf: EnvDirectives = EMPTY_ENV
     #: the TCP peer when ``peer`` is the client a PROXY header or RemoteIPHeader named
     #: (%{c}a); None when they are the same.
     connection_peer: Optional[InetAddress] = None

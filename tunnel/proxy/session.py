@@ -47,10 +47,10 @@ from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
-from . import aliasing
+from . import aliasing, envphase
 from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
-from .forward import drain_request_body, relay_response, send_request_body, send_to_client
+from .forward import drain_request_body, relay_response, response_headers, send_request_body, send_to_client
 from .records import Exchange, TunnelStart
 from .remoteip import ProxyRefused, accept_proxy_header, apply_remoteip_header
 from .services import Services
@@ -107,7 +107,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener, connection_peer=connection_peer)
+            ex = Exchange(peer=peer, listener=listener, connection_peer=connection_peer, env_conf=config.scope.env)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -227,8 +227,13 @@ def _answer_error(
         # the access log keeps the status that was sent.
         return False
     ex.status = exc.status
-    ex.response_headers = list(exc.headers)  # %{Location}o of a redirect, for one
     body = f"{exc.status} {exc.reason}\n".encode("utf-8", "replace")
+    own = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if ex.env_conf.always:  # Header always (R82)
+        headers = envphase.error_headers(ex, sock, own, exc.headers)
+    else:
+        headers = own + list(exc.headers)
+    ex.response_headers = list(headers)  # %{Location}o of a redirect, for one
     keep = (
         not close
         and exc.status not in DROPS_CONNECTION
@@ -239,15 +244,14 @@ def _answer_error(
     deadline = time.monotonic() + 5.0
     try:
         if _status_line_ok(front):
-            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-            headers += exc.headers
             if not keep:
                 headers.append(("Connection", "close"))
-            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=headers, reason=phrase(exc.status).encode("ascii")), deadline)
+            wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # Header values are latin-1
+            n = yield from send_to_client(sock, front, h11.Response(status_code=exc.status, headers=wire, reason=phrase(exc.status).encode("ascii")), deadline)
             n += yield from send_to_client(sock, front, h11.Data(data=body), deadline)
             n += yield from send_to_client(sock, front, h11.EndOfMessage(), deadline)
         else:
-            data = error_response_bytes(exc.status, exc.reason, headers=exc.headers)
+            data = error_response_bytes(exc.status, exc.reason, headers=[h for h in headers if h[0] not in ("Content-Type", "Content-Length")])
             yield from sendall(sock, data, deadline)
             n = len(data)
             keep = False
@@ -280,9 +284,11 @@ def _handle(
     ex.vhost = vhost.server_name if vhost is not None else ""
     if scope.remoteip_header:
         apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
+    head = envphase.post_read(scope, head, ex, lambda: _local_ip(sock))  # RequestHeader early, SetEnvIf (R84)
     # Routing, access control (before the upgrade checks and any backend, R70) and the
     # <Location> rewrite rules; an internal redirect gives a new head.
     decision, head = decide(engine, scope, head, ex, lambda: _local_ip(sock))
+    head, decision = envphase.fixups(decision, head, ex, sock)  # SetEnv, RequestHeader (R81, R83)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
@@ -313,6 +319,8 @@ def _handle(
         response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
         if response.status == 101:
             hs.check_switch(response)
+            if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
+                response = dataclasses.replace(response, headers=envphase.switch_headers(ex, sock, response.headers, token or "websocket"))
             data = client_switch_bytes(response, token or "websocket")
             try:
                 yield from sendall(sock, data, clock() + scope.timeout)
@@ -400,6 +408,8 @@ def _relay_answer(
         base = aliasing.base_url(scope, ex.head, ex.listener, scope.server_name or "localhost")  # R95
         mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=base, balancers=balancers)
         response = dataclasses.replace(response, headers=mapped)
+    if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
+        response = dataclasses.replace(response, headers=envphase.answer_headers(ex, sock, response_headers(response)))
     ex.status = response.status
     ex.response_headers = response.headers
     relayed = yield from relay_response(sock, front, backend, hs, response, timeout=timeout, clock=clock)
