@@ -74,7 +74,7 @@ def expected_at(frames: list[tuple[int, int]], offset: int) -> tuple[int, bool, 
 
 
 FRAME = st.tuples(
-    st.sampled_from([0x0, 0x1, 0x2, 0x8, 0x9, 0xA, 0x3, 0xF]),
+    st.sampled_from([0x0, 0x1, 0x2, 0x8, 0x9, 0xA]),
     st.one_of(st.integers(0, 130), st.sampled_from([125, 126, 127, 65535, 65536, 70000])),
     st.booleans(),  # masked
     st.booleans(),  # fin
@@ -86,7 +86,7 @@ def make_stream(specs) -> bytes:
     out = bytearray()
     for opcode, length, masked, fin, rsv in specs:
         if opcode >= 8:
-            length = min(length, 125)
+            length, fin = min(length, 125), True
         frame = bytearray(build_frame(opcode, os.urandom(length), mask=os.urandom(4) if masked else None, fin=fin))
         frame[0] |= rsv << 4
         out += frame
@@ -157,6 +157,38 @@ def test_streams_wsproto_writes_both_ways(deflate):
     f = FrameFollower()
     f.feed(down)
     assert (f.frames, f.at_boundary, f.close_seen) == (1, True, False)
+
+
+@pytest.mark.parametrize(
+    "bad, masked",
+    [
+        (build_frame(0x3, b"reserved"), None),
+        (build_frame(0xB, b"reserved control"), None),
+        (build_frame(OP_PING, b"p", fin=False), None),  # a fragmented control frame
+        (b"\x89\x7e\x00\x80" + b"x" * 128, None),  # a Ping longer than 125 bytes
+        (b"\x82\x7f\x80" + bytes(7), None),  # a 64-bit length with its top bit set
+        (build_frame(0x2, b"unmasked"), True),  # a client's frame must be masked
+        (build_frame(0x2, b"masked", mask=b"abcd"), False),  # a server's must not
+    ],
+)
+def test_a_stream_that_breaks_the_rules_is_lost_for_good(bad, masked):
+    good = build_frame(0x1, b"fine", mask=b"abcd" if masked else None)
+    for cut in range(len(bad) + 1):  # the bad header cut anywhere
+        f = FrameFollower(masked=masked)
+        f.feed(good)
+        assert f.at_boundary and f.frames == 1 and not f.lost
+        f.feed(bad[:cut])
+        f.feed(bad[cut:] + close_frame(mask=b"abcd" if masked else None))
+        assert f.lost and not f.at_boundary and not f.close_seen and f.frames == 1, cut
+
+
+def test_the_direction_is_checked_only_when_known():
+    f = FrameFollower(masked=True)
+    f.feed(close_frame(mask=b"abcd"))
+    assert f.close_seen and not f.lost
+    g = FrameFollower(masked=False)
+    g.feed(close_frame())
+    assert g.close_seen and not g.lost
 
 
 def test_a_close_frame_counts_only_once_whole():

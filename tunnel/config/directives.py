@@ -15,11 +15,13 @@ from .values import (
     encoded_slashes,
     on_off,
     positive_int,
+    request_body_limit,
     seconds,
     seconds_ms,
     server_name,
     text_value,
     verify,
+    via_mode,
 )
 
 __all__ = ["Ctx", "SETTINGS", "HANDLERS", "SECTIONS"]
@@ -72,6 +74,8 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
         ("RewriteEngine", "rewrite_engine", on_off, _SV),
+        ("LimitRequestBody", "limit_request_body", request_body_limit, _SVL),
+        ("ProxyVia", "via", via_mode, _SV),
     )
 }
 
@@ -86,6 +90,8 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("ProxyPass", "_proxy_pass", _SVL),
         ("ProxyPassMatch", "_proxy_pass_match", _SVL),
         ("ProxyPassReverse", "_proxy_pass_reverse", _SVL),
+        ("ProxyPassReverseCookiePath", "_cookie_path", _SVL),
+        ("ProxyPassReverseCookieDomain", "_cookie_domain", _SVL),
         ("ProxyRequests", "_proxy_requests", _SV),
         ("BalancerMember", "_balancer_member", _SVP),
         ("ProxySet", "_proxy_set", _SVP),

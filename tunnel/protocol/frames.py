@@ -16,8 +16,12 @@ looked at). It knows:
 A feed costs a few integer operations per frame header and nothing per payload byte: a
 chunk that lies wholly inside a payload is one comparison.
 
-Garbage is followed too (a peer that does not speak WebSocket after its 101 just gives
-meaningless counts); the follower never raises on input.
+A stream that breaks the framing rules (a reserved opcode, a control frame that is
+fragmented or longer than 125 bytes, a length with its top bit set, or, when the
+direction is known, a frame masked the wrong way: §5.1 has a client mask every frame and
+a server none) cannot be followed: the follower then says ``lost`` and stops reading,
+for good (``at_boundary`` stays False, ``close_seen`` keeps its value). It never raises
+on input.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ OP_PONG = 0xA
 MAX_HEADER = 14
 #: A control frame's payload is at most this long (§5.5).
 MAX_CONTROL_PAYLOAD = 125
+#: Opcodes RFC 6455 reserves (§5.2): a frame with one of them is not followed.
+RESERVED_OPCODES = frozenset({3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF})
 
 Bytes = Union[bytes, bytearray, memoryview]
 
@@ -45,6 +51,22 @@ def _header_length(b1: int) -> int:
     """The whole header's length, from its second byte (mask bit and length code)."""
     code = b1 & 0x7F
     return 2 + (2 if code == 126 else 8 if code == 127 else 0) + (4 if b1 & 0x80 else 0)
+
+
+#: By a header's first byte: 1 when it alone breaks §5 (a reserved opcode, a
+#: fragmented control frame).
+_BAD_FIRST = bytes(int((b & 0x0F) in RESERVED_OPCODES or (b & 0x08 and not b & 0x80)) for b in range(256))
+#: By the second byte, for each expected mask bit: 1 when it is masked the wrong way.
+_BAD_SECOND = {
+    -1: bytes(256),
+    0: bytes(int(bool(b & 0x80)) for b in range(256)),
+    0x80: bytes(int(not b & 0x80) for b in range(256)),
+}
+
+
+def _breaks_rules(b0: int, b1: int, bad_second: bytes) -> bool:
+    """A header's first two bytes break §5 (a long control frame too)."""
+    return bool(_BAD_FIRST[b0] or bad_second[b1] or (b0 & 0x08 and b1 & 0x7F > MAX_CONTROL_PAYLOAD))
 
 
 def _payload_length(head: Bytes) -> int:
@@ -60,16 +82,23 @@ def _payload_length(head: Bytes) -> int:
 class FrameFollower:
     """Frame headers of one direction of a WebSocket stream, across any chunking.
 
+    Args:
+        masked: True for the client-to-server direction (every frame masked), False
+            for server-to-client (none masked), None to accept either.
+
     Attributes:
         frames: frames that have passed whole.
         close_seen: a whole Close frame has passed.
+        lost: the stream broke the framing rules; nothing more is followed.
     """
 
-    __slots__ = ("frames", "close_seen", "_skip", "_head", "_in_close")
+    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_skip", "_head", "_in_close")
 
-    def __init__(self) -> None:
+    def __init__(self, masked: Optional[bool] = None) -> None:
         self.frames = 0
         self.close_seen = False
+        self.lost = False
+        self._bad_second = _BAD_SECOND[-1 if masked is None else 0x80 if masked else 0]
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
         #: the bytes of a header cut by a chunk's end (empty: none pending).
@@ -80,7 +109,7 @@ class FrameFollower:
     @property
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two frames."""
-        return self._skip == 0 and not self._head
+        return self._skip == 0 and not self._head and not self.lost
 
     def feed(self, data: Bytes) -> None:
         """The next bytes of the stream (any length, cut anywhere)."""
@@ -91,6 +120,8 @@ class FrameFollower:
             if skip == n and n:
                 self._frame_done()
             return
+        if self.lost:
+            return
         pos = skip
         if skip:
             self._skip = 0
@@ -99,7 +130,13 @@ class FrameFollower:
         if head:
             # A header cut by the last chunk's end: complete it from this one.
             while True:
-                need = (_header_length(head[1]) if len(head) >= 2 else 2) - len(head)
+                if len(head) >= 2:
+                    if _breaks_rules(head[0], head[1], self._bad_second):
+                        self._lose()
+                        return
+                    need = _header_length(head[1]) - len(head)
+                else:
+                    need = 2 - len(head)
                 if need == 0:
                     break
                 take = data[pos : pos + need]
@@ -108,18 +145,27 @@ class FrameFollower:
                 if len(take) < need:
                     return
             self._in_close = head[0] & 0x0F == OP_CLOSE
-            end = pos + _payload_length(head)
+            length = _payload_length(head)
             head.clear()
+            if length >> 63:
+                self._lose()
+                return
+            end = pos + length
             if end > n:
                 self._skip = end - n
                 return
             pos = end
             self._frame_done()
+        bad_second = self._bad_second
         while pos < n:
             if pos + 2 > n:
                 head += data[pos:n]
                 return
+            b0 = data[pos]
             b1 = data[pos + 1]
+            if _BAD_FIRST[b0] or bad_second[b1] or (b0 & 0x08 and b1 & 0x7F > MAX_CONTROL_PAYLOAD):
+                self._lose()
+                return
             code = b1 & 0x7F
             hlen = 2 + (2 if code == 126 else 8 if code == 127 else 0) + (4 if b1 & 0x80 else 0)
             if pos + hlen > n:
@@ -131,13 +177,21 @@ class FrameFollower:
                 length = (data[pos + 2] << 8) | data[pos + 3]
             else:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            self._in_close = data[pos] & 0x0F == OP_CLOSE
+                if length >> 63:
+                    self._lose()
+                    return
+            self._in_close = b0 & 0x0F == OP_CLOSE
             end = pos + hlen + length
             if end > n:
                 self._skip = end - n
                 return
             pos = end
             self._frame_done()
+
+    def _lose(self) -> None:
+        self.lost = True
+        self._head.clear()
+        self._skip = 0
 
     def _frame_done(self) -> None:
         self.frames += 1
@@ -146,7 +200,7 @@ class FrameFollower:
             self._in_close = False
 
     def __repr__(self) -> str:
-        state = "boundary" if self.at_boundary else f"in frame ({self._skip} to skip)"
+        state = "lost" if self.lost else "boundary" if self.at_boundary else f"in frame ({self._skip} to skip)"
         return f"<FrameFollower frames={self.frames} close_seen={self.close_seen} {state}>"
 
 
