@@ -64,6 +64,10 @@ _BAD_SECOND = {
 }
 
 
+#: A header's whole length by its second byte (mask bit and length code).
+_HEADER_LENGTHS = bytes(2 + (2 if b & 0x7F == 126 else 8 if b & 0x7F == 127 else 0) + (4 if b & 0x80 else 0) for b in range(256))
+
+
 def _breaks_rules(b0: int, b1: int, bad_second: bytes) -> bool:
     """A header's first two bytes break §5 (a long control frame too)."""
     return bool(_BAD_FIRST[b0] or bad_second[b1] or (b0 & 0x08 and b1 & 0x7F > MAX_CONTROL_PAYLOAD))
@@ -156,37 +160,47 @@ class FrameFollower:
                 return
             pos = end
             self._frame_done()
+        # The loop below is the follower's only per-frame cost: table lookups, no calls.
         bad_second = self._bad_second
-        while pos < n:
-            if pos + 2 > n:
-                head += data[pos:n]
-                return
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            if _BAD_FIRST[b0] or bad_second[b1] or (b0 & 0x08 and b1 & 0x7F > MAX_CONTROL_PAYLOAD):
-                self._lose()
-                return
-            code = b1 & 0x7F
-            hlen = 2 + (2 if code == 126 else 8 if code == 127 else 0) + (4 if b1 & 0x80 else 0)
-            if pos + hlen > n:
-                head += data[pos:n]
-                return
-            if code < 126:
-                length = code
-            elif code == 126:
-                length = (data[pos + 2] << 8) | data[pos + 3]
-            else:
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                if length >> 63:
+        hlens = _HEADER_LENGTHS
+        frames = 0
+        try:
+            while pos < n:
+                if pos + 2 > n:
+                    head += data[pos:n]
+                    return
+                b0 = data[pos]
+                b1 = data[pos + 1]
+                if _BAD_FIRST[b0] or bad_second[b1]:
                     self._lose()
                     return
-            self._in_close = b0 & 0x0F == OP_CLOSE
-            end = pos + hlen + length
-            if end > n:
-                self._skip = end - n
-                return
-            pos = end
-            self._frame_done()
+                code = b1 & 0x7F
+                hlen = hlens[b1]
+                if pos + hlen > n:
+                    head += data[pos:n]
+                    return
+                if code >= 126:
+                    if b0 & 0x08:  # a control frame longer than 125 bytes
+                        self._lose()
+                        return
+                    if code == 126:
+                        code = (data[pos + 2] << 8) | data[pos + 3]
+                    else:
+                        code = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                        if code >> 63:
+                            self._lose()
+                            return
+                end = pos + hlen + code
+                if end > n:
+                    self._in_close = b0 & 0x0F == OP_CLOSE
+                    self._skip = end - n
+                    return
+                frames += 1
+                if b0 & 0x0F == OP_CLOSE:
+                    self.close_seen = True
+                pos = end
+        finally:
+            self.frames += frames
 
     def _lose(self) -> None:
         self.lost = True
