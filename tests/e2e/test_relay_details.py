@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
 from wsproto.utilities import generate_accept_token
 
@@ -269,7 +270,7 @@ def test_a_backend_reset_after_the_close_handshake_is_a_normal_end(make_proxy, s
             if not initiate:
                 ws.close()
             else:
-                with pytest.raises(Exception):  # the server's Close ends the client's recv
+                with pytest.raises(ConnectionClosedOK):  # the server's Close ends the client's recv
                     ws.recv(timeout=5)
         assert ws.close_code == 1000  # a clean close on the client's side
         wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
