@@ -62,6 +62,18 @@ _BAD_SECOND = {
     0: bytes(int(bool(b & 0x80)) for b in range(256)),
     0x80: bytes(int(not b & 0x80) for b in range(256)),
 }
+#: The fast path's tables. By the first byte: 1 for a frame the fast path may pass (a
+#: valid data or Ping/Pong opcode; a Close, whose passing is recorded, takes the slow
+#: path). By the second byte, for each expected mask bit: the whole frame's length when
+#: the payload is under 126 bytes and the mask bit is right, else 0 (the slow path).
+_FAST_FIRST = bytes(int(not (b & 0x0F) in RESERVED_OPCODES and (b & 0x0F) != OP_CLOSE and (b & 0x80 or not b & 0x08)) for b in range(256))
+_FAST_STEP = {
+    mask: tuple(
+        (2 + (4 if b & 0x80 else 0) + (b & 0x7F)) if (b & 0x7F) < 126 and (mask < 0 or b & 0x80 == mask) else 0
+        for b in range(256)
+    )
+    for mask in (-1, 0, 0x80)
+}
 
 
 #: A header's whole length by its second byte (mask bit and length code).
@@ -96,13 +108,15 @@ class FrameFollower:
         lost: the stream broke the framing rules; nothing more is followed.
     """
 
-    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_skip", "_head", "_in_close")
+    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_skip", "_head", "_in_close")
 
     def __init__(self, masked: Optional[bool] = None) -> None:
         self.frames = 0
         self.close_seen = False
         self.lost = False
-        self._bad_second = _BAD_SECOND[-1 if masked is None else 0x80 if masked else 0]
+        mask = -1 if masked is None else 0x80 if masked else 0
+        self._bad_second = _BAD_SECOND[mask]
+        self._fast_step = _FAST_STEP[mask]
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
         #: the bytes of a header cut by a chunk's end (empty: none pending).
@@ -160,12 +174,25 @@ class FrameFollower:
                 return
             pos = end
             self._frame_done()
-        # The loop below is the follower's only per-frame cost: table lookups, no calls.
+        # The loops below are the follower's only per-frame cost: table lookups, no calls.
+        # The inner one passes the common frames (payload under 126 bytes, masked the
+        # right way, not a Close); anything else is read by the rest of the outer one.
         bad_second = self._bad_second
         hlens = _HEADER_LENGTHS
+        fast_first = _FAST_FIRST
+        fast_step = self._fast_step
+        last = n - 2
         frames = 0
         try:
             while pos < n:
+                while pos <= last:
+                    step = fast_step[data[pos + 1]]
+                    if not step or not fast_first[data[pos]] or pos + step > n:
+                        break
+                    pos += step
+                    frames += 1
+                if pos >= n:
+                    return
                 if pos + 2 > n:
                     head += data[pos:n]
                     return
