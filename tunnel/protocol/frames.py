@@ -119,15 +119,16 @@ class FrameFollower:
         self._fast_step = _FAST_STEP[mask]
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
-        #: the bytes of a header cut by a chunk's end (empty: none pending).
-        self._head = bytearray()
+        #: the bytes of a header cut by a chunk's end (None: none pending; made only
+        #: then, so that an idle tunnel's followers hold no buffer).
+        self._head: Optional[bytearray] = None
         #: the frame being skipped is a Close frame.
         self._in_close = False
 
     @property
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two frames."""
-        return self._skip == 0 and not self._head and not self.lost
+        return self._skip == 0 and self._head is None and not self.lost
 
     def feed(self, data: Bytes) -> None:
         """The next bytes of the stream (any length, cut anywhere)."""
@@ -145,7 +146,7 @@ class FrameFollower:
             self._skip = 0
             self._frame_done()
         head = self._head
-        if head:
+        if head is not None:
             # A header cut by the last chunk's end: complete it from this one.
             while True:
                 if len(head) >= 2:
@@ -164,7 +165,7 @@ class FrameFollower:
                     return
             self._in_close = head[0] & 0x0F == OP_CLOSE
             length = _payload_length(head)
-            head.clear()
+            self._head = None
             if length >> 63:
                 self._lose()
                 return
@@ -194,7 +195,7 @@ class FrameFollower:
                 if pos >= n:
                     return
                 if pos + 2 > n:
-                    head += data[pos:n]
+                    self._head = bytearray(data[pos:n])
                     return
                 b0 = data[pos]
                 b1 = data[pos + 1]
@@ -204,7 +205,7 @@ class FrameFollower:
                 code = b1 & 0x7F
                 hlen = hlens[b1]
                 if pos + hlen > n:
-                    head += data[pos:n]
+                    self._head = bytearray(data[pos:n])
                     return
                 if code >= 126:
                     if b0 & 0x08:  # a control frame longer than 125 bytes
@@ -231,7 +232,7 @@ class FrameFollower:
 
     def _lose(self) -> None:
         self.lost = True
-        self._head.clear()
+        self._head = None
         self._skip = 0
 
     def _frame_done(self) -> None:
