@@ -66,7 +66,9 @@ _BAD_SECOND = {
 #: valid data or Ping/Pong opcode; a Close, whose passing is recorded, takes the slow
 #: path). By the second byte, for each expected mask bit: the whole frame's length when
 #: the payload is under 126 bytes and the mask bit is right, else 0 (the slow path).
-_FAST_FIRST = bytes(int(not (b & 0x0F) in RESERVED_OPCODES and (b & 0x0F) != OP_CLOSE and (b & 0x80 or not b & 0x08)) for b in range(256))
+_FAST_FIRST = bytes(
+    int((b & 0x0F) not in RESERVED_OPCODES and (b & 0x0F) != OP_CLOSE and bool(b & 0x80 or not b & 0x08)) for b in range(256)
+)
 _FAST_STEP = {
     mask: tuple(
         (2 + (4 if b & 0x80 else 0) + (b & 0x7F)) if (b & 0x7F) < 126 and (mask < 0 or b & 0x80 == mask) else 0
