@@ -37,6 +37,7 @@ class Entry:
     """One finished request or tunnel."""
 
     remote_host: str = "-"
+    peer_host: str = ""  # the TCP peer when a PROXY header or RemoteIPHeader named the client
     request_line: str = "-"
     method: str = "-"
     path: str = "-"
@@ -171,6 +172,8 @@ class Formatter:
                 return lambda e: _escape(e.response_headers.get(key, "-"))
             if code == "n":
                 return lambda e: _escape(str(e.notes.get(arg, "-")))
+            if code in ("a", "h") and arg == "c":  # the connection's peer (a balancer in front)
+                return lambda e: e.peer_host or e.remote_host
             if code == "t":
                 return _custom_time(arg)
             if code == "T":

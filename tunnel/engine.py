@@ -16,6 +16,7 @@ joins the loop; without, the calling thread does the handshake and the (sync) tu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import ssl
@@ -31,9 +32,10 @@ from .errors import ServiceUnavailable
 from .io.connect import client_context, server_context
 from .io.listeners import Acceptor, open_listener
 from .io.loop import Loop, Task, run_blocking
-from .io.streams import Endpoint, PeerAddress
+from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
+from .proxy.explain import Explanation, explain
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
@@ -163,7 +165,7 @@ class Engine:
                 sock = open_listener(listener, reuse_port=self.reuse_port)
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
-                bound = Listener(listener.host, addr[1], listener.tls, listener.file, listener.line)
+                bound = dataclasses.replace(listener, port=addr[1])
                 self._acceptors.append(Acceptor(self._adopt, loop, sock, bound))
                 log.info("listening on %s", bound.display)
         except BaseException as exc:
@@ -306,6 +308,15 @@ class Engine:
             self._tunnel_closed(start)
 
     # -- tunnels -----------------------------------------------------------------------
+    def explain(
+        self, raw_head: bytes, *, listener: Optional[Listener] = None, peer: InetAddress = ("127.0.0.1", 40000)
+    ) -> Explanation:
+        """What this engine would do with one request head, step by step, without
+        connecting anything (``tunnel explain``): the vhost and `<Location>` chosen,
+        each rewrite rule and condition tried, the route or the refusal, the balancer
+        policy, the request the backend would receive, the timeouts and the strategy."""
+        return explain(self._services, raw_head, listener=listener, peer=peer)
+
     def live_tunnels(self) -> list[Pump]:
         """The pumps of the tunnels open now (for status pages and tests)."""
         with self._lock:
@@ -428,6 +439,7 @@ class Engine:
         self.access_log.write(
             Entry(
                 remote_host=str(ex.peer[0]),
+                peer_host=str(ex.connection_peer[0]) if ex.connection_peer is not None else "",
                 request_line=head.request_line if head else "-",
                 method=head.method if head else "-",
                 path=head.target if head else "-",

@@ -131,8 +131,9 @@ def _idle(text: str, path: str = "/ws/x") -> float:
         ("<Location /ws/>\nProxyWebsocketIdleTimeout 0\n</Location>\nProxyPass /ws/ ws://b/ timeout=5\n", 0.0),
         # a <Location> that does not match the request changes nothing
         ("<Location /other/>\nProxyWebsocketIdleTimeout 1\n</Location>\nProxyPass /ws/ ws://b/ timeout=5\n", 5.0),
-        # two matching ones: the later in merge order wins (a regex one after plain ones)
-        ("<LocationMatch ^/ws>\nProxyWebsocketIdleTimeout 7\n</LocationMatch>\n<Location /ws/>\nProxyWebsocketIdleTimeout 3\n</Location>\nProxyPass /ws/ ws://b/\n", 7.0),
+        # two matching ones: the later in merge order (file order) wins
+        ("<LocationMatch ^/ws>\nProxyWebsocketIdleTimeout 7\n</LocationMatch>\n<Location /ws/>\nProxyWebsocketIdleTimeout 3\n</Location>\nProxyPass /ws/ ws://b/\n", 3.0),
+        ("<Location /ws/>\nProxyWebsocketIdleTimeout 3\n</Location>\n<LocationMatch ^/ws>\nProxyWebsocketIdleTimeout 7\n</LocationMatch>\nProxyPass /ws/ ws://b/\n", 7.0),
     ],
 )
 def test_idle_limit_precedence(text, expected):

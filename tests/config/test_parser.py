@@ -372,11 +372,15 @@ def test_location_one_argument_proxy_pass_and_settings() -> None:
         """
     )
     rules = c.scope.rules
+    # The last merged block's ProxyPass wins (httpd merges <Location> and <LocationMatch>
+    # in file order), so location rules are tried last block first, before the server's.
+    # ProxyPass in <LocationMatch "^/re/"> is a literal prefix in httpd (no wildcards).
     assert [(r.path, r.is_regex) for r in rules] == [
-        ("^/re/", True), ("^/x", True), ("/chat/room/", False), ("/chat", False), ("/other", False)
+        ("^/x", True), ("^/re/", False), ("/chat/room/", False), ("/chat", False), ("/other", False)
     ]
-    assert all(r.regex is not None and r.regex.pattern == r.path for r in rules[:2])
+    assert rules[0].regex is not None and rules[0].regex.pattern == "^/x"
     assert rules[2].upgrade == ("websocket",) and rules[2].line == 6
+    assert any("takes '^/re/' as a literal path prefix" in w for w in c.warnings)
     (loc,) = c.scope.locations
     assert (loc.path, loc.settings, loc.line) == (
         "/chat/room/", (("websocket_idle_timeout", 5.0), ("fallback_to_proxy_http", False)), 5

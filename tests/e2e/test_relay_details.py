@@ -230,25 +230,29 @@ class ResettingWebSocket(Server):
         accept = generate_accept_token(head.get("sec-websocket-key").encode()).decode()
         conn.sendall(switching_protocols(accept=accept))
         buf = bytearray(front.take_buffer())
-        self._frame(conn, buf)  # a message, or the client's Close
         if self.initiate or self.reset_early:
+            self._frame(conn, buf)  # one message first
             conn.sendall(close_frame(1000, "server done"))
             if not self.reset_early:
                 self._frame(conn, buf)  # the client's Close answer
         else:
+            while self._frame(conn, buf) not in (0x8, None):  # messages, until the client's Close
+                pass
             conn.sendall(close_frame(1000))
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()  # a reset, not a FIN
 
     @staticmethod
-    def _frame(conn: socket.socket, buf: bytearray) -> None:
-        """Read one whole (small, masked) client frame."""
+    def _frame(conn: socket.socket, buf: bytearray) -> int | None:
+        """Read one whole (small, masked) client frame; its opcode (None at EOF)."""
         while len(buf) < 2 or len(buf) < 6 + (buf[1] & 0x7F):
             chunk = conn.recv(65536)
             if not chunk:
-                return
+                return None
             buf += chunk
+        opcode = buf[0] & 0x0F
         del buf[: 6 + (buf[1] & 0x7F)]
+        return opcode
 
 
 def _url(engine) -> str:

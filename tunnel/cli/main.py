@@ -222,6 +222,53 @@ def configtest(config_file: str) -> None:
     click.echo("Syntax OK")
 
 
+@cli.command()
+@click.option("--config", "-c", "config_file", required=True, type=click.Path(dir_okay=False), help="httpd-style configuration file.")
+@click.argument("request_line")
+@click.option("--header", "-H", "headers", multiple=True, metavar="'NAME: VALUE'", help="A request header (repeatable).")
+@click.option("--listen", "-l", "listen", default=None, metavar="ADDR", help="The listener it arrives on (default: the first Listen).")
+@click.option("--client", "client", default="127.0.0.1", show_default=True, metavar="IP", help="The client's address.")
+def explain(config_file: str, request_line: str, headers: tuple[str, ...], listen: Optional[str], client: str) -> None:
+    """Show what the proxy would do with one request, without connecting anything.
+
+    REQUEST_LINE is e.g. 'GET /socket.io/?EIO=4 HTTP/1.1'. Without a Host header one is
+    added from the listener, as a browser would send it.
+    """
+    import ipaddress
+
+    from ..proxy.explain import request_head
+    from ..tunnels.strategy import LOOP_HOST
+
+    try:
+        config = Config.from_file(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for header in headers:
+        name, colon, _ = header.partition(":")
+        if not colon or not name.strip() or name != name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {header!r}", param_hint="--header")
+    try:
+        ipaddress.ip_address(client)
+    except ValueError:
+        raise click.BadParameter(f"expected an IP address, got {client!r}", param_hint="--client") from None
+    listener = None
+    if listen is not None:
+        wanted = listen.lower()
+        listener = next((li for li in config.listeners if li.display.lower() == wanted or str(li.port) == wanted), None)
+        if listener is None:
+            shown = ", ".join(li.display for li in config.listeners) or "none"
+            raise click.BadParameter(f"no Listen {listen} in {config_file} (listeners: {shown})", param_hint="--listen")
+    elif config.listeners:
+        listener = config.listeners[0]
+    words = request_line.split()
+    if not any(h.lower().startswith("host:") for h in headers) and (len(words) == 2 or words[-1:] == ["HTTP/1.1"]):
+        host = listener.display if listener is not None else "localhost"
+        headers = (f"Host: {host}", *headers)
+    engine = Engine(config, host=LOOP_HOST)  # as `serve` runs it; nothing is started
+    result = engine.explain(request_head(request_line, headers), listener=listener, peer=(client, 40000))
+    click.echo(str(result))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``tunnel`` console script and ``python -m tunnel``."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="tunnel")

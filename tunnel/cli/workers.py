@@ -11,6 +11,7 @@ connections among them (nginx's model). The parent only supervises:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from ..config import Config, Listener
+from ..config import Config
 from ..io.listeners import open_listener
 
 __all__ = ["run_workers", "resolve_workers"]
@@ -50,7 +51,7 @@ def _pin_ports(config: Config) -> tuple[Config, list[socket.socket]]:
         sock = open_listener(lst, reuse_port=True, listen=False)
         held.append(sock)
         port = sock.getsockname()[1]
-        listeners.append(Listener(lst.host, port, lst.tls, lst.file, lst.line))
+        listeners.append(dataclasses.replace(lst, port=port))
     return config.replace(listeners=tuple(listeners)), held
 
 

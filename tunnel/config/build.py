@@ -71,6 +71,10 @@ class LocationDraft:
     regex: Optional[re.Pattern[str]]
     settings: dict[str, Any] = field(default_factory=dict)
     rule: Optional[ProxyRule] = None
+    rewrite_conds: list[RewriteCond] = field(default_factory=list)  # per-directory rules (R79)
+    rewrite_rules: list[RewriteRule] = field(default_factory=list)
+    rewrite_options: Optional[str] = None
+    rewrite_base: str = ""
 
 
 @dataclass
@@ -109,7 +113,7 @@ def _build_scope(
 ) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
-        if key == "proxy_access":
+        if key in ("proxy_access", "remoteip_proxies"):
             value = tuple(value)
         elif key == "reverse_maps":  # (path, url, file, line): where it was written is for errors only
             value = tuple((path, url) for path, url, _, _ in value)
@@ -126,15 +130,17 @@ def _build_scope(
 
 
 def _order_location_rules(rules: list[ProxyRule]) -> list[ProxyRule]:
-    """Location rules in matching order: regex ones first (httpd merges `<LocationMatch>`
-    last, so its ProxyPass wins), then plain ones by decreasing path length (R1); ties
-    keep the given order."""
-    return sorted(rules, key=lambda r: (not r.is_regex, -len(r.path) if not r.is_regex else 0))
+    """`<Location>` ProxyPass rules in matching order, given in merge order (the main
+    server's blocks in file order, then the vhost's). httpd merges every matching block
+    in that order, `<LocationMatch>` among them, and the last merged block's ProxyPass
+    replaces the earlier ones' (R1, R106): so the rules are tried last block first."""
+    return list(reversed(rules))
 
 
 def _order_locations(locations: list[Location]) -> list[Location]:
-    """httpd's merge order: plain sections in configuration order, then regex ones."""
-    return sorted(locations, key=lambda loc: loc.is_regex)
+    """httpd's merge order: `<Location>` and `<LocationMatch>` sections together, in
+    file order (the main server's before a vhost's)."""
+    return list(locations)
 
 
 def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[ServerTLS]:
@@ -193,7 +199,7 @@ def finish(p: Draft, source: str) -> Config:
             settings[key] = (*main_settings.get(key, ()), *v.scope.settings.get(key, ()))
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
-            _order_location_rules(own_loc_rules + main_loc_rules)
+            _order_location_rules(main_loc_rules + own_loc_rules)
             + main_rules
             + [with_balancer(r) for r in v.scope.rules]
         )
@@ -234,7 +240,7 @@ def finish(p: Draft, source: str) -> Config:
             raise ConfigError(f"CustomLog: bad log format: {exc}", file=where_file, line=where_line) from None
         custom_logs.append((file, fmt))
     config = Config(
-        listeners=tuple(p.listeners),
+        listeners=_proxy_protocol_listeners(p),
         scope=scope,
         vhosts=tuple(vhosts),
         balancers=balancers,
@@ -245,6 +251,29 @@ def finish(p: Draft, source: str) -> Config:
         **p.globals,
     )
     return config.replace(warnings=config.warnings + tuple(route_warnings(config)))
+
+
+def _proxy_protocol_listeners(p: Draft) -> tuple[Listener, ...]:
+    """The listeners with ``proxy_protocol`` set by RemoteIPProxyProtocol lines, in
+    configuration order (a later line for the same address wins, R130)."""
+    settings = p.globals.pop("proxy_protocol", [])
+    exceptions = p.globals.pop("proxy_protocol_exceptions", None)
+    if exceptions is not None:
+        p.globals["proxy_protocol_exceptions"] = tuple(exceptions)
+    listeners = []
+    for listener in p.listeners:
+        on = False
+        for addresses, value, _, _ in settings:
+            if addresses is None or any(
+                (a in ("*", "_default_", "", listener.host) or listener.host == "") and port in (0, listener.port)
+                for a, port in addresses
+            ):
+                on = value
+        listeners.append(dataclasses.replace(listener, proxy_protocol=on) if on else listener)
+    if any(on for _, on, _, _ in settings) and not any(li.proxy_protocol for li in listeners):
+        _, _, file, line = next(s for s in settings if s[1])
+        p.warnings.append(f"{file}:{line}: RemoteIPProxyProtocol On names no address tunnel listens on")
+    return tuple(listeners)
 
 
 def _finish_balancers(p: Draft) -> dict[str, Balancer]:
@@ -286,7 +315,7 @@ def _check_rewrite_targets(scope: Scope, balancers: dict[str, Balancer], where: 
     """R4 for [P] rules whose substitution starts with a literal scheme (R67): a wss://
     or https:// one needs SSLProxyEngine On, a balancer:// one a defined balancer (whose
     TLS members need it too). Dynamic schemes are checked per request (500)."""
-    for rule in scope.rewrite_rules:
+    for rule in scope.rewrite_rules + tuple(r for loc in scope.locations for r in loc.rewrite_rules):
         m = _LITERAL_SCHEME.match(rule.substitution) if rule.proxy else None
         if m is None:
             continue

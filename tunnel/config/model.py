@@ -43,6 +43,8 @@ class Listener:
     tls: bool = False
     file: str = "<config>"
     line: int = 0
+    #: RemoteIPProxyProtocol On for this address (the main server's or a vhost's, R130).
+    proxy_protocol: bool = False
 
     @property
     def display(self) -> str:
@@ -395,6 +397,9 @@ class Location:
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
+    #: Its own RewriteRules, run per directory at the fixup phase (R79).
+    rewrite_rules: tuple[RewriteRule, ...] = ()
+    rewrite_base: str = ""  # RewriteBase
 
 
 @dataclass(frozen=True)
@@ -436,6 +441,15 @@ class Scope:
     limit_request_body: int = DEFAULT_LIMIT_REQUEST_BODY
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
+    #: DocumentRoot: tunnel serves no files, but a `<Location>`'s RewriteRules see the
+    #: path under it when no ProxyPass takes a request (R79).
+    document_root: str = ""
+    #: RemoteIPHeader (R131): the header naming the client behind trusted proxies.
+    remoteip_header: str = ""
+    #: RemoteIPProxiesHeader: where the proxies that were skipped are recorded.
+    remoteip_proxies_header: str = ""
+    #: RemoteIPInternalProxy / RemoteIPTrustedProxy networks, True for internal ones.
+    remoteip_proxies: tuple[tuple[Network, bool], ...] = ()
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
@@ -479,6 +493,8 @@ class Config:
     max_tunnel_threads: int = DEFAULT_MAX_TUNNEL_THREADS
     #: TunnelBufferLimit: bytes buffered across all tunnels before reads pause (0 = none).
     buffer_limit: int = 0
+    #: RemoteIPProxyProtocolExceptions: clients that may skip the PROXY header.
+    proxy_protocol_exceptions: tuple[Network, ...] = ()
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     source: str = "<config>"
 

@@ -25,6 +25,7 @@ from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
+from .remoteip import RemoteIPHooks
 from .rewrite import RewriteDirectives
 from .values import (
     IGNORED_DIRECTIVES,
@@ -63,13 +64,31 @@ class _Frame:
     authz: Optional[AuthzDraft] = None  # its Require lines (a context's or a section's)
 
 
+def _has_wildcards(pattern: str) -> bool:
+    """apr_fnmatch_test: ``*``, ``?`` or a ``[...]`` set, outside backslash escapes."""
+    escaped = False
+    bracket = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "*?":
+            return True
+        elif ch == "[":
+            bracket = True
+        elif ch == "]" and bracket:
+            return True
+    return False
+
+
 def _one(args: list[str], what: str = "one argument") -> str:
     if len(args) != 1:
         raise BadDirective(f"expected {what}, got {len(args)} arguments")
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:
@@ -120,8 +139,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
         self.warnings.append(f"{self.file}:{self.line}: {text}")
 
     # -- contexts ----------------------------------------------------------------------
-    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
-        return self.scope, self.frame.location is not None
+    def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
+        return self.scope, self.frame.location
 
     @property
     def frame(self) -> _Frame:
@@ -237,11 +256,24 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             self.vhosts.append(top.vhost)
         elif top.location is not None:
             loc, parent = top.location, self.scope
+            if loc.rewrite_conds:
+                cond = loc.rewrite_conds[0]
+                raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings or rules is not None:
+            if loc.settings or rules is not None or loc.rewrite_rules or loc.rewrite_base:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules)
+                    Location(
+                        loc.path,
+                        loc.is_regex,
+                        tuple(loc.settings.items()),
+                        top.file,
+                        top.line,
+                        loc.regex,
+                        rules,
+                        rewrite_rules=tuple(loc.rewrite_rules),
+                        rewrite_base=loc.rewrite_base,
+                    )
                 )
 
     # -- directives --------------------------------------------------------------------
@@ -305,9 +337,17 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
             if loc.rule is not None:
                 raise BadDirective("only one ProxyPass per <Location>")
             path, url, rest = loc.path, args[0], args[1:]
-            # ProxyPassMatch in a plain <Location> takes its path as the regex (httpd).
-            compiled = loc.regex if loc.is_regex else (compile_regex(path) if regex else None)
-            regex = regex or loc.is_regex
+            # httpd: a per-directory ProxyPass is a regex for ProxyPassMatch, or when the
+            # block's path has wildcard characters (apr_fnmatch_test); otherwise it is a
+            # prefix, even in <LocationMatch> (R1).
+            regex = regex or _has_wildcards(path)
+            compiled = compile_regex(path) if regex else None
+            if loc.is_regex and not regex:
+                self.warn(
+                    f"ProxyPass in <LocationMatch {path}>: httpd takes {path!r} as a literal path prefix "
+                    "(it has no *, ? or [...]), so the route only takes paths that start with it; "
+                    "ProxyPassMatch makes it a regex"
+                )
         else:
             if len(args) < 2:
                 raise BadDirective("expected PATH URL [key=value ...] or PATH !")
@@ -440,6 +480,14 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
 
     def in_vhost(self) -> bool:
         return self.frame.ctx is Ctx.VHOST
+
+    def vhost_addresses(self) -> tuple[tuple[str, int], ...]:
+        vhost = self.frame.vhost
+        return vhost.addresses if vhost is not None else ()
+
+    def _scope_setting(self, key: str) -> list[Any]:
+        value: list[Any] = self.scope.settings.setdefault(key, [])
+        return value
 
     def authz_holder(self, create: bool = True) -> AuthzDraft:
         frame = self.frame

@@ -33,7 +33,7 @@ from ..config.values import BadDirective, parse_url
 from ..errors import BadRequest, InternalServerError, UpgradeRequired
 from .routing import RouteResult, effective_scope, encode_path, normalize_target, route
 
-__all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "route_proxy"]
+__all__ = ["PerDir", "Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "route_proxy"]
 
 _TEMPLATE_RE = re.compile(r"\\([$%\\])|\$([0-9])|%([0-9])|%\{([^}]*)\}")
 _ABSOLUTE_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
@@ -94,6 +94,28 @@ class Outcome:
     env: tuple[tuple[str, str], ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class PerDir:
+    """A `<Location>`'s rules, run at httpd's fixup phase (R79).
+
+    Attributes:
+        rules: the location's RewriteRules.
+        subject: what the rules see first, httpd's ``r->filename`` by then:
+            ``proxy:URL`` when a ProxyPass route took the request, else the document
+            root and the path.
+        directory: the location's path with a trailing "/", stripped from the subject
+            when it starts with it ("" for `<LocationMatch>`).
+        base: RewriteBase ("" for none).
+        document_root: stripped from a local result without RewriteBase.
+    """
+
+    rules: tuple[RewriteRule, ...]
+    subject: str
+    directory: str = ""
+    base: str = ""
+    document_root: str = ""
+
+
 @dataclass
 class _State:
     request: RewriteRequest
@@ -102,6 +124,7 @@ class _State:
     env: dict[str, str]
     rule_match: Optional[re.Match[str]] = None
     cond_match: Optional[re.Match[str]] = None
+    trace: Optional[list[str]] = None  # `tunnel explain`: one line per rule and cond tried
 
     def variable(self, name: str) -> str:
         kind, colon, arg = name.partition(":")
@@ -175,8 +198,17 @@ def _cond_holds(cond: RewriteCond, state: _State) -> bool:
         m = cond.regex.search(value)
         if m is not None and not cond.negate:
             state.cond_match = m
-        return (m is not None) != cond.negate
-    return _compare(cond, value, cond.pattern) != cond.negate
+        ok = (m is not None) != cond.negate
+    else:
+        ok = _compare(cond, value, cond.pattern) != cond.negate
+    if state.trace is not None:
+        shown = ("!" if cond.negate else "") + (cond.pattern if cond.kind == "regex" else f"{cond.kind}{cond.pattern}")
+        flags = ",".join(f for f, on in (("NC", cond.nocase), ("OR", cond.ornext)) if on)
+        state.trace.append(
+            f"  RewriteCond at {cond.file}:{cond.line}: {cond.test} = {value!r} against {shown!r}"
+            f"{f' [{flags}]' if flags else ''}: {'true' if ok else 'false'}"
+        )
+    return ok
 
 
 def _conds_hold(conds: Sequence[RewriteCond], state: _State) -> bool:
@@ -230,8 +262,17 @@ def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> s
     return f"{scheme}://{host}{shown}" + (f"?{_encode_query(query)}" if query else "")
 
 
-def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
-    """Run the scope's rules over a request.
+def evaluate(
+    scope: Scope,
+    request: RewriteRequest,
+    trace: Optional[list[str]] = None,
+    *,
+    perdir: Optional[PerDir] = None,
+) -> Outcome:
+    """Run the scope's rules over a request, or a `<Location>`'s with ``perdir`` (R79).
+
+    ``trace``, when given, gets one line for each rule and condition tried and its
+    outcome (``tunnel explain``).
 
     Raises:
         BadRequest, Forbidden, NotFound: the request-target itself is bad (as routing).
@@ -240,24 +281,40 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         InternalServerError: a [P] rule whose substitution (made by variables) is not
             an absolute URL.
     """
-    if not scope.rewrite_engine or not scope.rewrite_rules:
+    rules = perdir.rules if perdir is not None else scope.rewrite_rules
+    if not scope.rewrite_engine or not rules:
         return Outcome(Action.UNCHANGED)
     if request.method.upper() == "CONNECT" or request.target == "*":
         return Outcome(Action.UNCHANGED)  # httpd's hook declines: no URL-path (routing answers)
     path, query = normalize_target(request.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
-    state = _State(request, path, query, {})
+    state = _State(request, path, query, {}, trace=trace)
+    if perdir is not None:
+        path = perdir.subject  # what httpd's r->filename holds at the fixup phase
     original_query = query
     current, changed, redirect = path, False, 0
     last: Optional[RewriteRule] = None
-    for rule in scope.rewrite_rules:
+    directory = perdir.directory if perdir is not None else ""
+    for rule in rules:
         assert rule.regex is not None
-        m = rule.regex.search(current)
+        subject = current[len(directory) :] if directory and current.startswith(directory) else current
+        m = rule.regex.search(subject)
+        if trace is not None:
+            matched = (m is None) == rule.negate
+            trace.append(
+                f"RewriteRule at {rule.where}: {current!r} against {'!' if rule.negate else ''}{rule.pattern!r}"
+                f" -> {rule.substitution!r}{f' {rule.flags}' if rule.flags else ''}: "
+                + ("pattern matches" if matched else "pattern does not match")
+            )
         if (m is None) != rule.negate:
             continue
         state.rule_match, state.cond_match = (None if rule.negate else m), None
         if not _conds_hold(rule.conds, state):
+            if trace is not None:
+                trace.append("  conditions do not hold: rule skipped")
             continue
         last = rule
+        if trace is not None:
+            trace.append("  rule applies" + (" (last: [L]/[END])" if rule.last or rule.end else ""))
         for var, value in rule.env:
             state.env[var] = state.expand(value)
         env = tuple(state.env.items())
@@ -270,6 +327,8 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         if rule.substitution != "-":
             new = state.expand(rule.substitution)
             new, question, new_query = new.partition("?")
+            if perdir is not None and not new.startswith("/") and _ABSOLUTE_RE.match(new) is None:
+                new = (perdir.base or directory) + new  # per-directory: relative to RewriteBase or the directory
             if question and rule.qsa and query:
                 query = f"{new_query}&{query}" if new_query else query
             elif question:
@@ -282,7 +341,7 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
                 raise InternalServerError("bad [P] target", detail=f"{current!r} from RewriteRule at {rule.where}")
             url = current + (f"?{_encode_query(query)}" if query else "")
             return Outcome(Action.PROXY, url, rule=rule, env=env)
-        if absolute is not None and not redirect and _same_host(absolute.group(1), absolute.group(2), request):
+        if absolute is not None and not redirect and perdir is None and _same_host(absolute.group(1), absolute.group(2), request):
             current = absolute.group(3) or "/"  # this host: reduced to its path
         elif absolute is not None and not redirect:
             redirect = 302  # another host: httpd's implicit redirect
@@ -311,6 +370,13 @@ def evaluate(scope: Scope, request: RewriteRequest) -> Outcome:
         return Outcome(Action.REDIRECT, location, status=redirect, rule=last, env=env)
     if not changed and query == original_query:
         return Outcome(Action.UNCHANGED, rule=last, env=env)
+    if perdir is not None:
+        if current == perdir.subject and query == original_query:
+            return Outcome(Action.UNCHANGED, rule=last, env=env)  # httpd: the same URL again is no redirect
+        if perdir.base and directory and current.startswith(directory):
+            current = perdir.base.rstrip("/") + "/" + current[len(directory) :]
+        elif perdir.document_root and current.startswith(perdir.document_root.rstrip("/") + "/"):
+            current = current[len(perdir.document_root.rstrip("/")) :]
     if not current.startswith("/"):
         raise BadRequest(
             "rewrite produced a bad path", detail=f"{current!r} from RewriteRule at {last.where if last else '?'}"

@@ -38,6 +38,9 @@ class Exchange:
     #: backend's 101 (to the client); the pump counts them in its flows too (R99).
     early_in: int = 0
     early_out: int = 0
+    #: the TCP peer when ``peer`` is the client a PROXY header or RemoteIPHeader named
+    #: (%{c}a); None when they are the same.
+    connection_peer: Optional[InetAddress] = None
 
 
 @dataclass

@@ -31,32 +31,27 @@ from ..errors import (
     BadRequest,
     ClientError,
     ClientGone,
-    Forbidden,
     GatewayTimeout,
-    Gone,
-    InternalServerError,
-    Redirect,
     RequestTimeout,
     TunnelError,
     UpstreamError,
 )
 from ..io.loop import Wait
 from ..io.steps import recv, sendall, tls_handshake
-from ..io.streams import INHERITS_OPTIONS, Endpoint, PeerAddress, tune
+from ..io.streams import INHERITS_OPTIONS, Endpoint, InetAddress, PeerAddress, tune
 from ..io.tls import TLSStream
-from ..protocol import rewrite, routing
-from ..protocol.access import AccessRequest, backend_url, effective_access, is_granted
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.routing import RouteResult, why_plain
-from ..protocol.upgrade import validate_upgrade
+from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
 from .heads import answer_head, check_declared_length, kept_upgrade, request_via
 from .records import Exchange, TunnelStart
+from .remoteip import ProxyRefused, accept_proxy_header, apply_remoteip_header
 from .services import Services
 
 __all__ = ["serve_client"]
@@ -93,8 +88,17 @@ def serve_client(
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
     result: Optional[TunnelStart] = None
     client: Endpoint = sock  # or a TLSStream over it on a TLS listener
+    connection_peer: Optional[InetAddress] = None
     try:
         tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
+        if listener is not None and listener.proxy_protocol and not leading:
+            try:
+                carried = yield from accept_proxy_header(config, sock, peer, clock() + limits.header_timeout)
+            except ProxyRefused as exc:
+                log.warning("PROXY protocol: connection from %s on %s closed: %s", peer_ip(peer), listener.display, exc)
+                return None
+            if carried is not None and carried.source is not None:
+                connection_peer, peer = peer, carried.source
         if listener is not None and listener.tls:
             try:
                 client = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
@@ -102,7 +106,7 @@ def serve_client(
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
         while True:
-            ex = Exchange(peer=peer, listener=listener)
+            ex = Exchange(peer=peer, listener=listener, connection_peer=connection_peer)
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
@@ -276,21 +280,18 @@ def _handle(
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     server_scope = scope  # the server's or vhost's, no <Location> applied
     ex.vhost = vhost.server_name if vhost is not None else ""
-    decision = _route(engine, scope, head, ex)
-    _check_access(scope, decision, head, ex, sock)  # before the upgrade checks and any backend (R70)
+    if scope.remoteip_header:
+        apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
+    # Routing, access control (before the upgrade checks and any backend, R70) and the
+    # <Location> rewrite rules; an internal redirect gives a new head.
+    decision, head = decide(engine, scope, head, ex, lambda: _local_ip(sock))
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
     offered = head.get("upgrade")
     if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
         log.debug("Upgrade: %s for %s passed as plain HTTP by %s: %s", _loggable(offered), _loggable(decision.local_path), ex.notes["route"], why_plain(rule, offered))
-    key: Optional[str] = None
-    token = decision.upgrade_token if decision.tunnel else None
-    if decision.tunnel:
-        # upgrade=NONE on the route, or on a balancer's first member (as routing reads it):
-        # every request is a handshake, without the Upgrade/Connection checks (R16).
-        upgrade = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
-        key = validate_upgrade(head, token or "websocket", none_mode=upgrade == ("NONE",))
+    token, key = check_upgrade(decision, head)
     check_declared_length(scope, head)  # 413 before any backend (R105)
     strategy = engine.strategy_for(scope)
     reserved = False
@@ -363,67 +364,6 @@ def _local_ip(sock: Endpoint) -> str:
     except OSError:
         return ""
     return str(name[0]) if isinstance(name, tuple) and name else ""
-
-
-def _check_access(scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, client: Endpoint) -> None:
-    """Raise Forbidden unless the access rules in force grant the request (R70)."""
-    if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
-        return  # no Require anywhere for this host: granted
-    url = backend_url(decision)
-    rules = effective_access(scope, decision.local_path, url)
-    if rules is None:
-        return
-    request = AccessRequest(
-        remote=peer_ip(ex.peer),
-        local=_local_ip(client),  # a system call: only when rules are in force
-        method=head.method,
-        path=decision.local_path,
-        query=head.target.partition("?")[2],
-        headers=tuple(head.headers),
-        https=ex.listener is not None and ex.listener.tls,
-    )
-    if not is_granted(rules, request):
-        raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
-def _route(engine: Services, scope: Scope, head: RequestHead, ex: Exchange) -> RouteResult:
-    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
-    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P]."""
-    target = head.target
-    if scope.rewrite_engine and scope.rewrite_rules:
-        listener = ex.listener
-        request = rewrite.RewriteRequest(
-            head.method,
-            head.target,
-            head.headers,
-            head.http_version,
-            remote_addr=peer_ip(ex.peer),
-            remote_port=ex.peer[1] if isinstance(ex.peer[1], int) else 0,
-            server_port=listener.port if listener is not None else 0,
-            https=listener is not None and listener.tls,
-            server_name=scope.server_name or engine.server_name,
-        )
-        outcome = rewrite.evaluate(scope, request)
-        ex.notes.update(outcome.env)
-        rule = outcome.rule
-        where = f"RewriteRule at {rule.where}" if rule is not None else ""
-        if rule is not None:
-            ex.notes["rewrite"] = where
-        action = outcome.action
-        if action is rewrite.Action.FORBIDDEN:
-            raise Forbidden("forbidden", detail=where)
-        if action is rewrite.Action.GONE:
-            raise Gone("gone", detail=where)
-        if action is rewrite.Action.REDIRECT:
-            raise Redirect(outcome.status, outcome.target)
-        if action is rewrite.Action.PROXY and rule is not None:
-            one_off, target = rewrite.proxy_route(outcome.target, rule, engine.config.balancers)
-            members = engine.config.balancers[one_off.balancer].members if one_off.balancer else ()
-            tls = (one_off.target is not None and one_off.target.tls) or any(m.target.tls for m in members)
-            if tls and not scope.proxy_tls.engine:
-                raise InternalServerError("proxy TLS is off", detail=f"{outcome.target} needs SSLProxyEngine On ({where})")
-            return rewrite.route_proxy(scope, one_off, target, head.target, head.get("upgrade"), head.method)
-        if action is rewrite.Action.PATH:
-            target = outcome.target
-    return routing.route(scope, target, head.get("upgrade"), method=head.method)
 
 
 def _forwarded_request(
