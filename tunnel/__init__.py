@@ -15,9 +15,12 @@ A connection's life, one module a line (imports only go down this list's layers)
     io/connect.py           name lookup off the loop, non-blocking connect, TLS (io/tls.py)
     protocol/backend.py     the forwarded request, the backend's 101 and its Accept check
     proxy/forward.py        plain HTTP forwarding and relayed non-101 answers, with h11
-    protocol/reverse.py     ProxyPassReverse on a relayed answer's Location headers
+    proxy/heads.py          ProxyVia, LimitRequestBody's declared length, and the
+                            answer's maps (protocol/reverse.py: ProxyPassReverse and
+                            the cookie maps; protocol/via.py) and kept Upgrade
     tunnels/strategy.py     sync or async, as httpd decides with its MPM
-    tunnels/pump.py         bytes both ways, backpressure, half-close (never waits)
+    tunnels/pump.py         bytes both ways, backpressure, half-close (never waits);
+                            protocol/frames.py follows a WebSocket tunnel's frames
     tunnels/sync_driver.py  a pool thread polls a tunnel's two sockets and drives the pump
     tunnels/async_driver.py the tunnel's sockets on the loop, driving the same pump
     engine.py               owns loop, pool, balancers, logs: Engine(config).serve_forever()

@@ -306,7 +306,7 @@ class Engine:
             self._note_start(start, Strategy.SYNC)
             run_sync(
                 start.pump,
-                idle_timeout=start.scope.websocket_idle_timeout,
+                idle_timeout=start.idle_timeout,
                 stopping=self._stopping,
                 send_timeout=start.scope.timeout,
             )
@@ -366,7 +366,7 @@ class Engine:
             loop,
             ts.pump,
             self._scratch,
-            idle_timeout=ts.scope.websocket_idle_timeout,
+            idle_timeout=ts.idle_timeout,
             send_timeout=ts.scope.timeout,
             on_close=lambda pump: self._async_closed(tunnel, ts),
         )
@@ -381,7 +381,7 @@ class Engine:
         try:
             done = run_sync(
                 ts.pump,
-                idle_timeout=ts.scope.websocket_idle_timeout,
+                idle_timeout=ts.idle_timeout,
                 send_timeout=ts.scope.timeout,
                 handover_at=handover_at,
                 stopping=self._stopping,
@@ -411,12 +411,13 @@ class Engine:
         if ts.balancer is not None and ts.member is not None:
             ts.balancer.add_traffic(ts.member, pump.c2b.count, pump.b2c.count)
             ts.balancer.release(ts.member)
+        # The pump's counts include the early bytes that came with the heads (R99).
         ex.bytes_in += pump.c2b.count
         ex.bytes_out += pump.b2c.count
-        ex.body_bytes = ex.early_out + pump.b2c.count  # early data rode with the heads
+        ex.body_bytes = pump.b2c.count
         ex.notes["close_reason"] = pump.reason
-        ex.notes["to_backend"] = str(ex.early_in + pump.c2b.count)
-        ex.notes["to_client"] = str(ex.body_bytes)
+        ex.notes["to_backend"] = str(pump.c2b.count)
+        ex.notes["to_client"] = str(pump.b2c.count)
         log.info(
             "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
             ex.peer[0],
@@ -530,8 +531,12 @@ class _Services(Services):
         if seconds > 0:
             errlog.error("worker %s in error state for %.0fs (retry=)", target, seconds)
 
-    def new_pump(self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes) -> Pump:
-        return Pump(client, backend, to_backend=to_backend, to_client=to_client, budget=self._engine.budget)
+    def new_pump(
+        self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes, websocket: bool = False
+    ) -> Pump:
+        return Pump(
+            client, backend, to_backend=to_backend, to_client=to_client, budget=self._engine.budget, websocket=websocket
+        )
 
     def log_exchange(self, ex: Exchange) -> None:
         self._engine._log_exchange(ex)

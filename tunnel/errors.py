@@ -12,6 +12,7 @@
     │   ├── MethodNotAllowed         405
     │   ├── Gone                     410 (RewriteRule [G])
     │   ├── RequestTimeout           408
+    │   ├── PayloadTooLarge          413
     │   ├── URITooLong               414
     │   ├── UpgradeRequired          426 (carries Sec-WebSocket-Version: 13)
     │   └── HeaderFieldsTooLarge     431
@@ -49,6 +50,7 @@ __all__ = [
     "Redirect",
     "InternalServerError",
     "RequestTimeout",
+    "PayloadTooLarge",
     "URITooLong",
     "UpgradeRequired",
     "HeaderFieldsTooLarge",
@@ -161,6 +163,13 @@ class Gone(ClientError):
 class RequestTimeout(ClientError):
     status = 408
     default_reason = "Request Timeout"
+
+
+class PayloadTooLarge(ClientError):
+    """A request body over LimitRequestBody (R105)."""
+
+    status = 413
+    default_reason = "Content Too Large"
 
 
 class URITooLong(ClientError):

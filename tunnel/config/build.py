@@ -40,7 +40,7 @@ from .model import (
     ServerTLS,
     VirtualHost,
 )
-from .scopes import merge_access
+from .scopes import ADDITIVE_SETTINGS, merge_access
 
 
 @dataclass
@@ -216,6 +216,8 @@ def finish(p: Draft, source: str) -> Config:
         settings["access"] = merge_access(main_settings.get("access"), v.scope.settings.get("access"))
         settings["proxy_access"] = [*main_settings.get("proxy_access", ()), *v.scope.settings.get("proxy_access", ())]
         settings["reverse_maps"] = [*main_settings.get("reverse_maps", ()), *v.scope.settings.get("reverse_maps", ())]
+        for key in ADDITIVE_SETTINGS:  # the main server's maps, then the vhost's (R103)
+            settings[key] = (*main_settings.get(key, ()), *v.scope.settings.get(key, ()))
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
             _order_location_rules(main_loc_rules + own_loc_rules)

@@ -15,9 +15,11 @@ from .values import (
     encoded_slashes,
     on_off,
     positive_int,
+    request_body_limit,
     seconds,
     seconds_ms,
     text_value,
+    via_mode,
 )
 
 __all__ = ["Ctx", "SETTINGS", "HANDLERS", "SECTIONS"]
@@ -75,6 +77,8 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLProxyCheckPeerExpire", "proxy_tls.check_peer_expire", on_off, _SV),
         ("RewriteEngine", "rewrite_engine", on_off, _SVL),
         ("DocumentRoot", "document_root", text_value, _SV),
+        ("LimitRequestBody", "limit_request_body", request_body_limit, _SVL),
+        ("ProxyVia", "via", via_mode, _SV),
     )
 }
 
@@ -89,6 +93,8 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("ProxyPass", "_proxy_pass", _SVL),
         ("ProxyPassMatch", "_proxy_pass_match", _SVL),
         ("ProxyPassReverse", "_proxy_pass_reverse", _SVL),
+        ("ProxyPassReverseCookiePath", "_cookie_path", _SVL),
+        ("ProxyPassReverseCookieDomain", "_cookie_domain", _SVL),
         ("ProxyRequests", "_proxy_requests", _SV),
         ("BalancerMember", "_balancer_member", _SVP),
         ("ProxySet", "_proxy_set", _SVP),

@@ -42,6 +42,8 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_LIMIT_REQUEST_LINE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDSIZE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDS = 100
+#: httpd's LimitRequestBody default since 2.4.54 (1 GiB; it was 0, no limit, before).
+DEFAULT_LIMIT_REQUEST_BODY = 1 << 30
 #: Sync tunnel threads when no `MaxTunnelThreads` is given: enough for a small host,
 #: bounded so a flood of tunnels cannot exhaust memory with thread stacks.
 DEFAULT_MAX_TUNNEL_THREADS = 256
@@ -388,6 +390,14 @@ class Scope:
     #: ProxyPassReverse maps (path, url), the main server's first, a <Location>'s with
     #: its path (R77).
     reverse_maps: tuple[tuple[str, str], ...] = ()
+    #: ProxyPassReverseCookiePath / ...CookieDomain maps (internal, public), the main
+    #: server's first, then the vhost's, then those of each matching <Location> (R103).
+    cookie_paths: tuple[tuple[str, str], ...] = ()
+    cookie_domains: tuple[tuple[str, str], ...] = ()
+    #: ProxyVia: "off", "on", "full" or "block" (R104).
+    via: str = "off"
+    #: LimitRequestBody in bytes, 0 for none (R105).
+    limit_request_body: int = DEFAULT_LIMIT_REQUEST_BODY
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
     #: DocumentRoot: tunnel serves no files, but a `<Location>`'s RewriteRules see the

@@ -406,6 +406,25 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHoo
             raise Expected("a URL (http://host/..., balancer://name/...)", url)
         self.scope.settings.setdefault("reverse_maps", []).append((path, url, self.file, self.line))
 
+    def _cookie_path(self, args: list[str]) -> None:
+        self._cookie_map("cookie_paths", args)
+
+    def _cookie_domain(self, args: list[str]) -> None:
+        self._cookie_map("cookie_domains", args)
+
+    def _cookie_map(self, key: str, args: list[str]) -> None:
+        """``ProxyPassReverseCookiePath|Domain internal public [interpolate]`` (R103):
+        appended to its context's maps (a <Location>'s join the server's per request)."""
+        if len(args) == 3:
+            if args[2].lower() == "interpolate":
+                raise BadDirective("interpolate is not supported (ProxyPassInterpolateEnv is not implemented)")
+            raise Expected("interpolate (or nothing) as the third argument", args[2])
+        if len(args) != 2:
+            raise BadDirective("expected INTERNAL PUBLIC [interpolate]")
+        frame = self.frame
+        target = frame.location.settings if frame.location is not None else self.scope.settings
+        target[key] = (*target.get(key, ()), (args[0], args[1]))
+
     def _proxy_requests(self, args: list[str]) -> None:
         if not on_off(_one(args)):
             return  # Off, the default: a reverse proxy only

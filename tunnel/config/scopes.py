@@ -7,6 +7,8 @@
   applied over the scope, in httpd's merge order.
 * **Access rules** (`merge_access`): a context's rules over its parent's, by its
   ``AuthMerging`` (R71).
+* **A tunnel's idle limit** (`tunnel_idle_timeout`, R100): the most specific setting
+  wins.
 
 Pure string work on the model: no sockets, no clock.
 """
@@ -16,9 +18,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from .model import AccessRules, Location, RequireSection, Scope
+from .model import AccessRules, Location, Member, ProxyRule, RequireSection, Scope
 
-__all__ = ["alias_match", "location_matches", "effective_scope", "merge_access"]
+__all__ = [
+    "ADDITIVE_SETTINGS",
+    "alias_match",
+    "location_matches",
+    "effective_scope",
+    "merge_access",
+    "tunnel_idle_timeout",
+]
+
+#: Settings whose values are lists that a child context adds to, not replaces:
+#: mod_proxy appends a section's cookie maps to its parent's (merge_proxy_dir_config).
+ADDITIVE_SETTINGS = frozenset({"cookie_paths", "cookie_domains"})
 
 
 def alias_match(uri: str, prefix: str) -> int:
@@ -73,10 +86,37 @@ def effective_scope(scope: Scope, path: str) -> Scope:
     changes: dict[str, object] = {}
     for location in scope.locations:
         if location_matches(location, path):
-            changes.update(location.settings)
+            for key, value in location.settings:
+                if key in ADDITIVE_SETTINGS:
+                    value = (*changes.get(key, getattr(scope, key)), *value)  # type: ignore[misc]
+                changes[key] = value
     # mypy checks replace()'s keywords against the fields, which a **dict cannot show;
     # the names are Scope fields (the parser's SETTINGS), checked again at run time.
     return dataclasses.replace(scope, **changes) if changes else scope  # type: ignore[arg-type]
+
+
+def tunnel_idle_timeout(scope: Scope, path: str, rule: ProxyRule, member: Optional[Member] = None) -> float:
+    """A tunnel's idle limit in seconds (0: none), the most specific setting winning (R100).
+
+    1. ``ProxyWebsocketIdleTimeout`` in a `<Location>` matching ``path`` (the last one in
+       merge order that sets it);
+    2. the worker's own ``timeout=``: the balancer member's, else the route's;
+    3. ``ProxyWebsocketIdleTimeout`` of the server or vhost (``scope``, locations not
+       applied), 0 when unset.
+    """
+    found: Optional[float] = None
+    for location in scope.locations:
+        if location_matches(location, path):
+            for key, value in location.settings:
+                if key == "websocket_idle_timeout" and isinstance(value, (int, float)):
+                    found = float(value)
+    if found is not None:
+        return found
+    if member is not None and member.timeout is not None:
+        return member.timeout
+    if rule.timeout is not None:
+        return rule.timeout
+    return scope.websocket_idle_timeout
 
 
 def merge_access(parent: Optional[AccessRules], child: Optional[AccessRules]) -> Optional[AccessRules]:

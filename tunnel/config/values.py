@@ -134,6 +134,24 @@ def byte_size(value: str) -> int:
     return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
 
 
+def request_body_limit(value: str) -> int:
+    """LimitRequestBody: bytes, a non-negative integer (0: no limit); no suffixes, as httpd."""
+    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) >= 1 << 63:
+        raise Expected("a non-negative integer of bytes (0 for no limit)", value)
+    return int(value)
+
+
+#: ProxyVia's values (as the lower-cased keyword that is stored).
+VIA_MODES = ("off", "on", "full", "block")
+
+
+def via_mode(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in VIA_MODES:
+        raise Expected("Off, On, Full or Block", value)
+    return lowered
+
+
 def verify(value: str) -> bool:
     lowered = value.lower()
     if lowered not in ("none", "require"):

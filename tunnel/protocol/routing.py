@@ -51,11 +51,21 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config.model import ProxyRule, Scope, Target
+from ..config.model import Member, ProxyRule, Scope, Target
 from ..config.scopes import alias_match, effective_scope
 from ..errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, UpgradeRequired
 
-__all__ = ["RouteResult", "normalize_target", "route", "reselect_upgrade", "alias_match", "effective_scope", "encode_path"]
+__all__ = [
+    "RouteResult",
+    "normalize_target",
+    "route",
+    "reselect_upgrade",
+    "alias_match",
+    "effective_scope",
+    "encode_path",
+    "relays_upgrade",
+    "why_plain",
+]
 
 #: Bytes kept as they are when a decoded path is re-encoded: RFC 3986 pchar and "/".
 PATH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
@@ -314,6 +324,42 @@ def _select(allowed: tuple[str, ...], offered: list[str]) -> Optional[str]:
             if candidate.lower() == token.lower():
                 return candidate
     return None
+
+
+def relays_upgrade(rule: ProxyRule, value: str, *, status: int, member: Optional[Member] = None) -> bool:
+    """Does a relayed non-101 answer keep the backend's ``Upgrade: value`` (R101)?
+
+    A 426 always does (RFC 9110 §15.5.22: the client needs it to know what to upgrade
+    to). Any other status, as mod_proxy_http: when the worker could upgrade to that
+    token, i.e. its ``upgrade=`` (a balancer member's own, else the route's) names it
+    or is ANY (``*``), or, without ``upgrade=``, the value is ``websocket`` on a ws/wss
+    worker. The client then gets ``Connection: Upgrade`` with it.
+    """
+    if status == 426:
+        return True
+    value = value.strip()
+    if member is not None:
+        keys, ws = member.upgrade, member.target.is_ws
+    else:
+        keys = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
+        ws = _is_websocket_route(rule)
+    if keys is None:
+        return ws and value.lower() == WEBSOCKET
+    return keys == ("*",) or any(k.lower() == value.lower() for k in keys)
+
+
+def why_plain(rule: ProxyRule, upgrade_header: str) -> str:
+    """Why a request that offers ``Upgrade: upgrade_header`` goes as plain HTTP (for
+    the debug line of R102)."""
+    offered = _offered(upgrade_header)
+    if offered and all(_is_tls(t) for t in offered):
+        return "a TLS upgrade is never tunnelled (R57)"
+    allowed = _allowed(rule)
+    if not allowed:
+        return "the route has no upgrade= and is not a ws:// or wss:// route"
+    if _is_websocket_route(rule):
+        return f"no offered token is one the WebSocket route allows ({', '.join(allowed)}); ProxyWebsocketFallbackToProxyHttp On"
+    return f"no offered token is in the route's upgrade={','.join(allowed)}"
 
 
 def _plain_target(target: Optional[Target]) -> Optional[Target]:

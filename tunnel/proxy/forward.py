@@ -11,12 +11,12 @@ request and is closed after it (no pool: simple, and what httpd does for upgrade
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import NamedTuple, Optional, Union
 
 import h11
 
-from ..errors import BadGateway, BadRequest, GatewayTimeout, RequestTimeout
+from ..errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, RequestTimeout
 from ..io.loop import Wait
 from ..io.steps import recv, sendall
 from ..io.streams import Endpoint
@@ -106,12 +106,20 @@ def send_request_body(
     *,
     timeout: float,
     clock: Callable[[], float],
+    limit: int = 0,
 ) -> Generator[Wait, None, Counted]:
     """Stream the client's request body to the backend.
+
+    Args:
+        limit: LimitRequestBody (0: none). A body that grows past it stops there: the
+            chunk that would cross it is not forwarded (R105).
 
     Returns:
         ``Counted(body, wire)``: body bytes sent to the backend, and bytes consumed from
         the client connection (the body with its framing; %I).
+
+    Raises:
+        PayloadTooLarge: the body went over ``limit``.
     """
     conn = front.conn
     wire = _Wire()
@@ -123,6 +131,10 @@ def send_request_body(
         event = yield from _client_event(client, front, clock() + timeout, wire)
         if isinstance(event, h11.Data):
             total += len(event.data)
+            if limit and total > limit:
+                raise PayloadTooLarge(
+                    "request body too large", detail=f"more than LimitRequestBody {limit} bytes, body not finished"
+                )
             out = hs.conn.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             out = hs.conn.send(h11.EndOfMessage())
@@ -185,8 +197,12 @@ def relay_response(
     *,
     timeout: float,
     clock: Callable[[], float],
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> Generator[Wait, None, Counted]:
     """Send ``response`` and stream its body from the backend.
+
+    ``extra_headers`` go after the relayed ones (the hop-by-hop ``Connection`` and
+    ``Upgrade`` of an answer that keeps its Upgrade, R101).
 
     Returns:
         ``Counted(body, wire)``: body bytes relayed (%B), and every byte written to the
@@ -196,7 +212,7 @@ def relay_response(
         BadGateway: the backend broke the body (the client connection must then close).
     """
     # As bytes: the latin-1 strings go back to the bytes the backend sent (obs-text passes).
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers(response)]
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (*response_headers(response), *extra_headers)]
     reason = response.reason.encode("latin-1")
     wire = yield from send_to_client(
         client, front, h11.Response(status_code=response.status, reason=reason, headers=headers), clock() + timeout

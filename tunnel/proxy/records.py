@@ -35,8 +35,10 @@ class Exchange:
     notes: dict[str, str] = field(default_factory=dict)
     tunnel: bool = False
     vhost: str = ""
-    early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
-    early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
+    #: tunnel bytes that came with the client's head (to the backend) and with the
+    #: backend's 101 (to the client); the pump counts them in its flows too (R99).
+    early_in: int = 0
+    early_out: int = 0
     #: the Header/RequestHeader/SetEnv lines in force (the server's, then the vhost's
     #: and the matching <Location> blocks' once known; R80-R83)
     env_conf: EnvDirectives = EMPTY_ENV
@@ -56,3 +58,6 @@ class TunnelStart:
     reserved: bool  # a sync pool thread is reserved for it
     member: Optional[MemberState] = None
     balancer: Optional[BalancerState] = None
+    #: the tunnel's idle limit in seconds, 0 for none (R100: a <Location>'s
+    #: ProxyWebsocketIdleTimeout, else the route's timeout=, else the server's).
+    idle_timeout: float = 0.0

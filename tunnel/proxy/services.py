@@ -69,8 +69,11 @@ class Services(Protocol):
         """A connect to the worker failed: error state for the rule's ``retry=``."""
         ...
 
-    def new_pump(self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes) -> Pump:
-        """The pump for a tunnel whose 101 went out (with the shared buffer budget)."""
+    def new_pump(
+        self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes, websocket: bool = False
+    ) -> Pump:
+        """The pump for a tunnel whose 101 went out (with the shared buffer budget);
+        ``websocket``: its frames are followed (`tunnel.protocol.frames`)."""
         ...
 
     def log_exchange(self, ex: Exchange) -> None:

@@ -20,12 +20,13 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from typing import Optional, Union
 
 import h11
 
-from ..config.model import Balancer, Listener, Scope, Target
+from ..config.model import Listener, Member, Scope, Target
+from ..config.scopes import tunnel_idle_timeout
 from ..errors import (
     BadGateway,
     BadRequest,
@@ -45,12 +46,12 @@ from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
-from ..protocol.reverse import reverse_map_headers
-from ..protocol.routing import RouteResult
-from . import aliasing, envphase
+from ..protocol.routing import RouteResult, why_plain
+from . import envphase
 from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, response_headers, send_request_body, send_to_client
+from .heads import answer_head, check_declared_length, kept_upgrade, request_via
 from .records import Exchange, TunnelStart
 from .remoteip import ProxyRefused, accept_proxy_header, apply_remoteip_header
 from .services import Services
@@ -259,6 +260,10 @@ def _answer_error(
         ex.body_bytes += len(body)
         if keep:
             keep = yield from drain_request_body(sock, front, deadline=time.monotonic() + 5.0)
+        elif exc.status == 413:
+            # The client may still be sending the body: read (and drop) a little of it
+            # before closing, so that the close does not reset the 413 away (R105).
+            yield from drain_request_body(sock, front, deadline=time.monotonic() + 2.0)
     except (OSError, TimeoutError, h11.LocalProtocolError):
         return False
     return keep
@@ -281,6 +286,7 @@ def _handle(
     config = engine.config
     local = _local_ip(sock) if config.ip_vhosts else None  # a system call: only for IP-based vhosts (R90)
     scope, vhost = config.vhost_for(ex.listener, head.get("host"), local)
+    server_scope = scope  # the server's or vhost's, no <Location> applied
     ex.vhost = vhost.server_name if vhost is not None else ""
     if scope.remoteip_header:
         apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
@@ -292,7 +298,11 @@ def _handle(
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
+    offered = head.get("upgrade")
+    if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
+        log.debug("Upgrade: %s for %s passed as plain HTTP by %s: %s", _loggable(offered), _loggable(decision.local_path), ex.notes["route"], why_plain(rule, offered))
     token, key = check_upgrade(decision, head)
+    check_declared_length(scope, head)  # 413 before any backend (R105)
     strategy = engine.strategy_for(scope)
     reserved = False
     if decision.tunnel and engine.needs_thread(scope, strategy):
@@ -314,11 +324,15 @@ def _handle(
         except OSError as exc:
             raise BadGateway("backend aborted while receiving the request", detail=str(exc)) from exc
         if has_body:
-            sent = yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
+            sent = yield from send_request_body(
+                sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock, limit=scope.limit_request_body
+            )
             ex.bytes_in += sent.wire
         response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        config_member: Optional[Member] = member.member if member is not None else None
         if response.status == 101:
             hs.check_switch(response)
+            response = answer_head(response, scope, ex, engine.config.balancers, engine.server_name)
             if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
                 response = dataclasses.replace(response, headers=envphase.switch_headers(ex, sock, response.headers, token or "websocket"))
             data = client_switch_bytes(response, token or "websocket")
@@ -333,17 +347,20 @@ def _handle(
             ex.tunnel = True
             ex.response_headers = response.headers
             early = front.take_buffer()
+            # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
-            ex.bytes_in += ex.early_in
-            ex.bytes_out += ex.early_out
-            pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing)
+            websocket = (token or "websocket").lower() == "websocket"
+            pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing, websocket=websocket)
             backend_sock = None  # the pump owns it now
-            start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer)
+            idle = tunnel_idle_timeout(server_scope, decision.local_path, rule, config_member)
+            start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer, idle_timeout=idle)
             reserved = False
             member = None
             return start
         # Any other answer is relayed; the client connection stays HTTP (R20, R48).
-        return (yield from _relay_answer(sock, front, backend_sock, hs, response, ex, scope, timeout, engine.config.balancers))
+        kept = kept_upgrade(response, rule, config_member)
+        response = answer_head(response, scope, ex, engine.config.balancers, engine.server_name)
+        return (yield from _relay_answer(sock, front, backend_sock, hs, response, ex, scope, timeout, kept))
     finally:
         if backend_sock is not None:
             backend_sock.close()
@@ -386,6 +403,7 @@ def _forwarded_request(
     )
     if not decision.tunnel:
         headers.append(("Connection", "close"))
+    headers = request_via(headers, scope, engine.server_name, ex)
     return BackendHandshake(head.method, decision.backend_path, headers, upgrade_token=token, client_key=key)
 
 
@@ -398,21 +416,20 @@ def _relay_answer(
     ex: Exchange,
     scope: Scope,
     timeout: float,
-    balancers: Mapping[str, Balancer],
+    upgrade: list[tuple[str, str]],
 ) -> Generator[Wait, None, bool]:
-    """Relay a non-101 answer to the client. Returns True when the connection may serve
-    another request (both sides done, or the unread request body drained)."""
+    """Relay a non-101 answer (its headers already mapped: `answer_head`) to the client,
+    with ``upgrade`` (`kept_upgrade`, R101) after its own headers. Returns True when the
+    connection may serve another request (both sides done, or the unread request body
+    drained)."""
     clock = time.monotonic
-    if scope.reverse_maps:  # ProxyPassReverse (R77)
-        assert ex.head is not None
-        base = aliasing.base_url(scope, ex.head, ex.listener, scope.server_name or "localhost")  # R95
-        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=base, balancers=balancers)
-        response = dataclasses.replace(response, headers=mapped)
     if ex.env_conf.always or ex.env_conf.onsuccess:  # Header (R82)
         response = dataclasses.replace(response, headers=envphase.answer_headers(ex, sock, response_headers(response)))
     ex.status = response.status
-    ex.response_headers = response.headers
-    relayed = yield from relay_response(sock, front, backend, hs, response, timeout=timeout, clock=clock)
+    ex.response_headers = response.headers + upgrade
+    relayed = yield from relay_response(
+        sock, front, backend, hs, response, timeout=timeout, clock=clock, extra_headers=upgrade
+    )
     ex.body_bytes = relayed.body
     ex.bytes_out += relayed.wire  # head, framing and body (%O)
     if front.conn.our_state is h11.DONE and front.conn.their_state is h11.DONE:

@@ -23,7 +23,15 @@ Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
   starve the others on a shared loop (R28).
 * Half-close is data too: EOF from a source becomes ``shutdown(SHUT_WR)`` towards its
   destination once the flow's pending bytes are flushed; the other flow goes on.
-* Any error other than would-block ends the whole tunnel (``abort``).
+* Any error other than would-block ends the whole tunnel (``abort``), except a reset
+  from a peer once a WebSocket close handshake has passed (a Close frame each way):
+  that is how many servers end every connection (R98). The reset peer's flow then
+  ends as if by EOF (what it sent still reaches the other side, whose write side is
+  then shut), the flow towards it is dropped, and the reason is "backend reset after
+  the close handshake" (or "client ...").
+* On a ``websocket`` tunnel (``websocket=True``) each flow has a `FrameFollower`
+  that follows the frame headers of what it reads (no unmasking, no copy): it tells
+  whether a Close frame has passed and where the frame boundaries are.
 
 Each flow's half-close state moves by this table (``TRANSITIONS``); a missing key is a
 bug reported with both names::
@@ -44,6 +52,7 @@ from typing import Optional, Union
 
 from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
 from ..io.tls import TLSStream
+from ..protocol.frames import FrameFollower
 
 __all__ = [
     "Pump",
@@ -158,7 +167,7 @@ class Budget:
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "follower")
 
     def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
@@ -167,8 +176,11 @@ class Flow:
         #: bytes read from src that dst has not accepted yet (None when none).
         self.pending: Optional[bytearray] = None
         self.state = FlowState.OPEN
-        #: bytes read from the source (all of them reach dst unless the tunnel aborts).
+        #: bytes read from the source (all of them reach dst unless the tunnel aborts),
+        #: the early bytes handed to the pump with the heads included.
         self.count = 0
+        #: the frame follower of a websocket tunnel's flow, else None.
+        self.follower: Optional[FrameFollower] = None
         #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
         self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
             src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None
@@ -179,7 +191,10 @@ class Flow:
 
     @property
     def backlog(self) -> bool:
-        """Bytes of this flow not yet handed to the kernel (pending or TLS ciphertext)."""
+        """Bytes of this flow not yet handed to the kernel (pending or TLS ciphertext);
+        never for a CLOSED flow, whose destination is gone."""
+        if self.state is FlowState.CLOSED:
+            return False
         return self.pending is not None or (self.dst_tls is not None and self.dst_tls.unsent > 0)
 
     @property
@@ -201,6 +216,8 @@ class Pump:
             that followed the request head) — sent first.
         to_client: bytes already read from the backend after its 101 head — sent first.
         budget: a shared `Budget`, or None.
+        websocket: the tunnel carries WebSocket frames (its upgrade token is
+            ``websocket``): each flow follows them with a `FrameFollower`.
     """
 
     __slots__ = (
@@ -227,6 +244,7 @@ class Pump:
         to_backend: bytes = b"",
         to_client: bytes = b"",
         budget: Optional[Budget] = None,
+        websocket: bool = False,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -246,9 +264,15 @@ class Pump:
         self.more = False
         self._stall_mark: tuple[int, ...] = ()
         self._stall_since = 0.0
+        if websocket:
+            self.c2b.follower = FrameFollower(masked=True)  # a client masks every frame
+            self.b2c.follower = FrameFollower(masked=False)
         for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
             if data:
                 flow.pending = bytearray(data)
+                flow.count = len(data)
+                if flow.follower is not None:
+                    flow.follower.feed(data)
                 if budget is not None:
                     budget.take(len(data))
 
@@ -342,7 +366,9 @@ class Pump:
             budget = self.budget
             if budget is None or not budget.exhausted or outgoing.pending is None:
                 mask = EVENT_READ
-        if incoming.pending is not None or (incoming.dst_tls is not None and incoming.dst_tls.unsent):
+        if incoming.pending is not None or (
+            incoming.dst_tls is not None and incoming.dst_tls.unsent and incoming.state is not FlowState.CLOSED
+        ):
             mask |= EVENT_WRITE
         return mask
 
@@ -362,6 +388,7 @@ class Pump:
                 return  # over the global cap: only flows with nothing buffered may read
             scratch = scratch[:CAPPED_CHUNK]  # and only a small chunk, so N tunnels stay near the cap
         src_recv = flow.src.recv_into
+        follower = flow.follower
         for _ in range(READ_BUDGET):
             view = scratch
             grant = kept = 0
@@ -374,23 +401,26 @@ class Pump:
                 except WOULD_BLOCK:
                     return
                 except (OSError, ValueError) as exc:
-                    self.abort(f"error: read from {flow.name.split('->')[0]}: {_describe(exc)}")
+                    self._fail(flow.name.split("->")[0], "read from", exc)
                     return
                 if n == 0:
                     self._eof(flow)
                     return
                 flow.count += n
+                chunk = view[:n]
+                if follower is not None:
+                    follower.feed(chunk)
                 pending = flow.pending
                 if pending is not None:
-                    pending += view[:n]
+                    pending += chunk
                     kept = n
                 else:
                     try:
-                        sent = flow.dst.send(view[:n])
+                        sent = flow.dst.send(chunk)
                     except WOULD_BLOCK:
                         sent = 0
                     except (OSError, ValueError) as exc:
-                        self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+                        self._fail(flow.name.split("->")[1], "send to", exc)
                         return
                     if sent < n:
                         flow.pending = pending = bytearray(view[sent:n])
@@ -415,7 +445,7 @@ class Pump:
         except WOULD_BLOCK:
             return
         except (OSError, ValueError) as exc:
-            self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+            self._fail(flow.name.split("->")[1], "send to", exc)
             return
         if self.budget is not None:
             self.budget.give(sent)
@@ -442,7 +472,7 @@ class Pump:
         except OSError as exc:
             # ENOTCONN: the peer is already gone; the other flow finds out on its next I/O.
             if getattr(exc, "errno", None) != NOT_CONNECTED:
-                self.abort(f"error: shutdown {flow.name.split('->')[1]}: {_describe(exc)}")
+                self._fail(flow.name.split("->")[1], "shutdown", exc)
                 return
         flow.state = self._move(flow.state, event)
         self._check_done()
@@ -452,20 +482,42 @@ class Pump:
         try:
             dst.flush()
         except OSError as exc:
-            self.abort(f"error: send to {flow.name.split('->')[1]}: {_describe(exc)}")
+            self._fail(flow.name.split("->")[1], "send to", exc)
             return
         self._check_done()
 
+    @property
+    def close_handshake_done(self) -> bool:
+        """A whole WebSocket Close frame has passed each way (websocket tunnels only)."""
+        c, b = self.c2b.follower, self.b2c.follower
+        return c is not None and b is not None and c.close_seen and b.close_seen
+
+    def _fail(self, peer: str, what: str, exc: BaseException) -> None:
+        """An I/O error with ``peer`` ("client" or "backend"): the end of the tunnel.
+
+        After a close handshake it is a normal end (R98): the peer is gone, what it
+        sent before still goes to the other side; else the tunnel aborts.
+        """
+        if not self.close_handshake_done:
+            self.abort(f"error: {what} {peer}: {_describe(exc)}")
+            return
+        from_peer, to_peer = (self.c2b, self.b2c) if peer == "client" else (self.b2c, self.c2b)
+        if not self.reason:
+            self.reason = f"{peer} reset after the close handshake"
+        self._drop(to_peer)  # nothing more reaches the peer
+        if to_peer.state is not FlowState.CLOSED:
+            to_peer.state = self._move(to_peer.state, _Event.ERROR)
+        if from_peer.state is FlowState.OPEN:
+            self._eof(from_peer)  # flushes what it sent, then shuts the other side's write
+        else:
+            self._check_done()
+
     def _check_done(self) -> None:
         c2b, b2c = self.c2b, self.b2c
-        if (
-            c2b.state is FlowState.SHUT_WR
-            and b2c.state is FlowState.SHUT_WR
-            and not c2b.backlog
-            and not b2c.backlog
-        ):
+        ended = (FlowState.SHUT_WR, FlowState.CLOSED)  # CLOSED without an abort: a reset after close
+        if c2b.state in ended and b2c.state in ended and not c2b.backlog and not b2c.backlog:
             self.done = True
-            self.reason = "eof"
+            self.reason = self.reason or "eof"
 
     def _drop(self, flow: Flow) -> None:
         if flow.pending is not None and self.budget is not None:
