@@ -410,6 +410,11 @@ class Scope:
     websocket_async: bool = False
     websocket_async_delay: float = 0.0
     websocket_idle_timeout: float = 0.0  # 0 = none
+    #: ProxyWebsocketPingInterval: ping a side silent this long (0 = off).
+    websocket_ping_interval: float = 0.0
+    #: ProxyWebsocketHalfCloseTimeout: once one side ended its direction, the other
+    #: has this long to end its own (0 = no limit).
+    websocket_half_close_timeout: float = 0.0
     fallback_to_proxy_http: bool = True
     timeout: float = DEFAULT_TIMEOUT
     proxy_timeout: Optional[float] = None  # None: Timeout
@@ -469,6 +474,11 @@ class Config:
     max_tunnel_threads: int = DEFAULT_MAX_TUNNEL_THREADS
     #: TunnelBufferLimit: bytes buffered across all tunnels before reads pause (0 = none).
     buffer_limit: int = 0
+    #: PidFile: where the process writes its pid ("" = the default under the run
+    #: directory, chosen by the command line).
+    pid_file: str = ""
+    #: GracefulShutdownTimeout: seconds a graceful stop waits (0 = no limit).
+    graceful_shutdown_timeout: float = 0.0
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     source: str = "<config>"
 

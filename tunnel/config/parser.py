@@ -23,6 +23,7 @@ from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, c
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
 from .lexer import logical_lines, split_words
+from .lifecycle import LifecycleHooks
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .rewrite import RewriteDirectives
@@ -69,7 +70,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, LifecycleHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:

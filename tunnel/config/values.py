@@ -21,7 +21,7 @@ MAX_INCLUDE_DEPTH = 32
 #: httpd directives accepted and ignored with a warning, so an httpd file can be reused.
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
-    for name in ["LoadModule", "ServerRoot", "User", "Group", "PidFile", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride"]
+    for name in ["LoadModule", "ServerRoot", "User", "Group", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride"]
 )
 
 #: Sections skipped whole, with one warning (tunnel serves no files; httpd does not apply
