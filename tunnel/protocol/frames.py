@@ -82,6 +82,19 @@ class FrameFollower:
         """True when the bytes fed so far end between two frames."""
         return self._skip == 0 and not self._head
 
+    @property
+    def to_boundary(self) -> int:
+        """How many bytes may be fed before the next frame boundary may be passed: 0 at
+        a boundary; inside a payload, what is left of it; inside a header, the bytes the
+        header still lacks (fed, they complete it: ask again). A reader that must stop
+        at a boundary reads at most this much at a time."""
+        if self._skip:
+            return self._skip
+        head = self._head
+        if not head:
+            return 0
+        return (_header_length(head[1]) if len(head) >= 2 else 2) - len(head)
+
     def feed(self, data: Bytes) -> None:
         """The next bytes of the stream (any length, cut anywhere)."""
         n = len(data)

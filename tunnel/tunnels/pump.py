@@ -40,10 +40,11 @@ import enum
 import mmap
 import ssl
 import threading
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
 from ..io.tls import TLSStream
+from ..protocol.frames import FrameFollower
 
 __all__ = [
     "Pump",
@@ -158,7 +159,7 @@ class Budget:
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames")
 
     def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
@@ -176,6 +177,9 @@ class Flow:
         #: dst when it may hold encrypted bytes of its own (``TLSStream.unsent``) to
         #: flush, else None.
         self.dst_tls: Optional[TLSStream] = dst if isinstance(dst, TLSStream) else None
+        #: the WebSocket frame headers of this flow's bytes, followed as they are read
+        #: (``Pump.track_frames``; None on tunnels that are not WebSocket).
+        self.frames: Optional[FrameFollower] = None
 
     @property
     def backlog(self) -> bool:
@@ -216,6 +220,8 @@ class Pump:
         "more",
         "_stall_mark",
         "_stall_since",
+        "ctl",
+        "close_at",
     )
 
     def __init__(
@@ -246,6 +252,13 @@ class Pump:
         self.more = False
         self._stall_mark: tuple[int, ...] = ()
         self._stall_since = 0.0
+        #: a `tunnel.tunnels.wscontrol.Control` when the tunnel sends frames of its own
+        #: (pings, a graceful Close) or has a half-close timeout; None otherwise. Only
+        #: the thread driving the pump touches it.
+        self.ctl: Optional[Any] = None
+        #: when set (a monotonic time, from any thread), the driver starts a graceful
+        #: close of the tunnel then (Close 1001 to both sides: ``wscontrol``).
+        self.close_at = 0.0
         for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
             if data:
                 flow.pending = bytearray(data)
@@ -253,6 +266,16 @@ class Pump:
                     budget.take(len(data))
 
     # -- what the driver calls ---------------------------------------------------------
+    def track_frames(self) -> None:
+        """Follow the WebSocket frame headers of both flows from now on (a tunnel whose
+        upgrade is ``websocket``), so that a frame of the proxy's own can be put between
+        two frames. Call before ``start``: the early bytes are the streams' first."""
+        for flow in (self.c2b, self.b2c):
+            if flow.frames is None:
+                flow.frames = FrameFollower()
+                if flow.pending is not None:
+                    flow.frames.feed(flow.pending)
+
     def start(self) -> None:
         """Send the bytes that came with the heads (early data, R25)."""
         for flow in (self.c2b, self.b2c):
@@ -356,6 +379,11 @@ class Pump:
     def _read(self, flow: Flow, scratch: memoryview) -> None:
         if flow.pending is not None and len(flow.pending) >= self.high_water:
             return  # paused (a poke after a hand-over, or a stale event): keep the bound
+        ctl = self.ctl
+        if ctl is not None and ctl.controls(flow):
+            ctl.read(flow, scratch)  # a frame of the proxy's waits for a boundary, or a Close went out
+            return
+        frames = flow.frames
         budget = self.budget
         if budget is not None and budget.exhausted:
             if flow.pending is not None:
@@ -380,13 +408,16 @@ class Pump:
                     self._eof(flow)
                     return
                 flow.count += n
+                chunk = view[:n]
+                if frames is not None:
+                    frames.feed(chunk)
                 pending = flow.pending
                 if pending is not None:
-                    pending += view[:n]
+                    pending += chunk
                     kept = n
                 else:
                     try:
-                        sent = flow.dst.send(view[:n])
+                        sent = flow.dst.send(chunk)
                     except WOULD_BLOCK:
                         sent = 0
                     except (OSError, ValueError) as exc:
@@ -465,7 +496,7 @@ class Pump:
             and not b2c.backlog
         ):
             self.done = True
-            self.reason = "eof"
+            self.reason = "eof" if self.ctl is None else self.ctl.end_reason()
 
     def _drop(self, flow: Flow) -> None:
         if flow.pending is not None and self.budget is not None:
