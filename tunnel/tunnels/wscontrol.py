@@ -293,8 +293,12 @@ class Control:
         self._due(self.close_deadline)
         if to_backend:
             self._send(0, close_frame(CLOSE_GOING_AWAY, "going away", mask=_mask_key()))
+        else:
+            self._swallow[0] = True  # the backend is dead: nothing more goes to it
         if to_client:
             self._send(1, close_frame(CLOSE_GOING_AWAY, "going away"))
+        else:
+            self._swallow[1] = True  # the client is dead: nothing more goes to it
         self._check_end()
 
     def _send(self, i: int, frame: bytes) -> None:
