@@ -9,11 +9,9 @@ it sees, so "nothing lost" and "no protocol error" are checked where they happen
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -26,10 +24,9 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.backends import Server, switching_protocols
-from tests.support.clients import raw_upgrade, read_head
+from tests.support.clients import read_head
 from tests.support.processes import read_line_matching, spawn, stop
 from tests.support.waiting import wait_for
-from tunnel.protocol.frames import build_frame
 
 pytestmark = pytest.mark.timeout(90)
 

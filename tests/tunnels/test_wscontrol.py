@@ -305,3 +305,24 @@ def test_a_close_asked_inside_a_16_mib_frame_waits_for_its_end():
     assert frames[0][4] == payloads[0]
     close = parse(bytes(to_backend))
     assert [f[0] for f in close] == [OP_CLOSE] and close[0][3] != 0
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"abcdefgh", build_frame(0x1, b"not masked"), build_frame(0x3, b"reserved opcode", mask=KEY), bytes([0x09, 0x80]) + KEY],
+    ids=["bytes", "unmasked client frame", "reserved opcode", "fragmented ping"],
+)
+def test_a_stream_that_is_not_websocket_never_gets_a_frame_of_ours(rig, garbage):
+    """The followers are strict: once the client's bytes break RFC 6455, no Close and
+    no Ping of the proxy's goes into the tunnel (it is not WebSocket after all)."""
+    r = rig(ping_interval=1.0)
+    r.client_app.sendall(garbage)
+    r.run()
+    assert r.pump.c2b.frames.broken
+    r.ctl.going_away(0.0)
+    r.ctl.tick(5.0)
+    r.ctl.tick(10.0)
+    r.run()
+    assert not r.ctl.closing and not r.pump.done
+    assert r.take(r.client_app) == b""
+    assert r.take(r.backend_app) == garbage

@@ -16,8 +16,12 @@ looked at). It knows:
 A feed costs a few integer operations per frame header and nothing per payload byte: a
 chunk that lies wholly inside a payload is one comparison.
 
-Garbage is followed too (a peer that does not speak WebSocket after its 101 just gives
-meaningless counts); the follower never raises on input.
+Made with the stream's direction (``FrameFollower(from_client=...)``, as the relay does),
+the follower is strict: a header that breaks RFC 6455 (a reserved opcode, RSV2 or RSV3
+set, a control frame fragmented or longer than 125 bytes, a client frame not masked or a
+server frame masked) makes it ``broken`` for good: it stops reading and never reports a
+boundary again, so nothing of the proxy's is put into a stream that is not WebSocket.
+Made without one, it follows any garbage (meaningless counts). It never raises on input.
 """
 
 from __future__ import annotations
@@ -65,11 +69,16 @@ class FrameFollower:
         close_seen: a whole Close frame has passed.
     """
 
-    __slots__ = ("frames", "close_seen", "_skip", "_head", "_in_close")
+    __slots__ = ("frames", "close_seen", "broken", "_skip", "_head", "_in_close", "_mask_bit")
 
-    def __init__(self) -> None:
+    def __init__(self, *, from_client: Optional[bool] = None) -> None:
         self.frames = 0
         self.close_seen = False
+        #: a header broke RFC 6455: the stream is not WebSocket, nothing is followed.
+        self.broken = False
+        #: the mask bit every frame must have (0x80 from a client, 0 from a server),
+        #: None when the direction is not known (not checked).
+        self._mask_bit = None if from_client is None else (0x80 if from_client else 0)
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
         #: the bytes of a header cut by a chunk's end (empty: none pending).
@@ -80,7 +89,7 @@ class FrameFollower:
     @property
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two frames."""
-        return self._skip == 0 and not self._head
+        return self._skip == 0 and not self._head and not self.broken
 
     @property
     def to_boundary(self) -> int:
@@ -91,12 +100,33 @@ class FrameFollower:
         if self._skip:
             return self._skip
         head = self._head
+        if self.broken:
+            return 1 << 30
         if not head:
             return 0
         return (_header_length(head[1]) if len(head) >= 2 else 2) - len(head)
 
+    def _bad(self, b0: int, b1: int) -> bool:
+        """The header's first two bytes break RFC 6455 (the follower is then broken)."""
+        opcode = b0 & 0x0F
+        bad = (
+            b0 & 0x30 != 0  # RSV2, RSV3: no extension here defines them
+            or 3 <= opcode <= 7
+            or opcode >= 0xB
+            or (opcode >= 8 and (not b0 & 0x80 or b1 & 0x7F > 125))
+            or b1 & 0x80 != self._mask_bit
+        )
+        if bad:
+            self.broken = True
+            self._skip = 0
+            self._head.clear()
+        return bad
+
     def feed(self, data: Bytes) -> None:
         """The next bytes of the stream (any length, cut anywhere)."""
+        if self.broken:
+            return
+        strict = self._mask_bit is not None
         n = len(data)
         skip = self._skip
         if skip >= n:  # the whole chunk is payload: the common case of a large frame
@@ -119,7 +149,11 @@ class FrameFollower:
                 head += take
                 pos += len(take)
                 if len(take) < need:
+                    if len(head) >= 2 and self._mask_bit is not None:
+                        self._bad(head[0], head[1])
                     return
+            if self._mask_bit is not None and self._bad(head[0], head[1]):
+                return
             self._in_close = head[0] & 0x0F == OP_CLOSE
             end = pos + _payload_length(head)
             head.clear()
@@ -133,6 +167,8 @@ class FrameFollower:
                 head += data[pos:n]
                 return
             b1 = data[pos + 1]
+            if strict and self._bad(data[pos], b1):
+                return
             code = b1 & 0x7F
             hlen = 2 + (2 if code == 126 else 8 if code == 127 else 0) + (4 if b1 & 0x80 else 0)
             if pos + hlen > n:

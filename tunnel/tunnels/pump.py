@@ -272,7 +272,7 @@ class Pump:
         two frames. Call before ``start``: the early bytes are the streams' first."""
         for flow in (self.c2b, self.b2c):
             if flow.frames is None:
-                flow.frames = FrameFollower()
+                flow.frames = FrameFollower(from_client=flow is self.c2b)
                 if flow.pending is not None:
                     flow.frames.feed(flow.pending)
 

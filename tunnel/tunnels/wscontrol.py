@@ -121,6 +121,8 @@ class Control:
         budget = pump.budget
         for _ in range(READ_BUDGET):
             view = scratch
+            if self._queued[i] and follower.broken:
+                self._queued[i].clear()  # it stopped being WebSocket: the frame never goes
             if self._queued[i]:
                 if follower.at_boundary:
                     self._inject(i)
@@ -252,6 +254,8 @@ class Control:
         c2b, b2c = pump.c2b.frames, pump.b2c.frames
         if self.closing or pump.done or c2b is None or b2c is None or c2b.close_seen or b2c.close_seen:
             return
+        if c2b.broken or b2c.broken:
+            return  # not WebSocket after all: it runs on like any other tunnel
         self._close(now, to_client=True, to_backend=True, reason="graceful stop: closed with 1001", wait=limit or CLOSE_WAIT)
 
     # -- internals ---------------------------------------------------------------------
@@ -270,7 +274,7 @@ class Control:
                 self._silent_since[side] = now
                 self._ping_sent[side] = 0.0
                 continue
-            if flow.state is not FlowState.OPEN:
+            if flow.state is not FlowState.OPEN or _broken(pump):
                 continue  # a side that ended its direction sends nothing more: no ping
             if not self._ping_sent[side]:
                 if now - self._silent_since[side] >= interval:
@@ -303,10 +307,12 @@ class Control:
 
     def _send(self, i: int, frame: bytes) -> None:
         """Put ``frame`` into flow ``i`` at its next frame boundary (now, if there)."""
-        self._queued[i].append(frame)
         flow = (self.pump.c2b, self.pump.b2c)[i]
         follower = flow.frames
-        if follower is not None and follower.at_boundary:
+        if follower is None or follower.broken:
+            return  # not a WebSocket stream: nothing of ours goes into it
+        self._queued[i].append(frame)
+        if follower.at_boundary:
             self._inject(i)
 
     def _inject(self, i: int) -> None:
@@ -342,6 +348,11 @@ class Control:
         pump.reason = self.reason
         for flow in (pump.c2b, pump.b2c):
             pump._drop(flow)
+
+
+def _broken(pump: Pump) -> bool:
+    """Either direction turned out not to be WebSocket."""
+    return any(f.frames is not None and f.frames.broken for f in (pump.c2b, pump.b2c))
 
 
 def _ended(pump: Pump) -> bool:
