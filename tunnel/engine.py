@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -37,6 +38,7 @@ from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
 from .proxy.explain import Explanation, explain
+from .proxy.lifecycle import Drain, Lifecycle, bound_address
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
@@ -44,6 +46,7 @@ from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
 from .tunnels.sync_driver import PoolFull, ThreadPool, run_sync
+from .tunnels.wscontrol import attach
 
 __all__ = ["Engine"]
 
@@ -54,7 +57,7 @@ errlog = logging.getLogger("tunnel.error")
 STOP_TIMEOUT = 5.0
 
 
-class Engine:
+class Engine(Lifecycle):
     """A WebSocket tunnel engine for one `Config`.
 
     Args:
@@ -104,6 +107,14 @@ class Engine:
         self._lock = threading.Lock()
         #: the bound addresses, in Listen order (useful with port 0).
         self.addresses: list[tuple[str, int]] = []
+        #: each acceptor's Listen line as configured (port 0 kept), for a graceful restart.
+        self._configured: dict[Acceptor, Listener] = {}
+        #: the graceful stop under way, if any (loop thread).
+        self._drain: Optional[Drain] = None
+        # Readable once a graceful stop has set ``close_at`` on the live pumps: the sync
+        # tunnels' threads watch it in their poll (they never poll on a timer for it).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
 
     # -- capabilities and strategy -------------------------------------------------------
     @property
@@ -167,12 +178,8 @@ class Engine:
         loop = Loop()
         try:
             for listener in self.config.listeners:
-                sock = open_listener(listener, reuse_port=self.reuse_port)
-                addr = sock.getsockname()
-                self.addresses.append((addr[0], addr[1]))
-                bound = dataclasses.replace(listener, port=addr[1])
-                self._acceptors.append(Acceptor(self._adopt, loop, sock, bound))
-                log.info("listening on %s", bound.display)
+                self._acceptors.append(self._open(loop, listener))
+            self.addresses = [bound_address(acc) for acc in self._acceptors]
         except BaseException as exc:
             for acc in self._acceptors:
                 acc.close()
@@ -187,6 +194,19 @@ class Engine:
             loop.run()
         finally:
             self._teardown(loop)
+
+    def _open(self, loop: Loop, listener: Listener) -> Acceptor:
+        sock = open_listener(listener, reuse_port=self.reuse_port)
+        try:
+            port = sock.getsockname()[1]
+            bound = dataclasses.replace(listener, port=port)
+            acc = Acceptor(self._adopt, loop, sock, bound)
+        except BaseException:
+            sock.close()
+            raise
+        self._configured[acc] = listener
+        log.info("listening on %s", bound.display)
+        return acc
 
     def start(self) -> Engine:
         """Serve on a background thread; returns once the listeners are bound."""
@@ -230,6 +250,12 @@ class Engine:
             self._thread.join(timeout)
         self.pool.shutdown(timeout)
         self.access_log.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed by an earlier stop
+        self._wake_r = self._wake_w = -1
 
     def _shutdown_in_loop(self) -> None:
         assert self._loop is not None
@@ -283,6 +309,8 @@ class Engine:
         self._tasks.discard(task)
         if isinstance(task.result, TunnelStart):
             self._start_tunnel(task.result)
+        elif self._drain is not None:
+            self._check_drained()
 
     def handle(self, sock: socket.socket, leading: bytes = b"", *, peer: Optional[PeerAddress] = None) -> None:
         """Adopt a connected client socket whose request head is not read yet.
@@ -309,6 +337,7 @@ class Engine:
                 idle_timeout=start.idle_timeout,
                 stopping=self._stopping,
                 send_timeout=start.scope.timeout,
+                wake_fd=self._wake_r,
             )
             self._tunnel_closed(start)
 
@@ -333,6 +362,14 @@ class Engine:
             self.stats["tunnels.open"] += 1
             self._live.add(ts.pump)
         ts.exchange.notes["strategy"] = strategy
+        scope = ts.scope
+        pump = ts.pump
+        if _is_websocket(ts.exchange):
+            pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
+        if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
+            attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)
+        if self._drain is not None:
+            pump.close_at = time.monotonic()  # opened while stopping: going away at once
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "tunnel %s -> %s: strategy %s (ProxyWebsocketAsync %s, host can_poll %s)",
@@ -385,6 +422,7 @@ class Engine:
                 send_timeout=ts.scope.timeout,
                 handover_at=handover_at,
                 stopping=self._stopping,
+                wake_fd=self._wake_r,
             )
         except BaseException:
             ts.pump.abort("error: internal")
@@ -435,6 +473,10 @@ class Engine:
             self.stats["tunnels.open"] -= 1
             self.stats["tunnels.closed"] += 1
             self._live.discard(pump)
+        if self._drain is not None:
+            loop = self._loop
+            if loop is not None and loop.running:
+                loop.call_soon_threadsafe(self._check_drained)
 
     def _log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""
@@ -466,6 +508,11 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
+
+
+def _is_websocket(ex: Exchange) -> bool:
+    """The tunnel switched to WebSocket (the 101's Upgrade), not another protocol."""
+    return any(k.lower() == "upgrade" and v.strip().lower() == "websocket" for k, v in ex.response_headers)
 
 
 class _Services(Services):

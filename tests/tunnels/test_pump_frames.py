@@ -30,17 +30,17 @@ def test_followers_count_frames_and_early_bytes():
     pump.start()
     c.inbox.append(build_frame(2, b"x" * 1000, mask=MASK)[:500])  # a frame cut in two reads
     drive(pump, new_scratch(4096))
-    assert pump.c2b.follower.frames == 1 and not pump.c2b.follower.at_boundary
+    assert pump.c2b.frames.frames == 1 and not pump.c2b.frames.at_boundary
     c.inbox.append(build_frame(2, b"x" * 1000, mask=MASK)[500:])
     drive(pump, new_scratch(4096))
-    assert pump.c2b.follower.frames == 2 and pump.c2b.follower.at_boundary
-    assert pump.b2c.follower.frames == 1 and not pump.close_handshake_done
+    assert pump.c2b.frames.frames == 2 and pump.c2b.frames.at_boundary
+    assert pump.b2c.frames.frames == 1 and not pump.close_handshake_done
 
 
 def test_a_plain_tunnel_has_no_followers():
     c, b = open_ends()
     pump = Pump(c, b)
-    assert pump.c2b.follower is None and pump.b2c.follower is None and not pump.close_handshake_done
+    assert pump.c2b.frames is None and pump.b2c.frames is None and not pump.close_handshake_done
 
 
 @pytest.mark.parametrize("who", ["backend", "client"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -15,6 +15,7 @@ from .._version import __version__
 from ..accesslog import LOG_LEVELS
 from ..config import Config, ConfigError
 from ..engine import Engine
+from .ctl import ctl
 from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
 __all__ = ["main", "cli"]
@@ -63,20 +64,12 @@ def _load(
     return Config.from_text(_config_text(listen, passes, extra), filename="<command line>")
 
 
-def run_engine(engine: Engine) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly (exit status 0)."""
+def run_engine(engine: Engine, **signals: Any) -> None:
+    """Serve until stopped by a signal, then stop cleanly (exit status 0); httpd's
+    signals meanwhile (`tunnel.cli.lifecycle.serve_with_signals`, which takes ``signals``)."""
+    from .lifecycle import serve_with_signals
 
-    def on_signal(signum: int, frame: object) -> None:
-        logging.getLogger("tunnel").info("signal %d: stopping", signum)
-        engine.request_stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        engine.serve_forever()
-    finally:
-        engine.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    serve_with_signals(engine, **signals)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,6 +87,7 @@ def cli() -> None:
 @click.option("--workers", default="1", show_default=True, metavar="N|auto", help="Worker processes sharing the ports (SO_REUSEPORT).")
 @click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default=None, help="Override LogLevel.")
 @click.option("-D", "defines", multiple=True, metavar="NAME", help="Define NAME before reading the file, as httpd -D (for <IfDefine>).")
+@click.option("--graceful-term", is_flag=True, help="SIGTERM stops gracefully (as SIGWINCH), for orchestrators that send only SIGTERM.")
 def serve(
     config_file: Optional[str],
     listen: tuple[str, ...],
@@ -103,6 +97,7 @@ def serve(
     workers: str,
     log_level: Optional[str],
     defines: tuple[str, ...],
+    graceful_term: bool,
 ) -> None:
     """Run the proxy from a configuration file or from --listen/--pass."""
     from .workers import resolve_workers, run_workers
@@ -116,14 +111,19 @@ def serve(
         extra.append(f"ProxyWebsocketAsync {'On' if use_async else 'Off'}")
     if max_threads and not config_file:
         extra.append(f"MaxTunnelThreads {max_threads}")
-    try:
+
+    def load() -> Config:
         config = _load(config_file, listen, passes, extra, defines)
+        if config_file and use_async is not None:
+            config = config.with_websocket_async(use_async)  # every scope: server, vhosts, locations
+        if config_file and max_threads:
+            config = config.replace(max_tunnel_threads=max_threads)
+        return config
+
+    try:
+        config = load()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if config_file and use_async is not None:
-        config = config.with_websocket_async(use_async)  # every scope: server, vhosts, locations
-    if config_file and max_threads:
-        config = config.replace(max_tunnel_threads=max_threads)
     if not config.listeners:
         raise click.ClickException(f"{config.source}: no Listen directive: nothing to serve")
     from ..io.contexts import check_tls
@@ -134,10 +134,24 @@ def serve(
     setup_logging(config, log_level)
     for warning in config.warnings:
         logging.getLogger("tunnel").warning("%s", warning)
+    from .pidfile import PidFile, default_pid_file
+
+    pid_file = PidFile(config.pid_file or default_pid_file())
+    loader = load if config_file else None
+
+    def relog(new: Config) -> None:
+        setup_logging(new, log_level)
+
     try:
         if n_workers > 1:
-            sys.exit(run_workers(config, n_workers, lambda cfg: run_engine(Engine(cfg, reuse_port=True))))
-        run_engine(Engine(config))
+
+            def serve_worker(cfg: Config, reload: Optional[Callable[[], Config]]) -> None:
+                run_engine(Engine(cfg, reuse_port=True), loader=reload, graceful_term=graceful_term, on_reload=relog)
+
+            sys.exit(
+                run_workers(config, n_workers, serve_worker, loader=loader, pid_file=pid_file, graceful_term=graceful_term)
+            )
+        run_engine(Engine(config), loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog)
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
 
@@ -290,6 +304,9 @@ def explain(config_file: str, request_line: str, headers: tuple[str, ...], liste
     engine = Engine(config, host=LOOP_HOST)  # as `serve` runs it; nothing is started
     result = engine.explain(request_head(request_line, headers), listener=listener, peer=(client, 40000))
     click.echo(str(result))
+
+
+cli.add_command(ctl)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -6,7 +6,9 @@ connections among them (nginx's model). The parent only supervises:
 * it resolves every ``Listen`` with port 0 to a real port first (binding, without
   listening, a SO_REUSEPORT socket it keeps), so all workers share the same ports;
 * a worker that dies is logged and restarted (at most ``MAX_RESTARTS_PER_MINUTE``);
-* SIGTERM or SIGINT to the parent stops every worker (SIGTERM), waits for them, exits 0.
+* SIGTERM or SIGINT to the parent stops every worker (SIGTERM), waits for them, exits 0;
+  SIGWINCH stops them gracefully; SIGUSR1 and SIGHUP are checked, then passed on, and
+  the parent stays up through them (R120).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..io.listeners import open_listener
+from .lifecycle import SIGNALS, action_for
+from .pidfile import PidFile
 
 __all__ = ["run_workers", "resolve_workers"]
 
@@ -55,14 +59,48 @@ def _pin_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return config.replace(listeners=tuple(listeners)), held
 
 
-def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
-    """Fork ``n`` workers each calling ``serve(config)``; supervise; return exit status."""
+def _repin(config: Config, pinned: dict[tuple[str, bool], int]) -> Config:
+    """A re-read configuration with the ports the supervisor chose for ``Listen ...:0``."""
+    listeners = tuple(
+        dataclasses.replace(lst, port=pinned.get((lst.host, lst.tls), 0)) if lst.port == 0 else lst
+        for lst in config.listeners
+    )
+    return config.replace(listeners=listeners)
+
+
+#: What a worker runs: its configuration and how to read it again (None: no file).
+Serve = Callable[[Config, Optional[Callable[[], Config]]], None]
+
+
+def run_workers(
+    config: Config,
+    n: int,
+    serve: Serve,
+    *,
+    loader: Optional[Callable[[], Config]] = None,
+    pid_file: Optional[PidFile] = None,
+    graceful_term: bool = False,
+) -> int:
+    """Fork ``n`` workers each calling ``serve(config, reload)``; supervise; return exit status.
+
+    The supervisor takes httpd's signals (`tunnel.cli.lifecycle.SIGNALS`) with
+    ``sigwait`` and passes each on to every worker: a stop or graceful stop ends the
+    workers (those left at the deadline are killed); a graceful restart or restart is
+    checked here first (an error is reported, nothing is passed on) and the supervisor
+    stays up through it, its workers re-reading the file themselves.
+    """
+    first = config
     config, held = _pin_ports(config)
+    pinned = {(lst.host, lst.tls): new.port for lst, new in zip(first.listeners, config.listeners, strict=True) if lst.port == 0}
+    reload = (lambda: _repin(loader(), pinned)) if loader is not None else None
     for lst in config.listeners:
         log.info("listening on %s (%d workers)", lst.display, n)
     children: dict[int, int] = {}  # pid -> slot
     restarts: list[float] = []
     stopping = False
+    deadline: Optional[float] = None
+    wanted = {signal.SIGCHLD, *SIGNALS}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -71,9 +109,8 @@ def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
             try:
                 for s in held:
                     s.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                serve(config)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                serve(config, reload)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker %d failed", os.getpid())
                 status = 1
@@ -82,49 +119,108 @@ def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
         children[pid] = slot
         log.info("worker %d started (pid %d)", slot, pid)
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def tell_all(signum: int) -> None:
         for pid in list(children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    def report(state: str, error: str = "") -> None:
+        if pid_file is not None:
+            pid_file.report(state, error)
+
     try:
+        if pid_file is not None:
+            pid_file.write()
         for slot in range(n):
             spawn(slot)
-        deadline: Optional[float] = None
         while children:
-            try:
-                pid, status = os.waitpid(-1, 0 if not stopping else os.WNOHANG)
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            if pid == 0:  # stopping, nobody exited yet
-                deadline = deadline or time.monotonic() + STOP_GRACE
-                if time.monotonic() > deadline:
-                    for p in list(children):
-                        os.kill(p, signal.SIGKILL)
-                time.sleep(0.05)  # polling children during shutdown only
-                continue
-            lost = children.pop(pid, None)
-            if lost is None or stopping:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            log.error("worker %d (pid %d) exited with status %d; restarting", lost, pid, code)
-            now = time.monotonic()
-            restarts[:] = [t for t in restarts if now - t < 60] + [now]
-            if len(restarts) > MAX_RESTARTS_PER_MINUTE:
-                log.critical("workers keep dying: giving up")
-                on_signal(signal.SIGTERM, None)
-                continue
-            spawn(lost)
+            if deadline is None:
+                signum: Optional[int] = signal.sigwait(wanted)
+            else:
+                info = signal.sigtimedwait(wanted, max(0.0, deadline - time.monotonic()))
+                signum = info.si_signo if info is not None else None
+            if signum is None:  # the stop's deadline: whoever is left is killed
+                log.error("workers still running at the stop deadline: killing %s", sorted(children))
+                tell_all(signal.SIGKILL)
+                deadline = None
+            elif signum == signal.SIGCHLD:
+                restarted = _reap(children, stopping, restarts)
+                for slot in restarted:
+                    if slot < 0:
+                        stopping = True
+                        report("stopping")
+                        tell_all(signal.SIGTERM)
+                        deadline = time.monotonic() + STOP_GRACE
+                        break
+                    spawn(slot)
+            else:
+                action = action_for(signum, graceful_term)
+                if action in ("stop", "graceful-stop"):
+                    now_stop = action == "stop" or stopping
+                    stopping = True
+                    report("stopping")
+                    tell_all(signal.SIGTERM if now_stop else signal.SIGWINCH)
+                    timeout = config.graceful_shutdown_timeout
+                    grace = STOP_GRACE if now_stop else (timeout + STOP_GRACE if timeout > 0 else None)
+                    deadline = None if grace is None else time.monotonic() + grace
+                elif not stopping:
+                    config = _check_reload(signum, action, reload, config, report, tell_all)
     finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for sock in held:
             sock.close()
+        if pid_file is not None:
+            pid_file.remove()
     return 0
+
+
+def _reap(children: dict[int, int], stopping: bool, restarts: list[float]) -> list[int]:
+    """Reap the exited workers; the slots to start again (-1: give up, stop all)."""
+    again: list[int] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return again
+        if pid == 0:
+            return again
+        lost = children.pop(pid, None)
+        if lost is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        log.error("worker %d (pid %d) exited with status %d; restarting", lost, pid, code)
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+            log.critical("workers keep dying: giving up")
+            return [-1]
+        again.append(lost)
+
+
+def _check_reload(
+    signum: int,
+    action: str,
+    reload: Optional[Callable[[], Config]],
+    config: Config,
+    report: Callable[..., None],
+    tell_all: Callable[[int], None],
+) -> Config:
+    """A graceful restart or restart: check the file here, then pass the signal on."""
+    name = signal.Signals(signum).name
+    what = "graceful restart" if action == "graceful" else "restart"
+    if reload is None:
+        log.error("%s: %s asked, but there is no configuration file to read again; ignored", name, what)
+        report("reload-failed", "no configuration file to read again (serve was started without --config)")
+        return config
+    try:
+        new = reload()
+    except ConfigError as exc:
+        log.error("%s: %s failed: %s; the workers keep the previous configuration", name, what, exc)
+        report("reload-failed", str(exc))
+        return config
+    tell_all(signum)
+    log.info("%s: %s passed to the workers", name, what)
+    report("reloaded" if action == "graceful" else "restarted")
+    return new  # what a worker started from now on runs

@@ -376,6 +376,11 @@ class Scope:
     websocket_async: bool = False
     websocket_async_delay: float = 0.0
     websocket_idle_timeout: float = 0.0  # 0 = none
+    #: ProxyWebsocketPingInterval: ping a side silent this long (0 = off).
+    websocket_ping_interval: float = 0.0
+    #: ProxyWebsocketHalfCloseTimeout: once one side ended its direction, the other
+    #: has this long to end its own (0 = no limit).
+    websocket_half_close_timeout: float = 0.0
     fallback_to_proxy_http: bool = True
     timeout: float = DEFAULT_TIMEOUT
     proxy_timeout: Optional[float] = None  # None: Timeout
@@ -467,6 +472,11 @@ class Config:
     buffer_limit: int = 0
     #: RemoteIPProxyProtocolExceptions: clients that may skip the PROXY header.
     proxy_protocol_exceptions: tuple[Network, ...] = ()
+    #: PidFile: where the process writes its pid ("" = the default under the run
+    #: directory, chosen by the command line).
+    pid_file: str = ""
+    #: GracefulShutdownTimeout: seconds a graceful stop waits (0 = no limit).
+    graceful_shutdown_timeout: float = 0.0
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     #: (directive, "file:line") of each line accepted and ignored, for configtest (R97)
     ignored: tuple[tuple[str, str], ...] = ()

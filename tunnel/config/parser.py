@@ -27,6 +27,7 @@ from .corehooks import CoreHooks
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
 from .headers import EnvDraft, HeaderHooks, worker_name
 from .lexer import logical_lines, split_words
+from .lifecycle import LifecycleHooks
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .remoteip import RemoteIPHooks
@@ -93,7 +94,9 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks, HeaderHooks):
+class _Parser(
+    Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks, HeaderHooks, LifecycleHooks
+):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self, defines: Optional[Mapping[str, Optional[str]]] = None, environ: Optional[Mapping[str, str]] = None) -> None:

@@ -24,7 +24,7 @@ MAX_INCLUDE_DEPTH = 32
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
     for name in [
-        "LoadModule", "LoadFile", "NameVirtualHost", "ServerRoot", "User", "Group", "PidFile", "Mutex", "DefaultRuntimeDir",
+        "LoadModule", "LoadFile", "NameVirtualHost", "ServerRoot", "User", "Group", "Mutex", "DefaultRuntimeDir",
         "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature",
         "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset",
         "TypesConfig", "AddType", "AddHandler", "AddOutputFilter", "AddOutputFilterByType", "AddEncoding",
@@ -35,7 +35,7 @@ IGNORED_DIRECTIVES = frozenset(
         "AddAltByType", "AddDescription", "ScriptAlias", "Alias", "UserDir", "MIMEMagicFile",
         "StartServers", "MinSpareServers", "MaxSpareServers", "MinSpareThreads", "MaxSpareThreads",
         "ThreadsPerChild", "ThreadLimit", "ServerLimit", "MaxRequestWorkers", "MaxClients",
-        "MaxConnectionsPerChild", "MaxRequestsPerChild", "GracefulShutdownTimeout", "ListenBackLog",
+        "MaxConnectionsPerChild", "MaxRequestsPerChild", "ListenBackLog",
         "SSLSessionCache", "SSLSessionCacheTimeout", "SSLStaplingCache", "SSLUseStapling",
         "SSLStaplingResponderTimeout", "SSLStaplingReturnResponderErrors", "SSLRandomSeed",
         "SSLPassPhraseDialog", "SSLCryptoDevice", "SSLOptions",

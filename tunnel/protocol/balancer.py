@@ -405,6 +405,36 @@ class BalancerState:
                 )
             return rows
 
+    def reconfigure(self, balancer: Balancer) -> None:
+        """Take a new configuration of this balancer (a graceful restart), keeping the
+        runtime state of the members that stay: a member is the same when its URL is.
+
+        Their counters (busy, elected, lbstatus, bytes) and error states carry over;
+        new members start fresh; removed ones are dropped (a tunnel still open on one
+        releases it harmlessly). Each member takes its new configuration (flags,
+        loadfactor, lbset, route) and place.
+
+        Raises:
+            ConfigError: the new lbmethod is unknown (nothing is changed then).
+        """
+        fresh = BalancerState(balancer, clock=self._clock)  # checks the lbmethod first
+        with self._lock:
+            by_name = {m.name: m for m in self.members}
+            members = []
+            for state in fresh.members:
+                kept = by_name.pop(state.name, None)
+                if kept is not None:
+                    kept.member, kept.index = state.member, state.index
+                    state = kept
+                members.append(state)
+            self.balancer = balancer
+            self._is_best = fresh._is_best
+            self.members = tuple(members)
+            by_set: dict[int, list[MemberState]] = {}
+            for state in self.members:
+                by_set.setdefault(state.member.lbset, []).append(state)
+            self._tiers = tuple(tuple(by_set[lbset]) for lbset in sorted(by_set))
+
     # -- internals, called with the lock held --------------------------------------------
 
     @staticmethod
@@ -539,10 +569,33 @@ class Balancers(Mapping[str, BalancerState]):
     """
 
     def __init__(self, balancers: Mapping[str, Balancer], *, clock: Clock, lock: Optional[LockFactory] = None) -> None:
+        self._clock = clock
+        self._lock_factory = lock
         self._states: dict[str, BalancerState] = {
             name: BalancerState(balancer, clock=clock, lock=lock() if lock is not None else None)
             for name, balancer in balancers.items()
         }
+
+    def reconfigured(self, balancers: Mapping[str, Balancer]) -> Balancers:
+        """The runtime state for a new configuration (a graceful restart): a balancer
+        present in both keeps its `BalancerState` (reconfigured in place: see
+        `BalancerState.reconfigure`), new ones start fresh, removed ones are dropped.
+
+        Raises:
+            ConfigError: a balancer names an unknown lbmethod (nothing is changed then).
+        """
+        for balancer in balancers.values():
+            BalancerState(balancer, clock=self._clock)  # check every lbmethod before changing any
+        new = Balancers({}, clock=self._clock, lock=self._lock_factory)
+        for name, balancer in balancers.items():
+            old = self._states.get(name)
+            if old is not None:
+                old.reconfigure(balancer)
+                new._states[name] = old
+            else:
+                lock = self._lock_factory() if self._lock_factory is not None else None
+                new._states[name] = BalancerState(balancer, clock=self._clock, lock=lock)
+        return new
 
     def __getitem__(self, name: str) -> BalancerState:
         """The state of ``balancer://name``.

@@ -103,6 +103,7 @@ class FrameFollower:
     Args:
         masked: True for the client-to-server direction (every frame masked), False
             for server-to-client (none masked), None to accept either.
+        from_client: the same, by the stream's direction (the relay's spelling).
 
     Attributes:
         frames: frames that have passed whole.
@@ -112,7 +113,9 @@ class FrameFollower:
 
     __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_skip", "_head", "_in_close")
 
-    def __init__(self, masked: Optional[bool] = None) -> None:
+    def __init__(self, masked: Optional[bool] = None, *, from_client: Optional[bool] = None) -> None:
+        if from_client is not None:
+            masked = from_client  # a client masks every frame, a server none (§5.1)
         self.frames = 0
         self.close_seen = False
         self.lost = False
@@ -131,6 +134,26 @@ class FrameFollower:
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end between two frames."""
         return self._skip == 0 and self._head is None and not self.lost
+
+    @property
+    def broken(self) -> bool:
+        """The stream broke the framing rules: nothing of the proxy's may go into it."""
+        return self.lost
+
+    @property
+    def to_boundary(self) -> int:
+        """How many bytes may be fed before the next frame boundary may be passed: 0 at
+        a boundary; inside a payload, what is left of it; inside a header, the bytes the
+        header still lacks (fed, they complete it: ask again). A reader that must stop
+        at a boundary reads at most this much at a time."""
+        if self.lost:
+            return 1 << 30
+        if self._skip:
+            return self._skip
+        head = self._head
+        if head is None:
+            return 0
+        return (_header_length(head[1]) if len(head) >= 2 else 2) - len(head)
 
     def feed(self, data: Bytes) -> None:
         """The next bytes of the stream (any length, cut anywhere)."""

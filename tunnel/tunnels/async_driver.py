@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..io.loop import Loop, Timer
 from .pump import Pump
+from .wscontrol import NEVER, attach
 
 __all__ = ["AsyncTunnel"]
 
@@ -32,7 +33,7 @@ class AsyncTunnel:
         on_close: called once with the pump when the tunnel has ended.
     """
 
-    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd")
+    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd", "_ctl_timer")
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class AsyncTunnel:
         self.on_close = on_close
         self._timer: Optional[Timer] = None
         self._stall_timer: Optional[Timer] = None
+        self._ctl_timer: Optional[Timer] = None  # the pump's Control's next due time
         self._cfd = pump.client.fileno()
         self._bfd = pump.backend.fileno()
 
@@ -68,10 +70,21 @@ class AsyncTunnel:
             self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
         if self.send_timeout > 0:
             self._stall_timer = loop.call_later(self.send_timeout / 2, self._check_stall)
+        if pump.close_at:
+            attach(pump)
+        if pump.ctl is not None:
+            pump.ctl.start(pump.last_activity)
         if not fresh:
             # Handed over: a TLS end may hold bytes the sync driver left decrypted or
             # buffered, which no poll will report: look once, as after a budgeted read.
             loop.call_soon(self._poke)
+        self._after()
+
+    def close_at(self, when: float) -> None:
+        """A graceful close of the tunnel at ``when`` (engine stop). Loop thread only."""
+        pump = self.pump
+        pump.close_at = when
+        attach(pump).schedule_close(when)
         self._after()
 
     def abort(self, reason: str) -> None:
@@ -93,6 +106,14 @@ class AsyncTunnel:
 
     def _after(self) -> None:
         pump = self.pump
+        ctl = pump.ctl
+        if ctl is not None and not pump.done:
+            due = ctl.after(self.loop.now)
+            timer = self._ctl_timer
+            if timer is None or timer.when != due:
+                if timer is not None:
+                    timer.cancel()
+                self._ctl_timer = None if due is NEVER else self.loop.call_at(due, self._on_ctl)
         if pump.done:
             self._finish()
             return
@@ -111,6 +132,13 @@ class AsyncTunnel:
             self.pump.on_event(True, 1, self.scratch)
             self.pump.on_event(False, 1, self.scratch)
             self._after()
+
+    def _on_ctl(self) -> None:
+        self._ctl_timer = None
+        ctl = self.pump.ctl
+        if ctl is not None and not self.pump.done:
+            ctl.tick(self.loop.time())
+        self._after()
 
     def _check_idle(self) -> None:
         self._timer = None
@@ -144,6 +172,9 @@ class AsyncTunnel:
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
+        if self._ctl_timer is not None:
+            self._ctl_timer.cancel()
+            self._ctl_timer = None
         self.pump.close()
         if self.on_close is not None:
             cb, self.on_close = self.on_close, None

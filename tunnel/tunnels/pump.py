@@ -48,7 +48,7 @@ import enum
 import mmap
 import ssl
 import threading
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
 from ..io.tls import TLSStream
@@ -167,7 +167,7 @@ class Budget:
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "follower")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames")
 
     def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
@@ -180,7 +180,7 @@ class Flow:
         #: the early bytes handed to the pump with the heads included.
         self.count = 0
         #: the frame follower of a websocket tunnel's flow, else None.
-        self.follower: Optional[FrameFollower] = None
+        self.frames: Optional[FrameFollower] = None
         #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
         self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
             src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None
@@ -233,6 +233,8 @@ class Pump:
         "more",
         "_stall_mark",
         "_stall_since",
+        "ctl",
+        "close_at",
     )
 
     def __init__(
@@ -264,17 +266,35 @@ class Pump:
         self.more = False
         self._stall_mark: tuple[int, ...] = ()
         self._stall_since = 0.0
+        #: a `tunnel.tunnels.wscontrol.Control` when the tunnel sends frames of its own
+        #: (pings, a graceful Close) or has a half-close timeout; None otherwise. Only
+        #: the thread driving the pump touches it.
+        self.ctl: Optional[Any] = None
+        #: when set (a monotonic time, from any thread), the driver starts a graceful
+        #: close of the tunnel then (Close 1001 to both sides: ``wscontrol``).
+        self.close_at = 0.0
         if websocket:
-            self.c2b.follower = FrameFollower(masked=True)  # a client masks every frame
-            self.b2c.follower = FrameFollower(masked=False)
+            self.c2b.frames = FrameFollower(masked=True)  # a client masks every frame
+            self.b2c.frames = FrameFollower(masked=False)
         for flow, data in ((self.c2b, to_backend), (self.b2c, to_client)):
             if data:
                 flow.pending = bytearray(data)
                 flow.count = len(data)
-                if flow.follower is not None:
-                    flow.follower.feed(data)
+                if flow.frames is not None:
+                    flow.frames.feed(data)
                 if budget is not None:
                     budget.take(len(data))
+
+    def track_frames(self) -> None:
+        """Follow the WebSocket frame headers of both flows from now on (a tunnel whose
+        upgrade is ``websocket``), so that a frame of the proxy's own can be put between
+        two frames. Call before ``start``: the early bytes are the streams' first. A
+        pump made with ``websocket=True`` follows them already."""
+        for flow in (self.c2b, self.b2c):
+            if flow.frames is None:
+                flow.frames = FrameFollower(from_client=flow is self.c2b)
+                if flow.pending is not None:
+                    flow.frames.feed(flow.pending)
 
     # -- what the driver calls ---------------------------------------------------------
     def start(self) -> None:
@@ -387,8 +407,12 @@ class Pump:
             if flow.pending is not None:
                 return  # over the global cap: only flows with nothing buffered may read
             scratch = scratch[:CAPPED_CHUNK]  # and only a small chunk, so N tunnels stay near the cap
+        ctl = self.ctl
+        if ctl is not None and ctl.controls(flow):
+            ctl.read(flow, scratch)  # a frame of the proxy's waits for a boundary, or a Close went out
+            return
         src_recv = flow.src.recv_into
-        follower = flow.follower
+        frames = flow.frames
         for _ in range(READ_BUDGET):
             view = scratch
             grant = kept = 0
@@ -408,8 +432,8 @@ class Pump:
                     return
                 flow.count += n
                 chunk = view[:n]
-                if follower is not None:
-                    follower.feed(chunk)
+                if frames is not None:
+                    frames.feed(chunk)
                 pending = flow.pending
                 if pending is not None:
                     pending += chunk
@@ -489,7 +513,7 @@ class Pump:
     @property
     def close_handshake_done(self) -> bool:
         """A whole WebSocket Close frame has passed each way (websocket tunnels only)."""
-        c, b = self.c2b.follower, self.b2c.follower
+        c, b = self.c2b.frames, self.b2c.frames
         return c is not None and b is not None and c.close_seen and b.close_seen
 
     def _fail(self, peer: str, what: str, exc: BaseException) -> None:
@@ -517,7 +541,7 @@ class Pump:
         ended = (FlowState.SHUT_WR, FlowState.CLOSED)  # CLOSED without an abort: a reset after close
         if c2b.state in ended and b2c.state in ended and not c2b.backlog and not b2c.backlog:
             self.done = True
-            self.reason = self.reason or "eof"
+            self.reason = self.reason or ("eof" if self.ctl is None else self.ctl.end_reason())
 
     def _drop(self, flow: Flow) -> None:
         if flow.pending is not None and self.budget is not None:

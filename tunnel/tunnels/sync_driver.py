@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import Pump, new_scratch
+from .wscontrol import NEVER, attach
 
 __all__ = ["run_sync", "ThreadPool"]
 
@@ -56,6 +57,7 @@ def run_sync(
     fresh: bool = True,
     stopping: Optional[threading.Event] = None,
     send_timeout: float = 0.0,
+    wake_fd: Optional[int] = None,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -68,6 +70,8 @@ def run_sync(
         stopping: set by the engine at shutdown; the tunnel is aborted when seen.
         send_timeout: seconds a pending write may make no progress before the tunnel
             is aborted ("send timeout", R37); 0 for none.
+        wake_fd: a descriptor the engine makes readable when it has set
+            ``pump.close_at`` on its tunnels (a graceful stop); watched until then.
 
     Returns:
         True when the tunnel ended (the caller closes it), False at the hand-over time.
@@ -79,6 +83,13 @@ def run_sync(
     now = time.monotonic()
     pump.last_activity = now
     next_stall_check = now
+    if pump.close_at:
+        attach(pump)
+    ctl = pump.ctl
+    if ctl is not None:
+        ctl.start(now)
+    if wake_fd is not None:
+        poller.register(wake_fd, select.POLLIN)
     if fresh:
         pump.start()
     while not pump.done:
@@ -106,6 +117,9 @@ def run_sync(
         if send_timeout > 0 and (cmask & EVENT_WRITE or bmask & EVENT_WRITE):
             probe = send_timeout / 2  # bytes wait: look at their progress now and then
             wait = probe if wait is None else min(wait, probe)
+        if ctl is not None and ctl.next_due is not NEVER:
+            left = ctl.next_due - now
+            wait = left if wait is None else min(wait, left)
         if pump.more:
             wait = 0.0
         elif not (cmask or bmask):
@@ -123,6 +137,14 @@ def run_sync(
             break
         if events:
             for fd, ev in events:
+                if fd == wake_fd:
+                    # A graceful stop: the engine set pump.close_at. Watched once.
+                    poller.unregister(fd)
+                    wake_fd = None
+                    if pump.close_at:
+                        ctl = attach(pump)
+                        ctl.schedule_close(pump.close_at)
+                    continue
                 if ev & select.POLLNVAL:
                     pump.abort("error: socket closed under the tunnel")
                     break
@@ -137,6 +159,8 @@ def run_sync(
             pump.more = False
             pump.on_event(True, EVENT_READ, scratch)
             pump.on_event(False, EVENT_READ, scratch)
+        if ctl is not None and ctl.after(now) <= now:
+            ctl.tick(now)
         if _ended(pump):
             break
         if handover_at is not None and now >= handover_at:
