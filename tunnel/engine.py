@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import socket
 import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
+from ._version import __version__
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
 from .errors import ServiceUnavailable
@@ -34,10 +37,13 @@ from .io.loop import Loop, Task, run_blocking
 from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
+from .proxy import cluster as cluster_ops
+from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
+from .proxy.stats import Recorder, balancer_view, nonce_for
 from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
@@ -61,6 +67,8 @@ class Engine:
             while its own loop runs, and cannot otherwise.
         server_name: the name for X-Forwarded-Server when no ServerName is set.
         reuse_port: listen with SO_REUSEPORT (worker processes sharing ports).
+        cluster: its control sockets and sibling workers (``tunnel serve`` gives it);
+            by default only the ``TunnelControlSocket`` the configuration names.
     """
 
     def __init__(
@@ -70,8 +78,15 @@ class Engine:
         host: Optional[HostCapabilities] = None,
         server_name: Optional[str] = None,
         reuse_port: bool = False,
+        cluster: Optional[Cluster] = None,
     ) -> None:
         self.config = config
+        self.cluster = cluster or Cluster(control=config.control_socket or "")
+        if not self.cluster.secret:
+            self.cluster = Cluster(**{**self.cluster.__dict__, "secret": secrets.token_hex(16)})
+        #: requests, handshakes, tunnels and bytes for server-status, metrics, tunnel ctl.
+        self.recorder = Recorder(worker=self.cluster.slot)
+        self._controls: list[ControlServer] = []
         self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()
         self.pool = ThreadPool(config.max_tunnel_threads)
@@ -87,7 +102,7 @@ class Engine:
         self._acceptors: list[Acceptor] = []
         self._tasks: set[Task] = set()
         self._tunnels: set[AsyncTunnel] = set()
-        self._live: set[Pump] = set()
+        self._live: dict[Pump, TunnelStart] = {}
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
@@ -175,12 +190,33 @@ class Engine:
             self._start_error = exc
             self._ready.set()
             raise
+        try:
+            self._open_controls()
+        except BaseException as exc:
+            self._teardown(loop)
+            self._start_error = exc
+            self._ready.set()
+            raise
         self._loop = loop
         loop.call_soon(self._ready.set)
         try:
             loop.run()
         finally:
             self._teardown(loop)
+
+    def _open_controls(self) -> None:
+        """The control sockets: ``tunnel ctl``'s and this worker's private one (R116)."""
+        cluster = self.cluster
+
+        def handler(request: dict[str, Any]) -> dict[str, Any]:
+            return cluster_ops.handle(self._services, request)
+
+        paths = [cluster.control] if cluster.control else []
+        if cluster.peers:
+            paths.append(cluster.peer_path(cluster.slot))
+        for path in paths:
+            self._controls.append(ControlServer(path, handler))
+            log.info("control socket %s", path)
 
     def start(self) -> Engine:
         """Serve on a background thread; returns once the listeners are bound."""
@@ -251,6 +287,9 @@ class Engine:
                     pass
 
     def _teardown(self, loop: Loop) -> None:
+        for control in self._controls:
+            control.close()
+        self._controls.clear()
         for acc in self._acceptors:
             acc.close()
         self._acceptors.clear()
@@ -325,7 +364,8 @@ class Engine:
         with self._lock:
             self.stats[f"tunnels.{strategy}"] += 1
             self.stats["tunnels.open"] += 1
-            self._live.add(ts.pump)
+            self._live[ts.pump] = ts
+        ts.exchange.notes["tunnel_id"] = self.recorder.tunnel_opened(ts, str(strategy))
         ts.exchange.notes["strategy"] = strategy
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -427,10 +467,13 @@ class Engine:
         with self._lock:
             self.stats["tunnels.open"] -= 1
             self.stats["tunnels.closed"] += 1
-            self._live.discard(pump)
+            self._live.pop(pump, None)
+            self.recorder.tunnel_closed(ts)
 
     def _log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""
+        if not ex.tunnel:
+            self.recorder.request_done(ex)  # a tunnel was counted when it opened and closed
         if not self.access_log.enabled:
             return
         head = ex.head
@@ -454,6 +497,28 @@ class Engine:
                 vhost=ex.vhost,
                 tunnel=ex.tunnel,
             )
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
+        live = self.recorder.live()
+        budget = self.budget
+        balancers = {
+            name: balancer_view(state, nonce_for(self.cluster.secret, state.balancer), live)
+            for name, state in self.balancers.items()
+        }
+        return self.recorder.snapshot(
+            extra={
+                "pid": os.getpid(),
+                "version": __version__,
+                "config": self.config.source,
+                "extended": self.config.extended_status,
+                "server_name": self.server_name,
+                "pool": {"max": self.pool.max_threads, "busy": self.pool.busy, "threads": self.pool.threads},
+                "buffer": {"used": budget.used if budget else sum(t.start.pump.buffered for t in live), "limit": self.config.buffer_limit},
+                "connections": len(self._tasks) + len(live),
+                "balancers": balancers,
+            }
         )
 
     def __repr__(self) -> str:
@@ -528,3 +593,13 @@ class _Services(Services):
 
     def log_exchange(self, ex: Exchange) -> None:
         self._engine._log_exchange(ex)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._engine.snapshot()
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._engine.cluster
+
+    def nonce(self, balancer: str) -> str:
+        return nonce_for(self._engine.cluster.secret, self._engine.config.balancers[balancer])

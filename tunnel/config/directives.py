@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .statushooks import handler_name
 from .values import (
     encoded_slashes,
     on_off,
@@ -72,6 +73,7 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
         ("RewriteEngine", "rewrite_engine", on_off, _SV),
+        ("SetHandler", "handler", handler_name, _SVL),
     )
 }
 
@@ -103,6 +105,8 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RewriteOptions", "_rewrite_options", _SVL),
         ("Include", "_include", _ALL),
         ("IncludeOptional", "_include_optional", _ALL),
+        ("ExtendedStatus", "_extended_status", _S),
+        ("TunnelControlSocket", "_tunnel_control_socket", _S),
     )
 }
 

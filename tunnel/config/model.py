@@ -218,6 +218,7 @@ class Balancer:
     file: str = "<config>"
     line: int = 0
     failontimeout: bool = False
+    nonce: Optional[str] = None  # ProxySet nonce= ("" for None); None: made at start
 
 
 @dataclass(frozen=True)
@@ -429,6 +430,9 @@ class Scope:
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
+    #: SetHandler: a handler tunnel serves itself (server-status, balancer-manager,
+    #: metrics) for requests no ProxyPass takes; "" for none (R110).
+    handler: str = ""
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""
@@ -471,6 +475,11 @@ class Config:
     buffer_limit: int = 0
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     source: str = "<config>"
+    #: ExtendedStatus: the per-tunnel table and the totals on server-status (R111).
+    extended_status: bool = True
+    #: TunnelControlSocket: the unix socket `tunnel ctl` talks to; None: the default
+    #: path under the run directory (R117).
+    control_socket: Optional[str] = None
 
     @classmethod
     def from_text(cls, text: str, *, filename: str = "<config>") -> Config:

@@ -26,6 +26,7 @@ from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .rewrite import RewriteDirectives
+from .statushooks import StatusHooks
 from .values import (
     IGNORED_DIRECTIVES,
     MAX_INCLUDE_DEPTH,
@@ -69,7 +70,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, StatusHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:

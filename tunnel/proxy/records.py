@@ -36,6 +36,8 @@ class Exchange:
     vhost: str = ""
     early_in: int = 0  # tunnel bytes that came with the client's head (to the backend)
     early_out: int = 0  # tunnel bytes that came with the backend's 101 (to the client)
+    sent_at: float = 0.0  # monotonic: the request went to the backend (metrics)
+    answered_at: float = 0.0  # monotonic: the backend's response head was read
 
 
 @dataclass

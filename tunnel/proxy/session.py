@@ -35,6 +35,7 @@ from ..errors import (
     GatewayTimeout,
     Gone,
     InternalServerError,
+    NotFound,
     Redirect,
     RequestTimeout,
     TunnelError,
@@ -54,6 +55,7 @@ from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
 from ..protocol.upgrade import validate_upgrade
+from . import handlers
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
 from .records import Exchange, TunnelStart
@@ -271,11 +273,18 @@ def _handle(
     clock = time.monotonic
     scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
     ex.vhost = vhost.server_name if vhost is not None else ""
-    decision = _route(engine, scope, head, ex)
+    try:
+        decision = _route(engine, scope, head, ex)
+    except NotFound:
+        if not handlers.wanted(scope, head):
+            raise
+        # No ProxyPass takes it: a SetHandler <Location> serves it, access first (R110).
+        return (yield from handlers.serve(engine, sock, front, scope, head, ex, lambda: _local_ip(sock)))
     _check_access(scope, decision, head, ex, lambda: _local_ip(sock))  # before the upgrade checks and any backend (R70)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
+    ex.notes["route_at"] = rule.where  # a bounded metrics label (R113)
     token, key = _check_upgrade(decision, head)
     strategy = engine.strategy_for(scope)
     reserved = False
@@ -300,7 +309,9 @@ def _handle(
         if has_body:
             sent = yield from send_request_body(sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock)
             ex.bytes_in += sent.wire
+        ex.sent_at = clock()
         response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
+        ex.answered_at = clock()
         if response.status == 101:
             hs.check_switch(response)
             data = client_switch_bytes(response, token or "websocket")
