@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from .._version import __version__
 from ..accesslog import LOG_LEVELS
 from ..config import Config, ConfigError
 from ..engine import Engine
+from ..proxy.control import Cluster, ControlError, default_control_socket, private_dir
+from .ctl import ctl
 from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
 __all__ = ["main", "cli"]
@@ -126,11 +129,38 @@ def serve(
     for warning in config.warnings:
         logging.getLogger("tunnel").warning("%s", warning)
     try:
+        clusters = _clusters(config, config_file, n_workers)
         if n_workers > 1:
-            sys.exit(run_workers(config, n_workers, lambda cfg: run_engine(Engine(cfg, reuse_port=True))))
-        run_engine(Engine(config))
+            sys.exit(run_workers(config, n_workers, lambda cfg, slot: run_engine(Engine(cfg, reuse_port=True, cluster=clusters[slot]))))
+        run_engine(Engine(config, cluster=clusters[0]))
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+def _clusters(config: Config, config_file: Optional[str], n_workers: int) -> list[Cluster]:
+    """Each worker's control sockets (R117): ``tunnel ctl``'s (TunnelControlSocket, by
+    default one under the run directory for a configuration file, none for
+    --listen/--pass) is served by worker 0; with several workers each has a private one
+    in a directory next to it."""
+    import secrets
+    import tempfile
+
+    control = config.control_socket
+    if control is None:
+        control = default_control_socket(config_file) if config_file else ""
+        if control:
+            private_dir(os.path.dirname(control))
+    peers = ""
+    if n_workers > 1:
+        if control:
+            peers = control + ".workers"
+            private_dir(peers)
+        else:
+            peers = tempfile.mkdtemp(prefix="tunnel-workers-")
+    secret = secrets.token_hex(16)
+    return [Cluster(control=control if slot == 0 else "", peers=peers, slot=slot, workers=n_workers, secret=secret) for slot in range(n_workers)]
 
 
 @cli.command()
@@ -267,6 +297,9 @@ def explain(config_file: str, request_line: str, headers: tuple[str, ...], liste
     engine = Engine(config, host=LOOP_HOST)  # as `serve` runs it; nothing is started
     result = engine.explain(request_head(request_line, headers), listener=listener, peer=(client, 40000))
     click.echo(str(result))
+
+
+cli.add_command(ctl)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

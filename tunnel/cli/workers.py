@@ -54,8 +54,10 @@ def _pin_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return config.replace(listeners=tuple(listeners)), held
 
 
-def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
-    """Fork ``n`` workers each calling ``serve(config)``; supervise; return exit status."""
+def run_workers(config: Config, n: int, serve: Callable[[Config, int], None]) -> int:
+    """Fork ``n`` workers each calling ``serve(config, slot)``; supervise; return exit
+    status. A restarted worker gets the slot of the one it replaces (its control socket
+    path, ``tunnel.proxy.control.Cluster``, stays the same)."""
     config, held = _pin_ports(config)
     for lst in config.listeners:
         log.info("listening on %s (%d workers)", lst.display, n)
@@ -72,7 +74,7 @@ def run_workers(config: Config, n: int, serve: Callable[[Config], None]) -> int:
                     s.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                serve(config)
+                serve(config, slot)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker %d failed", os.getpid())
                 status = 1

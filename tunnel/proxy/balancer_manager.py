@@ -186,7 +186,7 @@ def _safe_referer(referer: Optional[str], host: str) -> bool:
         name = urlsplit(referer.strip()).hostname
     except ValueError:
         return False
-    return bool(name) and name.lower() == host.strip("[]").lower()
+    return name is not None and name != "" and name.lower() == host.strip("[]").lower()
 
 
 def status_words(row: Mapping[str, Any]) -> str:

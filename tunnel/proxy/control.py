@@ -15,6 +15,7 @@ siblings) or through `run_blocking` (``tunnel ctl``, the control thread).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,17 @@ from typing import Any, Optional
 from ..io.loop import Wait, run_blocking
 from ..io.steps import recv, sendall
 
-__all__ = ["Cluster", "ControlServer", "ControlError", "ask", "ask_blocking", "check_socket", "default_run_dir"]
+__all__ = [
+    "Cluster",
+    "ControlServer",
+    "ControlError",
+    "ask",
+    "ask_blocking",
+    "check_socket",
+    "default_run_dir",
+    "default_control_socket",
+    "private_dir",
+]
 
 log = logging.getLogger("tunnel.control")
 
@@ -80,6 +91,14 @@ def default_run_dir() -> str:
     if base and os.path.isdir(base):
         return os.path.join(base, "tunnel")
     return os.path.join("/tmp", f"tunnel-{os.getuid()}")
+
+
+def default_control_socket(config_file: str) -> str:
+    """The control socket of an instance serving ``config_file`` when no
+    ``TunnelControlSocket`` names one: ``<run dir>/<hash of the file's absolute
+    path>.sock``, so ``tunnel ctl --config FILE`` finds it."""
+    digest = hashlib.sha256(os.path.abspath(config_file).encode()).hexdigest()[:16]
+    return os.path.join(default_run_dir(), f"{digest}.sock")
 
 
 def private_dir(path: str) -> None:

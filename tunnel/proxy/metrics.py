@@ -101,7 +101,7 @@ class _Snapshot(Collector):
             if data is None:
                 continue
             buckets, running = [], 0
-            for bound, count in zip([*data["bounds"], float("inf")], data["counts"]):
+            for bound, count in zip([*data["bounds"], float("inf")], data["counts"], strict=True):
                 running += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
             fam = HistogramMetricFamily(f"tunnel_{name}_seconds", help_text)

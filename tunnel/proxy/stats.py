@@ -259,7 +259,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         out["connections"] += snap.get("connections", 0)
         for name, hist in snap.get("histograms", {}).items():
             have = out["histograms"].setdefault(name, {"bounds": hist["bounds"], "counts": [0] * len(hist["counts"]), "sum": 0.0, "count": 0})
-            have["counts"] = [a + b for a, b in zip(have["counts"], hist["counts"])]
+            have["counts"] = [a + b for a, b in zip(have["counts"], hist["counts"], strict=True)]
             have["sum"] += hist["sum"]
             have["count"] += hist["count"]
         for name, bal in snap.get("balancers", {}).items():
@@ -267,7 +267,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             if have is None:
                 out["balancers"][name] = {**bal, "members": [dict(m) for m in bal["members"]]}
                 continue
-            for mine, theirs in zip(have["members"], bal["members"]):
+            for mine, theirs in zip(have["members"], bal["members"], strict=True):
                 for key in ("busy", "elected", "transferred", "read", "errors"):
                     mine[key] += theirs[key]
         for key in ("started", "version", "config", "extended", "server_name"):

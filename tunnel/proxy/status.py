@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import os
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from ..io.loop import Wait
@@ -137,7 +137,7 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(caption: str, head: tuple[str, ...], rows: list[tuple[object, ...]], css: str) -> str:
+def _table(caption: str, head: tuple[str, ...], rows: Sequence[Sequence[object]], css: str) -> str:
     out = [f"<h2>{_e(caption)}</h2>", f'<table class="{css}"><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for row in rows:
         out.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>")
