@@ -73,11 +73,12 @@ def ctl(ctx: click.Context, config_file: Optional[str], socket_path: Optional[st
 def status(ctx: click.Context, as_json: bool) -> None:
     """The figures of server-status?auto, every worker's added up."""
     merged = _request(ctx, {"op": "status"})["status"]
-    merged["tunnels"] = []
     if as_json:
-        click.echo(json.dumps(merged, indent=2, sort_keys=True))
+        shown = {k: v for k, v in merged.items() if k != "tunnels"}  # `ctl tunnels` lists them
+        shown["tunnels_open"] = len(merged["tunnels"])
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
         return
-    click.echo(auto_text({**merged, "tunnels": []}, merged.get("server_name", "tunnel")), nl=False)
+    click.echo(auto_text(merged, merged.get("server_name", "tunnel")), nl=False)
 
 
 _COLUMNS = (

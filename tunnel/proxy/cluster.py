@@ -111,9 +111,7 @@ def _op_apply(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _op_status(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
-    merged = run_blocking(gather(engine))
-    merged.pop("tunnels", None)
-    return {"ok": True, "status": merged}
+    return {"ok": True, "status": run_blocking(gather(engine))}
 
 
 def _op_tunnels(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
