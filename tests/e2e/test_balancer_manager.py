@@ -208,3 +208,24 @@ def test_proxyset_nonce_none_allows_no_change(make_proxy, members):
     url_a = f"ws://127.0.0.1:{a}/"
     post(addr, {"b": "pool", "w": url_a, "w_status_D": "1", "nonce": ""})
     assert engine.balancers["pool"].member_named(url_a).member.status == frozenset()
+
+
+def test_member_and_close_reason_in_the_access_logs(make_proxy, members, tmp_path):
+    a, b, c = (m.address[1] for m in members)
+    text_log, json_log = tmp_path / "access.log", tmp_path / "access.json"
+    engine = make_proxy(
+        CONF.format(a=a, b=b, c=c)
+        + f'LogFormat "%r %>s %{{member}}n %{{close_reason}}n" tun\nCustomLog {text_log} tun\nCustomLog {json_log} json\n'
+    )
+    addr = engine.addresses[0]
+    sock, name = tunnel_to(addr)
+    assert name == b"A"
+    sock.close()
+    wait_for(lambda: not engine.live_tunnels(), what="the tunnel closed")
+    line = wait_for(lambda: text_log.read_text(), what="the access log line")
+    assert line.startswith(f"GET /ws/x HTTP/1.1 101 ws://127.0.0.1:{a}/ ")
+    import json
+
+    record = json.loads(json_log.read_text().splitlines()[0])
+    assert record["member"] == f"ws://127.0.0.1:{a}/" and record["balancer"] == "pool"
+    assert record["status"] == 101 and record["tunnel"] is True and record["close_reason"] == line.split(" ", 5)[5].strip()

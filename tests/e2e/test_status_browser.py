@@ -90,7 +90,9 @@ class Browser:
         target = os.environ.get("TUNNEL_DOCS_IMAGES")
         if not target:
             return
-        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
+        size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": 1280, "height": min(size["height"], 2400), "scale": 1}
+        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})["data"]
         Path(target).mkdir(parents=True, exist_ok=True)
         (Path(target) / name).write_bytes(base64.b64decode(data))
 
