@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import socket
 import ssl
@@ -27,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from ._version import __version__
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
 from .errors import ServiceUnavailable
@@ -43,7 +41,7 @@ from .proxy.explain import Explanation, explain
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
-from .proxy.stats import Recorder, balancer_view, nonce_for
+from .proxy.stats import Recorder, nonce_for, process_snapshot
 from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
@@ -501,24 +499,9 @@ class Engine:
 
     def snapshot(self) -> dict[str, Any]:
         """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
-        live = self.recorder.live()
-        budget = self.budget
-        balancers = {
-            name: balancer_view(state, nonce_for(self.cluster.secret, state.balancer), live)
-            for name, state in self.balancers.items()
-        }
-        return self.recorder.snapshot(
-            extra={
-                "pid": os.getpid(),
-                "version": __version__,
-                "config": self.config.source,
-                "extended": self.config.extended_status,
-                "server_name": self.server_name,
-                "pool": {"max": self.pool.max_threads, "busy": self.pool.busy, "threads": self.pool.threads},
-                "buffer": {"used": budget.used if budget else sum(t.start.pump.buffered for t in live), "limit": self.config.buffer_limit},
-                "connections": len(self._tasks) + len(live),
-                "balancers": balancers,
-            }
+        return process_snapshot(
+            self.recorder, self.config, self.balancers, self.cluster.secret, self.pool, self.budget,
+            connections=len(self._tasks), server_name=self.server_name,
         )
 
     def __repr__(self) -> str:

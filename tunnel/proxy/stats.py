@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import threading
 import time
 from collections import Counter
@@ -26,12 +27,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config.model import Balancer
-from ..protocol.balancer import BalancerState
-from ..tunnels.pump import Pump
+from .._version import __version__
+from ..config.model import Balancer, Config
+from ..protocol.balancer import Balancers, BalancerState
+from ..tunnels.pump import Budget, Pump
+from ..tunnels.sync_driver import ThreadPool
 from .records import Exchange, TunnelStart
 
-__all__ = ["Recorder", "LiveTunnel", "merge", "HISTOGRAMS", "route_label", "reason_class", "balancer_view", "nonce_for"]
+__all__ = ["Recorder", "LiveTunnel", "merge", "HISTOGRAMS", "route_label", "reason_class", "balancer_view", "nonce_for", "process_snapshot"]
 
 #: Histogram bucket bounds, seconds (Prometheus ``le``; +Inf is implied).
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -196,6 +199,35 @@ def _tunnel_row(t: LiveTunnel, now: float) -> dict[str, Any]:
         "to_client": ex.early_out + pump.b2c.count,
         "buffered": pump.buffered,
     }
+
+
+def process_snapshot(
+    recorder: Recorder,
+    config: Config,
+    balancers: Balancers,
+    secret: str,
+    pool: ThreadPool,
+    budget: Optional[Budget],
+    *,
+    connections: int,
+    server_name: str,
+) -> dict[str, Any]:
+    """An engine's snapshot: the recorder's figures and tunnels, plus the pool, the
+    buffer budget, the client connections and every balancer."""
+    live = recorder.live()
+    return recorder.snapshot(
+        extra={
+            "pid": os.getpid(),
+            "version": __version__,
+            "config": config.source,
+            "extended": config.extended_status,
+            "server_name": server_name,
+            "pool": {"max": pool.max_threads, "busy": pool.busy, "threads": pool.threads},
+            "buffer": {"used": budget.used if budget else sum(t.start.pump.buffered for t in live), "limit": config.buffer_limit},
+            "connections": connections + len(live),
+            "balancers": {name: balancer_view(state, nonce_for(secret, state.balancer), live) for name, state in balancers.items()},
+        }
+    )
 
 
 def nonce_for(secret: str, balancer: Balancer) -> str:
