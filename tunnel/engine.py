@@ -215,6 +215,10 @@ class Engine:
         for path in paths:
             self._controls.append(ControlServer(path, handler))
             log.info("control socket %s", path)
+        if cluster.siblings():
+            source = cluster_ops.adopt(self._services)
+            if source is not None:
+                log.info("balancer settings taken from worker %d", source)
 
     def start(self) -> Engine:
         """Serve on a background thread; returns once the listeners are bound."""

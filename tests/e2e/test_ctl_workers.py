@@ -176,6 +176,15 @@ def test_two_workers_one_scrape_one_page_one_change(tmp_path, members, raw_echo)
             names.add(recv_exactly(s, 1, initial=rest))
             socks.append(s)
         assert names == {b"B"}  # neither worker elects the disabled member
+        # a worker restarted after a crash takes the change from its sibling
+        victim = next(int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
+        os.kill(victim, signal.SIGKILL)
+        read_line_matching(proc, r"exited with status -9; restarting", stream="stderr")
+        read_line_matching(proc, r"balancer settings taken from worker", stream="stderr")
+        for _ in range(16):
+            s, rest = tunnel_to(port)
+            assert recv_exactly(s, 1, initial=rest) == b"B"
+            socks.append(s)
         for s in socks:
             s.close()
     finally:

@@ -252,3 +252,10 @@ def test_upgrade_refused_is_a_handshake_status(make_proxy, raw_echo):
     sock.close()
     assert status_of(head) == 426
     assert value(scrape(addr), "tunnel_handshakes_total", status="426") == 1
+
+
+def test_sethandler_in_a_vhost_scope_serves_every_unrouted_path(make_proxy):
+    engine = make_proxy("<VirtualHost *:*>\nSetHandler server-status\n</VirtualHost>\n")
+    addr = engine.addresses[0]
+    assert "TunnelsOpen" in auto(addr, "/anything?auto")
+    assert http_get(addr, "/x", method="DELETE")[0] == 405

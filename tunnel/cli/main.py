@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -131,7 +132,12 @@ def serve(
     try:
         clusters = _clusters(config, config_file, n_workers)
         if n_workers > 1:
-            sys.exit(run_workers(config, n_workers, lambda cfg, slot: run_engine(Engine(cfg, reuse_port=True, cluster=clusters[slot]))))
+            try:
+                status = run_workers(config, n_workers, lambda cfg, slot: run_engine(Engine(cfg, reuse_port=True, cluster=clusters[slot])))
+            finally:
+                if not clusters[0].control:  # a directory of our own for the workers' sockets
+                    shutil.rmtree(clusters[0].peers, ignore_errors=True)
+            sys.exit(status)
         run_engine(Engine(config, cluster=clusters[0]))
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None

@@ -23,7 +23,7 @@ from .control import ControlError, ask
 from .services import Services
 from .stats import merge
 
-__all__ = ["gather", "apply_change", "push", "OPS", "handle", "PEER_TIMEOUT", "Change"]
+__all__ = ["gather", "apply_change", "push", "adopt", "OPS", "handle", "PEER_TIMEOUT", "Change"]
 
 #: How long one sibling may take to answer.
 PEER_TIMEOUT = 2.0
@@ -99,6 +99,44 @@ def push(engine: Services, change: Change, timeout: float = PEER_TIMEOUT) -> Gen
             continue
         rows.append({"worker": slot, "ok": bool(answer.get("ok")), "error": answer.get("error")})
     return rows
+
+
+def adopt(engine: Services, timeout: float = 1.0) -> Optional[int]:
+    """A worker (re)starting takes the balancer settings of the first sibling that
+    answers, so changes made before it started are not lost. Returns that sibling's slot,
+    or None when none answered (the first start: all begin from the configuration)."""
+    cluster = engine.cluster
+    for slot in cluster.siblings():
+        try:
+            answer = run_blocking(ask(cluster.peer_path(slot), {"op": "snapshot"}, time.monotonic() + timeout))
+        except ControlError:
+            continue
+        views = (answer.get("snapshot") or {}).get("balancers") or {}
+        for name, view in views.items():
+            if name not in engine.config.balancers:
+                continue
+            state = engine.balancer(name)
+            state.update_balancer(
+                lbmethod=view["lbmethod"],
+                timeout=int(view["timeout"]),
+                nofailover=bool(view["nofailover"]),
+                stickysession=tuple(view["stickysession"]),
+            )
+            for row in view["members"]:
+                try:
+                    member = state.member_named(row["name"])
+                    state.update_member(
+                        member,
+                        flags={flag: flag in row["status"] for flag in "INDHRS"},
+                        loadfactor=int(row["loadfactor"]),
+                        lbset=int(row["lbset"]),
+                        route=str(row["route"]),
+                        redirect=str(row["redirect"]),
+                    )
+                except (KeyError, BadChange):
+                    continue
+        return slot
+    return None
 
 
 def _op_snapshot(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def _handler_for(scope: Scope, head: RequestHead) -> tuple[Optional[Handler], st
 
 def wanted(scope: Scope, head: RequestHead) -> bool:
     """Whether a SetHandler applies to this request's path (no ProxyPass took it)."""
-    if not scope.locations:
+    if not scope.handler and not any(dict(loc.settings).get("handler") for loc in scope.locations):
         return False
     try:
         handler, _, _ = _handler_for(scope, head)
