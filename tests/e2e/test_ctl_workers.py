@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.e2e.test_status import auto, scrape, value
+from tests.e2e.test_workers import children_of
 from tests.support.backends import Recorder
 from tests.support.clients import raw_upgrade, recv_exactly, status_of
 from tests.support.processes import read_line_matching, spawn, stop
@@ -177,7 +178,7 @@ def test_two_workers_one_scrape_one_page_one_change(tmp_path, members, raw_echo)
             socks.append(s)
         assert names == {b"B"}  # neither worker elects the disabled member
         # a worker restarted after a crash takes the change from its sibling
-        victim = next(int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
+        victim = children_of(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         read_line_matching(proc, r"exited with status -9; restarting", stream="stderr")
         read_line_matching(proc, r"balancer settings taken from worker", stream="stderr")
