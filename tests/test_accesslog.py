@@ -102,3 +102,16 @@ def test_a_bad_log_format_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         Config.from_text(f'LogFormat "%h %Z" bad\nCustomLog {tmp_path}/a.log bad\n', filename="t.conf")
     assert "%Z" in str(info.value)
+
+
+def test_json_lines_and_the_tunnel_notes():
+    import json
+
+    from tunnel.accesslog import formatter_for
+
+    entry = Entry(**{**{f: getattr(ENTRY, f) for f in ENTRY.__slots__}, "notes": {"member": "ws://b1/", "close_reason": "eof", "other": "x"}})
+    line = formatter_for("json").format(entry)
+    record = json.loads(line)
+    assert record["status"] == 101 and record["member"] == "ws://b1/" and record["close_reason"] == "eof"
+    assert "other" not in record and record["user_agent"] == 'ua "quoted"' and record["duration_us"] == 2500000
+    assert Formatter("%{member}n %{close_reason}n %{route}n").format(entry) == "ws://b1/ eof -"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -11,7 +12,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-__all__ = ["COMMON", "COMBINED", "PREDEFINED_LOG_FORMATS", "LOG_LEVELS", "Entry", "Formatter", "AccessLog", "env_value"]
+__all__ = [
+    "COMMON",
+    "COMBINED",
+    "PREDEFINED_LOG_FORMATS",
+    "LOG_LEVELS",
+    "JSON_FORMAT",
+    "Entry",
+    "Formatter",
+    "JsonFormatter",
+    "formatter_for",
+    "AccessLog",
+    "env_value",
+]
 
 COMMON = '%h %l %u %t "%r" %>s %b'
 COMBINED = COMMON + ' "%{Referer}i" "%{User-Agent}i"'
@@ -206,6 +219,50 @@ def env_value(env: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+#: ``CustomLog FILE json``: one JSON object per line (R118), unless a LogFormat defines
+#: a nickname "json" itself (a configuration's own nickname wins).
+JSON_FORMAT = "json"
+#: The notes a JSON line carries when set (tunnel's per-request facts).
+JSON_NOTES = ("route", "rewrite", "backend", "balancer", "member", "strategy", "close_reason", "to_backend", "to_client", "tunnel_id", "handler")
+
+
+class JsonFormatter:
+    """``CustomLog FILE json``: the entry's fields as one JSON object."""
+
+    def format(self, e: Entry) -> str:
+        record: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(e.start or time.time())),
+            "remote": e.remote_host,
+            "vhost": e.vhost,
+            "port": e.server_port,
+            "request": e.request_line,
+            "method": e.method,
+            "path": e.path,
+            "protocol": e.protocol,
+            "status": e.status,
+            "bytes_in": e.bytes_in,
+            "bytes_out": e.bytes_out,
+            "body_bytes": e.body_bytes,
+            "duration_us": int(e.duration * 1_000_000),
+            "tunnel": e.tunnel,
+            "referer": e.request_headers.get("referer"),
+            "user_agent": e.request_headers.get("user-agent"),
+        }
+        record.update({k: str(e.notes[k]) for k in JSON_NOTES if k in e.notes})
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+
+
+def formatter_for(fmt: str) -> Formatter | JsonFormatter:
+    """The formatter of a resolved CustomLog format: `JSON_FORMAT` or a LogFormat string.
+
+    Raises:
+        ValueError: an unknown directive in a format string.
+    """
+    return JsonFormatter() if fmt == JSON_FORMAT else Formatter(fmt)
+
+
+
+
 def _env_field(e: Entry, name: str) -> str:
     """%{VAR}e: the value escaped ("" when set empty), "-" when not set."""
     value = env_value(e.notes, name)
@@ -227,10 +284,10 @@ class AccessLog:
 
     def __init__(self, targets: Sequence[tuple[str, str]], conditions: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
-        self._outs: list[tuple[TextIO, Formatter, bool, str]] = []
+        self._outs: list[tuple[TextIO, Formatter | JsonFormatter, bool, str]] = []
         try:
             for i, (path, fmt) in enumerate(targets):
-                formatter = Formatter(fmt)  # a bad format fails before its file is opened
+                formatter = formatter_for(fmt)  # a bad format fails before its file is opened
                 condition = conditions[i] if i < len(conditions) else ""
                 if path == "-":
                     self._outs.append((sys.stdout, formatter, False, condition))

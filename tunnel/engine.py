@@ -19,13 +19,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import socket
 import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
@@ -37,11 +38,14 @@ from .io.names import resolve_vhost_names
 from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
+from .proxy import cluster as cluster_ops
+from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.lifecycle import Drain, Lifecycle, bound_address
 from .proxy.records import Exchange, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
+from .proxy.stats import Recorder, nonce_for, process_snapshot
 from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
@@ -66,6 +70,8 @@ class Engine(Lifecycle):
             while its own loop runs, and cannot otherwise.
         server_name: the name for X-Forwarded-Server when no ServerName is set.
         reuse_port: listen with SO_REUSEPORT (worker processes sharing ports).
+        cluster: its control sockets and sibling workers (``tunnel serve`` gives it);
+            by default only the ``TunnelControlSocket`` the configuration names.
     """
 
     def __init__(
@@ -75,12 +81,19 @@ class Engine(Lifecycle):
         host: Optional[HostCapabilities] = None,
         server_name: Optional[str] = None,
         reuse_port: bool = False,
+        cluster: Optional[Cluster] = None,
     ) -> None:
         # <VirtualHost name:port>: the names looked up once, as httpd does at start-up (R90).
         config, unresolved = resolve_vhost_names(config)
         for warning in unresolved:
             log.warning("%s", warning)
         self.config = config
+        self.cluster = cluster or Cluster(control=config.control_socket or "")
+        if not self.cluster.secret:
+            self.cluster = Cluster(**{**self.cluster.__dict__, "secret": secrets.token_hex(16)})
+        #: requests, handshakes, tunnels and bytes for server-status, metrics, tunnel ctl.
+        self.recorder = Recorder(worker=self.cluster.slot)
+        self._controls: list[ControlServer] = []
         self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()
         self.pool = ThreadPool(config.max_tunnel_threads)
@@ -96,7 +109,7 @@ class Engine(Lifecycle):
         self._acceptors: list[Acceptor] = []
         self._tasks: set[Task] = set()
         self._tunnels: set[AsyncTunnel] = set()
-        self._live: set[Pump] = set()
+        self._live: dict[Pump, TunnelStart] = {}
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
@@ -188,6 +201,13 @@ class Engine(Lifecycle):
             self._start_error = exc
             self._ready.set()
             raise
+        try:
+            self._open_controls()
+        except BaseException as exc:
+            self._teardown(loop)
+            self._start_error = exc
+            self._ready.set()
+            raise
         self._loop = loop
         loop.call_soon(self._ready.set)
         try:
@@ -207,6 +227,24 @@ class Engine(Lifecycle):
         self._configured[acc] = listener
         log.info("listening on %s", bound.display)
         return acc
+
+    def _open_controls(self) -> None:
+        """The control sockets: ``tunnel ctl``'s and this worker's private one (R116)."""
+        cluster = self.cluster
+
+        def handler(request: dict[str, Any]) -> dict[str, Any]:
+            return cluster_ops.handle(self._services, request)
+
+        paths = [cluster.control] if cluster.control else []
+        if cluster.peers:
+            paths.append(cluster.peer_path(cluster.slot))
+        for path in paths:
+            self._controls.append(ControlServer(path, handler))
+            log.info("control socket %s", path)
+        if cluster.siblings():
+            source = cluster_ops.adopt(self._services)
+            if source is not None:
+                log.info("balancer settings taken from worker %d", source)
 
     def start(self) -> Engine:
         """Serve on a background thread; returns once the listeners are bound."""
@@ -283,6 +321,9 @@ class Engine(Lifecycle):
                     pass
 
     def _teardown(self, loop: Loop) -> None:
+        for control in self._controls:
+            control.close()
+        self._controls.clear()
         for acc in self._acceptors:
             acc.close()
         self._acceptors.clear()
@@ -360,7 +401,8 @@ class Engine(Lifecycle):
         with self._lock:
             self.stats[f"tunnels.{strategy}"] += 1
             self.stats["tunnels.open"] += 1
-            self._live.add(ts.pump)
+            self._live[ts.pump] = ts
+        ts.exchange.notes["tunnel_id"] = self.recorder.tunnel_opened(ts, str(strategy))
         ts.exchange.notes["strategy"] = strategy
         scope = ts.scope
         pump = ts.pump
@@ -472,7 +514,8 @@ class Engine(Lifecycle):
         with self._lock:
             self.stats["tunnels.open"] -= 1
             self.stats["tunnels.closed"] += 1
-            self._live.discard(pump)
+            self._live.pop(pump, None)
+            self.recorder.tunnel_closed(ts)
         if self._drain is not None:
             loop = self._loop
             if loop is not None and loop.running:
@@ -480,6 +523,8 @@ class Engine(Lifecycle):
 
     def _log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""
+        if not ex.tunnel:
+            self.recorder.request_done(ex)  # a tunnel was counted when it opened and closed
         if not self.access_log.enabled:
             return
         head = ex.head
@@ -504,6 +549,13 @@ class Engine(Lifecycle):
                 vhost=ex.vhost,
                 tunnel=ex.tunnel,
             )
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
+        return process_snapshot(
+            self.recorder, self.config, self.balancers, self.cluster.secret, self.pool, self.budget,
+            connections=len(self._tasks), server_name=self.server_name,
         )
 
     def __repr__(self) -> str:
@@ -587,3 +639,13 @@ class _Services(Services):
 
     def log_exchange(self, ex: Exchange) -> None:
         self._engine._log_exchange(ex)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._engine.snapshot()
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._engine.cluster
+
+    def nonce(self, balancer: str) -> str:
+        return nonce_for(self._engine.cluster.secret, self._engine.config.balancers[balancer])

@@ -472,6 +472,7 @@ def test_snapshot_fields() -> None:
         "index": 0,
         "name": "ws://a/",
         "route": "n1",
+        "redirect": "",
         "lbset": 0,
         "loadfactor": 3,
         "status": "IN",
@@ -481,6 +482,7 @@ def test_snapshot_fields() -> None:
         "lbstatus": 0,
         "transferred": 5,
         "read": 7,
+        "errors": 0,
         "error_for": None,
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +17,7 @@ from .._version import __version__
 from ..accesslog import LOG_LEVELS
 from ..config import Config, ConfigError
 from ..engine import Engine
+from ..proxy.control import Cluster, ControlError, default_control_socket, private_dir
 from .ctl import ctl
 from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
@@ -143,17 +146,52 @@ def serve(
         setup_logging(new, log_level)
 
     try:
+        clusters = _clusters(config, config_file, n_workers)
         if n_workers > 1:
 
-            def serve_worker(cfg: Config, reload: Optional[Callable[[], Config]]) -> None:
-                run_engine(Engine(cfg, reuse_port=True), loader=reload, graceful_term=graceful_term, on_reload=relog)
+            def serve_worker(cfg: Config, reload: Optional[Callable[[], Config]], slot: int) -> None:
+                engine = Engine(cfg, reuse_port=True, cluster=clusters[slot])
+                run_engine(engine, loader=reload, graceful_term=graceful_term, on_reload=relog)
 
-            sys.exit(
-                run_workers(config, n_workers, serve_worker, loader=loader, pid_file=pid_file, graceful_term=graceful_term)
-            )
-        run_engine(Engine(config), loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog)
+            try:
+                status = run_workers(
+                    config, n_workers, serve_worker, loader=loader, pid_file=pid_file, graceful_term=graceful_term
+                )
+            finally:
+                if not clusters[0].control:  # a directory of our own for the workers' sockets
+                    shutil.rmtree(clusters[0].peers, ignore_errors=True)
+            sys.exit(status)
+        run_engine(
+            Engine(config, cluster=clusters[0]), loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog
+        )
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc.strerror or exc}") from None
+
+
+def _clusters(config: Config, config_file: Optional[str], n_workers: int) -> list[Cluster]:
+    """Each worker's control sockets (R117): ``tunnel ctl``'s (TunnelControlSocket, by
+    default one under the run directory for a configuration file, none for
+    --listen/--pass) is served by worker 0; with several workers each has a private one
+    in a directory next to it."""
+    import secrets
+    import tempfile
+
+    control = config.control_socket
+    if control is None:
+        control = default_control_socket(config_file) if config_file else ""
+        if control:
+            private_dir(os.path.dirname(control))
+    peers = ""
+    if n_workers > 1:
+        if control:
+            peers = control + ".workers"
+            private_dir(peers)
+        else:
+            peers = tempfile.mkdtemp(prefix="tunnel-workers-")
+    secret = secrets.token_hex(16)
+    return [Cluster(control=control if slot == 0 else "", peers=peers, slot=slot, workers=n_workers, secret=secret) for slot in range(n_workers)]
 
 
 @cli.command()

@@ -68,8 +68,10 @@ def _repin(config: Config, pinned: dict[tuple[str, bool], int]) -> Config:
     return config.replace(listeners=listeners)
 
 
-#: What a worker runs: its configuration and how to read it again (None: no file).
-Serve = Callable[[Config, Optional[Callable[[], Config]]], None]
+#: What a worker runs: its configuration, how to read it again (None: no file) and its
+#: slot (a restarted worker gets the slot of the one it replaces, so its control socket
+#: path, ``tunnel.proxy.control.Cluster``, stays the same).
+Serve = Callable[[Config, Optional[Callable[[], Config]], int], None]
 
 
 def run_workers(
@@ -81,7 +83,7 @@ def run_workers(
     pid_file: Optional[PidFile] = None,
     graceful_term: bool = False,
 ) -> int:
-    """Fork ``n`` workers each calling ``serve(config, reload)``; supervise; return exit status.
+    """Fork ``n`` workers each calling ``serve(config, reload, slot)``; supervise; return exit status.
 
     The supervisor takes httpd's signals (`tunnel.cli.lifecycle.SIGNALS`) with
     ``sigwait`` and passes each on to every worker: a stop or graceful stop ends the
@@ -110,7 +112,7 @@ def run_workers(
                 for s in held:
                     s.close()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                serve(config, reload)
+                serve(config, reload, slot)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker %d failed", os.getpid())
                 status = 1

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..accesslog import PREDEFINED_LOG_FORMATS, Formatter
+from ..accesslog import JSON_FORMAT, PREDEFINED_LOG_FORMATS, formatter_for
 from ..errors import ConfigError
 from .checks import route_warnings
 from .headers import EnvDraft
@@ -254,15 +254,14 @@ def finish(p: Draft, source: str) -> Config:
         fmt = given if given is not None else (p.log_default_format or "common")
         if fmt in p.log_formats:
             fmt = p.log_formats[fmt]
-        elif "%" not in fmt:
+        elif "%" not in fmt and fmt != JSON_FORMAT:
             raise ConfigError(
                 f'{directive}: unknown log format nickname "{fmt}" (define it with LogFormat)',
                 file=where_file,
                 line=where_line,
             )
         try:
-
-            Formatter(fmt)
+            formatter_for(fmt)
         except ValueError as exc:
             raise ConfigError(f"{directive}: bad log format: {exc}", file=where_file, line=where_line) from None
         custom_logs.append((file, fmt))

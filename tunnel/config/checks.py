@@ -80,9 +80,26 @@ def route_warnings(config: Config) -> list[str]:
                 found[f"{later.where}: ProxyPass {later.path} {later_display} is never used: the ws route at "
                       f"{rule.where} ({display}) takes every request under {rule.path}, plain ones as HTTP "
                       "to its own backend, under ProxyWebsocketFallbackToProxyHttp On (R3)"] = None
+        found.update(dict.fromkeys(_shadowed_handlers(scope)))
     return list(found)
 
 
+def _shadowed_handlers(scope: Scope) -> list[str]:
+    """R110: a SetHandler `<Location>` whose path a ProxyPass takes first is proxied, as
+    in httpd; a ``ProxyPass PATH !`` before it leaves the path to the handler."""
+    out = []
+    for loc in scope.locations:
+        handler = dict(loc.settings).get("handler")
+        if not handler or loc.is_regex:
+            continue
+        for rule in scope.rules:
+            if rule.is_regex or not alias_match(loc.path, rule.path):
+                continue
+            if not rule.exclude:
+                out.append(f"{loc.file}:{loc.line}: SetHandler {handler} at {loc.path} is never used: ProxyPass "
+                           f"{rule.path} at {rule.where} takes the path first; add ProxyPass {loc.path} ! before it (R110)")
+            break
+    return out
 
 
 def _verify_warnings(config: Config, found: dict[str, None]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .statushooks import handler_name
 from .values import (
     encoded_slashes,
     on_off,
@@ -81,6 +82,7 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("DocumentRoot", "document_root", text_value, _SV),
         ("LimitRequestBody", "limit_request_body", request_body_limit, _SVL),
         ("ProxyVia", "via", via_mode, _SV),
+        ("SetHandler", "handler", handler_name, _SVL),
     )
 }
 
@@ -159,6 +161,8 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RedirectMatch", "_redirect_match", _SVL),
         ("RedirectPermanent", "_redirect_permanent", _SVL),
         ("RedirectTemp", "_redirect_temp", _SVL),
+        ("ExtendedStatus", "_extended_status", _S),
+        ("TunnelControlSocket", "_tunnel_control_socket", _S),
     )
 }
 

@@ -240,6 +240,7 @@ class Balancer:
     file: str = "<config>"
     line: int = 0
     failontimeout: bool = False
+    nonce: Optional[str] = None  # ProxySet nonce= ("" for None); None: made at start
 
 
 @dataclass(frozen=True)
@@ -430,6 +431,9 @@ class Scope:
     #: Header, RequestHeader, SetEnv/UnsetEnv/PassEnv and SetEnvIf lines: the main
     #: server's, then the vhost's (R80-R84); `<Location>` ones are in ``locations``.
     env: EnvDirectives = EMPTY_ENV
+    #: SetHandler: a handler tunnel serves itself (server-status, balancer-manager,
+    #: metrics) for requests no ProxyPass takes; "" for none (R110).
+    handler: str = ""
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""
@@ -481,6 +485,11 @@ class Config:
     #: (directive, "file:line") of each line accepted and ignored, for configtest (R97)
     ignored: tuple[tuple[str, str], ...] = ()
     source: str = "<config>"
+    #: ExtendedStatus: the per-tunnel table and the totals on server-status (R111).
+    extended_status: bool = True
+    #: TunnelControlSocket: the unix socket `tunnel ctl` talks to; None: the default
+    #: path under the run directory (R117).
+    control_socket: Optional[str] = None
 
     @classmethod
     def from_text(cls, text: str, *, filename: str = "<config>", defines: Sequence[str] = ()) -> Config:

@@ -32,6 +32,7 @@ from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .remoteip import RemoteIPHooks
 from .rewrite import RewriteDirectives
+from .statushooks import StatusHooks
 from .tlshooks import TLSHooks
 from .values import (
     IGNORED_DIRECTIVES,
@@ -95,7 +96,17 @@ def _one(args: list[str], what: str = "one argument") -> str:
 
 
 class _Parser(
-    Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks, HeaderHooks, LifecycleHooks
+    Draft,
+    AccessHooks,
+    LogHooks,
+    RewriteDirectives,
+    CoreHooks,
+    TLSHooks,
+    AliasHooks,
+    RemoteIPHooks,
+    HeaderHooks,
+    LifecycleHooks,
+    StatusHooks,
 ):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 

@@ -503,7 +503,14 @@ _BALANCER_KEYS: dict[str, Callable[[str], Any]] = {
     "timeout": _seconds_or_zero,
     "failonstatus": _status_list,
     "failontimeout": on_off,
+    "nonce": lambda v: "" if v.lower() == "none" else _nonce(v),
 }
+
+
+def _nonce(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", value):
+        raise Expected("None or a nonce of 1 to 64 letters, digits, '-', '.', '_', '~'", value)
+    return value
 
 
 def balancer_key(key: str, value: str) -> Any:

@@ -41,6 +41,17 @@ business (it may pick again); this module never sleeps.
 Thread safety: each `BalancerState` guards its counters with its own lock (made by the
 caller's lock factory: this module starts and imports no threads), taken by every public
 method, since the loop thread and sync tunnel threads share it.
+
+**Live changes** (balancer-manager, ``tunnel ctl member``; R112): `BalancerState.update_member`
+and `BalancerState.update_balancer` change a member's status flags, loadfactor, lbset,
+route and redirect, or the balancer's lbmethod, timeout, maxattempts, nofailover and
+stickysession, as mod_proxy_balancer's form does. The configuration objects are frozen:
+a change replaces ``MemberState.member`` / ``BalancerState.balancer`` with a modified
+copy under the lock, so every reader sees either the old or the new values whole. A
+member that becomes usable, or a new lbmethod, resets the lbmethod's counters (httpd's
+``need_reset``): ``lbstatus`` for byrequests and bybusyness, the byte counters for
+bytraffic. ``busy`` is never reset: it counts the open tunnels, which a reset would
+lose (httpd's bybusyness zeroes it).
 """
 
 from __future__ import annotations
@@ -51,9 +62,10 @@ from typing import Any, Optional
 
 from ..config.model import Balancer, Member, Target
 from ..errors import ConfigError, ServiceUnavailable
+from .balancer_live import SETTABLE_FLAGS, BadChange, LiveChanges
 from .lbmethods import LBMETHODS, Tally, charge
 
-__all__ = ["MemberState", "BalancerState", "Balancers", "LBMETHODS"]
+__all__ = ["MemberState", "BalancerState", "Balancers", "LBMETHODS", "SETTABLE_FLAGS", "BadChange"]
 
 Clock = Callable[[], float]
 #: Makes the lock that guards one balancer's counters (``threading.Lock`` in the engine,
@@ -62,8 +74,6 @@ LockFactory = Callable[[], AbstractContextManager[object]]
 
 #: Status flags that make a member unusable for any pick (R42): disabled, stopped.
 _OFF_FLAGS = frozenset("DS")
-
-
 class MemberState:
     """The runtime state of one `Member` (httpd's shared ``proxy_worker_shared``).
 
@@ -80,9 +90,10 @@ class MemberState:
         error_until: in error state until this clock time; None when not in error.
     """
 
-    __slots__ = ("member", "index", "lbstatus", "busy", "transferred", "read", "elected", "error_until")
+    __slots__ = ("member", "index", "lbstatus", "busy", "transferred", "read", "elected", "error_until", "errors")
 
     def __init__(self, member: Member, index: int) -> None:
+        #: the member's settings: the configuration's, or a copy a live change made.
         self.member = member
         self.index = index
         self.lbstatus = 0
@@ -91,6 +102,8 @@ class MemberState:
         self.read = 0
         self.elected = 0
         self.error_until: Optional[float] = None
+        #: how many times it was put in error state (connect failures).
+        self.errors = 0
 
     @property
     def target(self) -> Target:
@@ -119,7 +132,7 @@ class MemberState:
         )
 
 
-class BalancerState:
+class BalancerState(LiveChanges):
     """The runtime state of one ``balancer://NAME``: its members' counters and errors.
 
     Args:
@@ -153,13 +166,15 @@ class BalancerState:
         )
         self._clock = clock
         self._lock: AbstractContextManager[object] = lock if lock is not None else nullcontext()
+        #: members grouped by lbset, the sets in ascending order, members in config order.
+        self._tiers: tuple[tuple[MemberState, ...], ...] = ()
+        self._group_tiers()
+
+    def _group_tiers(self) -> None:
         by_set: dict[int, list[MemberState]] = {}
         for state in self.members:
             by_set.setdefault(state.member.lbset, []).append(state)
-        #: members grouped by lbset, the sets in ascending order, members in config order.
-        self._tiers: tuple[tuple[MemberState, ...], ...] = tuple(
-            tuple(by_set[lbset]) for lbset in sorted(by_set)
-        )
+        self._tiers = tuple(tuple(by_set[lbset]) for lbset in sorted(by_set))
 
     @property
     def name(self) -> str:
@@ -334,6 +349,7 @@ class BalancerState:
         with self._lock:
             start = self._clock() if now is None else now
             member.error_until = start + member.member.retry
+            member.errors += 1
 
     def mark_ok(self, member: MemberState) -> None:
         """Take ``member`` out of error state (it just answered).
@@ -375,10 +391,10 @@ class BalancerState:
 
         Returns:
             One dict per member, in configuration order, with: ``index``, ``name``,
-            ``route``, ``lbset``, ``loadfactor``, ``status`` (the configured flags, plus
-            ``E`` while in error state), ``usable``, ``busy``, ``elected``, ``lbstatus``,
-            ``transferred``, ``read`` and ``error_for`` (seconds of error state left, or
-            None).
+            ``route``, ``redirect``, ``lbset``, ``loadfactor``, ``status`` (the flags in
+            force, plus ``E`` while in error state), ``usable``, ``busy``, ``elected``,
+            ``lbstatus``, ``transferred``, ``read``, ``errors`` and ``error_for``
+            (seconds of error state left, or None).
         """
         with self._lock:
             now = self._clock()
@@ -391,6 +407,7 @@ class BalancerState:
                         "index": m.index,
                         "name": m.name,
                         "route": m.route,
+                        "redirect": m.member.redirect,
                         "lbset": m.member.lbset,
                         "loadfactor": m.loadfactor,
                         "status": flags,
@@ -400,6 +417,7 @@ class BalancerState:
                         "lbstatus": m.lbstatus,
                         "transferred": m.transferred,
                         "read": m.read,
+                        "errors": m.errors,
                         "error_for": m.error_until - now if m.error_until is not None and in_error else None,
                     }
                 )

@@ -95,6 +95,8 @@ def connect_backend(
         target = Target(mt.scheme, mt.host, mt.port, _join(mt.path, decision.backend_path), mt.unix_path)
         ex.notes["backend"] = str(target)
         ex.notes["balancer_member"] = str(mt)
+        ex.notes["member"] = member.name  # %{member}n (R118)
+        ex.notes["balancer"] = decision.balancer
         ctimeout = member.member.connectiontimeout or scope.connect_timeout(rule)
         balancer.acquire(member)
         try:

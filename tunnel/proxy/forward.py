@@ -25,7 +25,7 @@ from ..protocol.h11compat import take_trailing
 from ..protocol.heads import HOP_BY_HOP, ResponseHead
 from ..protocol.request import FrontEnd
 
-__all__ = ["send_request_body", "relay_response", "drain_request_body", "send_to_client", "Counted"]
+__all__ = ["send_request_body", "relay_response", "drain_request_body", "read_request_body", "send_to_client", "Counted"]
 
 Step = Generator[Wait, None, object]
 #: What ``h11.Connection.next_event`` returns: an event, or NEED_DATA / PAUSED.
@@ -173,6 +173,27 @@ def drain_request_body(client: Endpoint, front: FrontEnd, *, deadline: float, li
         else:
             return False
     return False
+
+
+def read_request_body(client: Endpoint, front: FrontEnd, *, deadline: float, limit: int) -> Generator[Wait, None, tuple[bytes, int]]:
+    """Read a request body we answer ourselves (a handler's form), up to ``limit``
+    bytes. Returns the body and the bytes it took on the wire (framing included, %I).
+
+    Raises:
+        BadRequest: the body is longer than ``limit`` or malformed.
+        RequestTimeout: it did not arrive by ``deadline``.
+    """
+    wire = _Wire()
+    body = bytearray()
+    while front.conn.their_state is h11.SEND_BODY:
+        event = yield from _client_event(client, front, deadline, wire)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > limit:
+                raise BadRequest(f"request body longer than {limit} bytes")
+        elif not isinstance(event, h11.EndOfMessage):
+            break
+    return bytes(body), wire.n
 
 
 def response_headers(response: ResponseHead) -> list[tuple[str, str]]:

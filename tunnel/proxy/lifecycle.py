@@ -36,6 +36,7 @@ from ..protocol.balancer import Balancers
 from ..tunnels.async_driver import AsyncTunnel
 from ..tunnels.pump import Budget, Pump
 from ..tunnels.sync_driver import ThreadPool
+from .records import TunnelStart
 
 __all__ = ["Lifecycle", "Drain", "DEFAULT_WINDOW", "listener_key", "bound_address"]
 
@@ -88,7 +89,7 @@ class Lifecycle:
     _acceptors: list[Acceptor]
     _configured: dict[Acceptor, Listener]
     _drain: Optional[Drain]
-    _live: set[Pump]
+    _live: dict[Pump, TunnelStart]
     _tunnels: set[AsyncTunnel]
     _tasks: set[Task]
     _stopping: threading.Event

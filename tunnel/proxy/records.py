@@ -45,6 +45,8 @@ class Exchange:
     #: the TCP peer when ``peer`` is the client a PROXY header or RemoteIPHeader named
     #: (%{c}a); None when they are the same.
     connection_peer: Optional[InetAddress] = None
+    sent_at: float = 0.0  # monotonic: the request went to the backend (metrics)
+    answered_at: float = 0.0  # monotonic: the backend's response head was read
 
 
 @dataclass

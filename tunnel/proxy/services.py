@@ -8,13 +8,14 @@ them and a test can serve a connection with any object that provides these.
 from __future__ import annotations
 
 import ssl
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from ..config.model import Config, Listener, ProxyRule, Scope, Target
 from ..io.streams import Endpoint
 from ..protocol.balancer import BalancerState
 from ..tunnels.pump import Pump
 from ..tunnels.strategy import Strategy
+from .control import Cluster
 from .records import Exchange
 
 __all__ = ["Services"]
@@ -78,4 +79,17 @@ class Services(Protocol):
 
     def log_exchange(self, ex: Exchange) -> None:
         """Write the access-log entry of a finished request or tunnel."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
+        ...
+
+    @property
+    def cluster(self) -> Cluster:
+        """Where this process's control sockets and its sibling workers' are."""
+        ...
+
+    def nonce(self, balancer: str) -> str:
+        """balancer-manager's nonce of ``balancer://balancer`` (the same in every worker)."""
         ...

@@ -33,6 +33,7 @@ from ..errors import (
     ClientError,
     ClientGone,
     GatewayTimeout,
+    NotFound,
     RequestTimeout,
     TunnelError,
     UpstreamError,
@@ -47,7 +48,7 @@ from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.routing import RouteResult, why_plain
-from . import envphase
+from . import envphase, handlers
 from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, response_headers, send_request_body, send_to_client
@@ -293,11 +294,18 @@ def _handle(
     head = envphase.post_read(scope, head, ex, lambda: _local_ip(sock))  # RequestHeader early, SetEnvIf (R84)
     # Routing, access control (before the upgrade checks and any backend, R70) and the
     # <Location> rewrite rules; an internal redirect gives a new head.
-    decision, head = decide(engine, scope, head, ex, lambda: _local_ip(sock))
+    try:
+        decision, head = decide(engine, scope, head, ex, lambda: _local_ip(sock))
+    except NotFound:
+        if not handlers.wanted(scope, head):
+            raise
+        # No ProxyPass takes it: a SetHandler <Location> serves it, access first (R110).
+        return (yield from handlers.serve(engine, sock, front, scope, head, ex, lambda: _local_ip(sock)))
     head, decision = envphase.fixups(decision, head, ex, sock)  # SetEnv, RequestHeader (R81, R83)
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
+    ex.notes["route_at"] = rule.where  # a bounded metrics label (R113)
     offered = head.get("upgrade")
     if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
         log.debug("Upgrade: %s for %s passed as plain HTTP by %s: %s", _loggable(offered), _loggable(decision.local_path), ex.notes["route"], why_plain(rule, offered))
@@ -328,8 +336,10 @@ def _handle(
                 sock, front, backend_sock, hs, timeout=scope.timeout, clock=clock, limit=scope.limit_request_body
             )
             ex.bytes_in += sent.wire
+        ex.sent_at = clock()
         response = yield from read_response_head(sock, front, backend_sock, hs, clock() + timeout, decision.tunnel)
         config_member: Optional[Member] = member.member if member is not None else None
+        ex.answered_at = clock()
         if response.status == 101:
             hs.check_switch(response)
             response = answer_head(response, scope, ex, engine.config.balancers, engine.server_name)
