@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .h2 import h2_mem, h2_streams, h2_window
 from .values import (
     encoded_slashes,
     on_off,
@@ -72,6 +73,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("SSLCertificateFile", "tls.certificate_file", text_value, _SV),
         ("SSLCertificateKeyFile", "tls.key_file", text_value, _SV),
         ("RewriteEngine", "rewrite_engine", on_off, _SV),
+        ("H2WebSockets", "h2_websockets", on_off, _SV),
+        ("H2MaxSessionStreams", "h2_max_session_streams", h2_streams, _SV),
+        ("H2WindowSize", "h2_window_size", h2_window, _SV),
+        ("H2StreamMaxMemSize", "h2_stream_max_mem_size", h2_mem, _SV),
     )
 }
 
@@ -109,6 +114,7 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RemoteIPTrustedProxy", "_remoteip_trusted_proxy", _SV),
         ("RemoteIPInternalProxyList", "_remoteip_internal_proxy_list", _SV),
         ("RemoteIPTrustedProxyList", "_remoteip_trusted_proxy_list", _SV),
+        ("Protocols", "_protocols", _SV),
         ("Include", "_include", _ALL),
         ("IncludeOptional", "_include_optional", _ALL),
     )

@@ -27,6 +27,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_LIMIT_REQUEST_LINE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDSIZE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDS = 100
+#: mod_http2's defaults (R141): H2MaxSessionStreams, H2WindowSize, H2StreamMaxMemSize.
+DEFAULT_H2_MAX_SESSION_STREAMS = 100
+DEFAULT_H2_WINDOW_SIZE = 65535
+DEFAULT_H2_STREAM_MAX_MEM_SIZE = 65536
 #: Sync tunnel threads when no `MaxTunnelThreads` is given: enough for a small host,
 #: bounded so a flood of tunnels cannot exhaust memory with thread stacks.
 DEFAULT_MAX_TUNNEL_THREADS = 256
@@ -437,6 +441,16 @@ class Scope:
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
+    #: Protocols (R140): what ALPN may choose on a TLS listener, in preference order.
+    protocols: tuple[str, ...] = ("http/1.1",)
+    #: H2WebSockets On|Off (R142): RFC 8441 extended CONNECT on HTTP/2 connections.
+    h2_websockets: bool = False
+    #: H2MaxSessionStreams: SETTINGS_MAX_CONCURRENT_STREAMS (R141).
+    h2_max_session_streams: int = DEFAULT_H2_MAX_SESSION_STREAMS
+    #: H2WindowSize: SETTINGS_INITIAL_WINDOW_SIZE, the client's DATA in flight per stream.
+    h2_window_size: int = DEFAULT_H2_WINDOW_SIZE
+    #: H2StreamMaxMemSize: bytes held per stream for the client before reading pauses.
+    h2_stream_max_mem_size: int = DEFAULT_H2_STREAM_MAX_MEM_SIZE
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

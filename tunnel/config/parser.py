@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, compat_directive
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
+from .h2 import H2Hooks
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
@@ -70,7 +71,7 @@ def _one(args: list[str], what: str = "one argument") -> str:
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2Hooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
     def __init__(self) -> None:

@@ -118,13 +118,15 @@ def client_context(tls: ProxyTLS) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(tls: ServerTLS) -> ssl.SSLContext:
+def server_context(tls: ServerTLS, protocols: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
     """The SSLContext of a TLS listener: its certificate, SSLProtocol's minimum, ALPN
-    offering only http/1.1."""
+    offering ``protocols`` (the host's `Protocols`, R140) in that order of preference
+    (OpenSSL picks the first of ours the client offers; none in common: no ALPN, and the
+    connection is HTTP/1.1)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tls.certificate_file, tls.key_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_protocol == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(protocols) or ["http/1.1"])
     return ctx
 
 
