@@ -42,6 +42,7 @@ class H2Client:
     def __init__(self, addr: tuple[str, int], ctx: ssl.SSLContext, *, server_hostname: str = "localhost", auto_ack: bool = True, settings: Optional[dict[int, int]] = None) -> None:
         ctx.set_alpn_protocols(["h2"])
         raw = socket.create_connection(addr, timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small frames
         self.sock = ctx.wrap_socket(raw, server_hostname=server_hostname)
         self.alpn = self.sock.selected_alpn_protocol()
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -211,6 +212,12 @@ class H2WebSocket:
     def close(self, code: int = 1000, reason: str = "") -> None:
         self._send(CloseConnection(code=code, reason=reason))
 
+    def end(self) -> None:
+        """END_STREAM: the client's half-close, as a browser does after the closing
+        handshake (the HTTP/1.1 client's FIN)."""
+        self.client.conn.end_stream(self.sid)
+        self.client._flush()
+
     def _feed(self) -> None:
         state = self.client.streams[self.sid]
         if len(state.data) > self._consumed:
@@ -252,3 +259,66 @@ class H2WebSocket:
 def frame_bytes(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     """One raw HTTP/2 frame (RFC 9113, 4.1)."""
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + (sid & 0x7FFFFFFF).to_bytes(4, "big") + payload
+
+
+class RawH2:
+    """A TLS connection (ALPN h2) that writes hand-made frames and reads the server's
+    frames one by one, with nothing checked on our side: for hostile input."""
+
+    def __init__(self, addr: tuple[str, int], ctx: ssl.SSLContext, *, server_hostname: str = "localhost") -> None:
+        ctx.set_alpn_protocols(["h2"])
+        self.sock = ctx.wrap_socket(socket.create_connection(addr, timeout=10), server_hostname=server_hostname)
+        self.buffer = bytearray()
+        self.eof = False
+        self.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame_bytes(4, 0, 0))  # preface, empty SETTINGS
+
+    def send(self, data: bytes) -> bool:
+        """Send; False when the server has closed the connection already."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except (ConnectionError, ssl.SSLError, OSError):
+            return False
+
+    def frames(self, timeout: float = 10.0) -> Iterable[tuple[int, int, int, bytes]]:
+        """(type, flags, stream, payload) as they come, until EOF or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while len(self.buffer) >= 9:
+                length = int.from_bytes(self.buffer[:3], "big")
+                if len(self.buffer) < 9 + length:
+                    break
+                head, payload = bytes(self.buffer[:9]), bytes(self.buffer[9 : 9 + length])
+                del self.buffer[: 9 + length]
+                yield head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+            if self.eof or time.monotonic() > deadline:
+                return
+            self.sock.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, socket.timeout):
+                continue
+            except (ConnectionError, ssl.SSLError, OSError):
+                data = b""
+            if not data:
+                self.eof = True
+            self.buffer += data
+
+    def goaway(self, timeout: float = 10.0) -> Optional[int]:
+        """The error code of the server's GOAWAY (None if none came before EOF)."""
+        for kind, _, _, payload in self.frames(timeout):
+            if kind == 7:
+                return int.from_bytes(payload[4:8], "big")
+        return None
+
+    def reset_of(self, sid: int, timeout: float = 10.0) -> Optional[int]:
+        """The error code of the server's RST_STREAM on ``sid`` (None if none came)."""
+        for kind, _, stream, payload in self.frames(timeout):
+            if kind == 3 and stream == sid:
+                return int.from_bytes(payload[:4], "big")
+            if kind == 7:
+                return None
+        return None
+
+    def close(self) -> None:
+        self.sock.close()

@@ -65,7 +65,7 @@ log = logging.getLogger("tunnel.server")
 SpawnStream = Callable[[socket.socket, Inner], None]
 
 #: The pair's socket buffers: small, so that the proxy holds little beyond the windows.
-PAIR_BUFFER = 32 * 1024
+PAIR_BUFFER = 256 * 1024
 #: Bytes read from the client per recv, and at most per wake-up (fairness).
 READ_CHUNK = 64 * 1024
 READ_PER_WAKE = 512 * 1024
