@@ -110,6 +110,12 @@ class FrameScanner:
         #: frames seen, by type (for the log line of a GOAWAY and for tests)
         self.counts: dict[int, int] = {}
 
+    def refused(self, now: float) -> None:
+        """A stream refused over the stream limit: it costs what a reset costs."""
+        name, budget = self._budgets[RST_STREAM]
+        if not budget.spend(now):
+            raise Flood("streams over the limit opened faster than allowed")
+
     def feed(self, data: bytes, now: float) -> None:
         """Scan ``data``. Raises `Flood`."""
         view = memoryview(data)

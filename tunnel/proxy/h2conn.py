@@ -141,6 +141,11 @@ class H2Server:
     # -- life ----------------------------------------------------------------------------
     def start(self) -> None:
         self.h2.initiate_connection()
+        # The limit is announced in that SETTINGS frame and enforced here, per stream
+        # (RST_STREAM REFUSED_STREAM, R146); the engine's own check would end the whole
+        # connection. Changing its copy afterwards sends nothing.
+        self.h2.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2**31 - 1
+        self.h2.local_settings.acknowledge()
         # The connection window is each stream's window times the stream limit: a
         # stalled stream holds its own window, never the others' (R145).
         scope = self.scope
@@ -303,6 +308,10 @@ class H2Server:
             return
         if len(self.streams) >= self.scope.h2_max_session_streams:
             self._reset(sid, ErrorCodes.REFUSED_STREAM, f"more than H2MaxSessionStreams {self.scope.h2_max_session_streams} streams")
+            try:
+                self.scanner.refused(time.monotonic())  # refusals cost like resets
+            except Flood as exc:
+                self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, str(exc))
             return
         try:
             translated = translate_request(headers, end_stream=ended, connect_protocol=self.scope.h2_websockets)
@@ -430,6 +439,7 @@ class H2Server:
             except OSError:
                 pass
         self._want(stream)
+        self._maybe_forget(stream)  # the session may have finished first
 
     def _read_pair(self, stream: _Stream) -> None:
         pair = stream.pair
