@@ -69,8 +69,8 @@ class H2Client:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(256 * 1024)
-        except (TimeoutError, socket.timeout):
-            return True
+        except (TimeoutError, socket.timeout, ssl.SSLWantReadError, BlockingIOError):
+            return True  # nothing yet (a zero timeout polls)
         except (ConnectionError, ssl.SSLError, OSError):
             self.closed = True
             return False
