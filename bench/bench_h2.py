@@ -113,7 +113,7 @@ def h2_opens(addr, ctx, seconds: float) -> float:
             state = client.streams[sid]
             client.conn.send_data(sid, b"ping", end_stream=True)
             client._flush()
-            client.wait(lambda: len(state.data) >= 4, 10, "echo")
+            client.wait(lambda s=state: len(s.data) >= 4, 10, "echo")
             client.complete(sid)
             del client.streams[sid]
             done += 1

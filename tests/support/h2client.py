@@ -69,7 +69,7 @@ class H2Client:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(256 * 1024)
-        except (TimeoutError, socket.timeout, ssl.SSLWantReadError, BlockingIOError):
+        except (TimeoutError, ssl.SSLWantReadError, BlockingIOError):
             return True  # nothing yet (a zero timeout polls)
         except (ConnectionError, ssl.SSLError, OSError):
             self.closed = True
@@ -296,7 +296,7 @@ class RawH2:
             self.sock.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
             try:
                 data = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except (ConnectionError, ssl.SSLError, OSError):
                 data = b""
