@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from .config.checks import named_scopes, rule_backend
 from .config.directives import SETTINGS
-from .config.model import AccessRules, Config, ProxyRule, Require, RequireSection, Scope
+from .config.model import AccessRules, AliasRedirect, Config, ProxyRule, Require, RequireSection, Scope
 
-__all__ = ["summary"]
+__all__ = ["summary", "ignored_summary"]
 
 
 def _seconds_text(value: float) -> str:
@@ -73,6 +73,12 @@ def access_text(rules: AccessRules) -> str:
     return text + (f" (AuthMerging {rules.merging.capitalize()})" if rules.merging != "off" else "")
 
 
+def _redirect_text(rd: AliasRedirect) -> str:
+    kind = "RedirectMatch" if rd.regex is not None else "Redirect"
+    path = f" {rd.path}" if rd.path else ""
+    return f"{kind} {rd.status}{path}" + (f" -> {rd.url}" if rd.url is not None else "")
+
+
 def summary(config: Config) -> str:
     """The route table `tunnel configtest` prints.
 
@@ -107,6 +113,8 @@ def summary(config: Config) -> str:
             out.append("  (no routes)")
         for n, rule in enumerate(scope.rules, 1):
             out.append(f"  {n}. {_rule_line(rule, config)}  [{rule.where}]")
+        for rd in scope.redirects:  # tried where no route takes the path (R94)
+            out.append(f"  {_redirect_text(rd)} (where no route takes the path)  [{rd.where}]")
         if scope.access is not None:
             out.append(f"  access: {access_text(scope.access)}")
         for block in scope.proxy_access:
@@ -118,6 +126,8 @@ def summary(config: Config) -> str:
                 out.append(f"  {section} sets {values}  [{loc.file}:{loc.line}]")
             if loc.access is not None:
                 out.append(f"  {section} access: {access_text(loc.access)}  [{loc.file}:{loc.line}]")
+            for rd in loc.redirects:
+                out.append(f"  {section} {_redirect_text(rd)}  [{rd.where}]")
     for b in config.balancers.values():
         sticky = "|".join(b.stickysession) or "none"
         out += ["", f"balancer://{b.name}: lbmethod={b.lbmethod} stickysession={sticky}  [{b.file}:{b.line}]"]
@@ -131,3 +141,16 @@ def summary(config: Config) -> str:
                 + f"  [{m.file}:{m.line}]"
             )
     return "\n".join(out)
+
+
+def ignored_summary(config: Config) -> str:
+    """The directives accepted and ignored (R97), each with where it was written, or
+    "" when there are none."""
+    if not config.ignored:
+        return ""
+    where: dict[str, list[str]] = {}
+    for name, at in config.ignored:
+        where.setdefault(name, []).append(at)
+    lines = [f"Ignored directives ({len(config.ignored)} lines; no effect on proxied traffic):"]
+    lines += [f"  {name}: {', '.join(places)}" for name, places in sorted(where.items(), key=lambda i: i[0].lower())]
+    return "\n".join(lines)

@@ -34,6 +34,7 @@ from .errors import ServiceUnavailable
 from .io.connect import client_context, server_context
 from .io.listeners import Acceptor, open_listener
 from .io.loop import Loop, Task, run_blocking
+from .io.names import resolve_vhost_names
 from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
@@ -78,6 +79,10 @@ class Engine:
         server_name: Optional[str] = None,
         reuse_port: bool = False,
     ) -> None:
+        # <VirtualHost name:port>: the names looked up once, as httpd does at start-up (R90).
+        config, unresolved = resolve_vhost_names(config)
+        for warning in unresolved:
+            log.warning("%s", warning)
         self.config = config
         self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()

@@ -58,6 +58,7 @@ __all__ = [
     "ServiceUnavailable",
     "GatewayTimeout",
     "ClientGone",
+    "ConfiguredStatus",
 ]
 
 
@@ -121,6 +122,15 @@ class Redirect(TunnelError):
 class ClientError(TunnelError):
     status = 400
     default_reason = "Bad Request"
+
+
+class ConfiguredStatus(ClientError):
+    """A status the configuration answers with: mod_alias's ``Redirect 404 /path``, a
+    TRACE that TraceEnable refuses (405, or 413 with a body)."""
+
+    def __init__(self, status: int, reason: str, *, detail: str | None = None) -> None:
+        super().__init__(reason, detail=detail)
+        self.status = status
 
 
 class BadRequest(ClientError):

@@ -17,7 +17,7 @@ def test_comments_continuations_quotes_and_case() -> None:
         PROXYPASS /a \\
             ws://b/ \\
             timeout=4
-        ProxyPass /q "ws://b/it's" upgrade=websocket   # trailing comment
+        ProxyPass /q "ws://b/it's" upgrade=websocket
         CustomLog "x y.log" "%h \\"%r\\" %>s"
         ProxyPass /last ws://b/
         """
@@ -31,3 +31,26 @@ def test_comments_continuations_quotes_and_case() -> None:
 
 def test_comment_continuation_swallows_next_line_like_httpd() -> None:
     assert conf("# comment \\\nNoSuchDirective\n").scope.rules == ()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ProxyPass /q ws://b/ # trailing comment",
+        "Timeout 5 #seconds",
+        "ServerAlias a.test #b.test",  # httpd would take "#b.test" as one more alias
+    ],
+)
+def test_a_trailing_comment_is_an_error_naming_file_and_line(line: str) -> None:
+    from tunnel.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        conf(f"# first\n<VirtualHost *:80>\n{line}\n</VirtualHost>\n")
+    err = info.value
+    assert (err.file, err.line) == ("t.conf", 3)
+    assert "a comment must stand on its own line" in err.message and "#" in err.message
+
+
+def test_a_quoted_hash_word_is_a_value_not_a_comment() -> None:
+    c = conf('ProxyPass /q ws://b/ "#"\n'.replace(' "#"', "") + 'LogFormat "%h #x" "#nick"\n')
+    assert c.scope.rules[0].path == "/q"

@@ -232,9 +232,10 @@ ERRORS = [
     ("RewriteOptions", 1, "RewriteOptions: expected Inherit or InheritBefore"),
     ("RewriteOptions MergeBase", 1, 'unsupported option "MergeBase"'),
     ("RewriteEngine Maybe", 1, "RewriteEngine:"),
-    ("<Location /x>\nRewriteRule ^ /y\n</Location>", 2, "RewriteRule: per-directory rewriting (inside <Location>) is not supported yet"),
-    ("<Location /x>\nRewriteCond %{HTTPS} on\n</Location>", 2, "RewriteCond: per-directory rewriting"),
-    ("<Location /x>\nRewriteEngine On\n</Location>", 2, "RewriteEngine: not allowed in <Location>"),
+    ("<Location /x>\nRewriteCond %{HTTPS} on\n</Location>", 2, "RewriteCond: no RewriteRule follows it in its context"),
+    ("<Location /x>\nRewriteOptions Inherit\n</Location>", 2, "RewriteOptions: RewriteOptions inside <Location> is not supported"),
+    ("RewriteBase /x", 1, "RewriteBase: only valid in <Location>"),
+    ("<Location /x>\nRewriteBase x\n</Location>", 2, 'RewriteBase: expected a URL-path starting with /, got "x"'),
 ]
 
 

@@ -197,7 +197,10 @@ def test_locations_merge_in_order_later_wins() -> None:
     assert not granted(text, req(), path="/a/c")
     assert granted(text, req(), path="/a/b/c")
     text = "<LocationMatch ^/a>\nRequire all denied\n</LocationMatch>\n<Location /a/b>\nRequire all granted\n</Location>\n"
-    assert not granted(text, req(), path="/a/b")  # regex sections merge after plain ones
+    # <Location> and <LocationMatch> merge together, in file order (checked against httpd).
+    assert granted(text, req(), path="/a/b")
+    text = "<Location /a/b>\nRequire all granted\n</Location>\n<LocationMatch ^/a>\nRequire all denied\n</LocationMatch>\n"
+    assert not granted(text, req(), path="/a/b")
 
 
 def test_proxy_blocks_by_backend_url_before_locations() -> None:

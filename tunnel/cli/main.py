@@ -49,9 +49,11 @@ def _config_text(listen: Sequence[str], passes: Sequence[str], extra: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def _load(config_file: Optional[str], listen: Sequence[str], passes: Sequence[str], extra: Sequence[str]) -> Config:
+def _load(
+    config_file: Optional[str], listen: Sequence[str], passes: Sequence[str], extra: Sequence[str], defines: Sequence[str] = ()
+) -> Config:
     if config_file:
-        config = Config.from_file(config_file)
+        config = Config.from_file(config_file, defines=defines)
         if listen or passes:
             add = Config.from_text(_config_text(listen, passes, extra), filename="<command line>")
             config = config.replace(listeners=config.listeners + add.listeners)
@@ -91,6 +93,7 @@ def cli() -> None:
 @click.option("--max-threads", type=click.IntRange(1), default=None, help="MaxTunnelThreads: sync tunnel threads.")
 @click.option("--workers", default="1", show_default=True, metavar="N|auto", help="Worker processes sharing the ports (SO_REUSEPORT).")
 @click.option("--log-level", type=click.Choice(sorted(LOG_LEVELS)), default=None, help="Override LogLevel.")
+@click.option("-D", "defines", multiple=True, metavar="NAME", help="Define NAME before reading the file, as httpd -D (for <IfDefine>).")
 def serve(
     config_file: Optional[str],
     listen: tuple[str, ...],
@@ -99,6 +102,7 @@ def serve(
     max_threads: Optional[int],
     workers: str,
     log_level: Optional[str],
+    defines: tuple[str, ...],
 ) -> None:
     """Run the proxy from a configuration file or from --listen/--pass."""
     from .workers import resolve_workers, run_workers
@@ -113,7 +117,7 @@ def serve(
     if max_threads and not config_file:
         extra.append(f"MaxTunnelThreads {max_threads}")
     try:
-        config = _load(config_file, listen, passes, extra)
+        config = _load(config_file, listen, passes, extra, defines)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if config_file and use_async is not None:
@@ -122,6 +126,11 @@ def serve(
         config = config.replace(max_tunnel_threads=max_threads)
     if not config.listeners:
         raise click.ClickException(f"{config.source}: no Listen directive: nothing to serve")
+    from ..io.contexts import check_tls
+
+    problems = check_tls(config)  # a bad certificate or cipher string: now, not at the first client
+    if problems:
+        raise click.ClickException("\n".join(problems))
     setup_logging(config, log_level)
     for warning in config.warnings:
         logging.getLogger("tunnel").warning("%s", warning)
@@ -208,17 +217,31 @@ def demo(listen: str, use_async: bool, use_tls: bool, log_level: str) -> None:
 
 @cli.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
-def configtest(config_file: str) -> None:
-    """Check a configuration file and print the routes it would use."""
-    from ..configtest import summary
+@click.option("-D", "defines", multiple=True, metavar="NAME", help="Define NAME before reading the file, as httpd -D.")
+def configtest(config_file: str, defines: tuple[str, ...]) -> None:
+    """Check a configuration file and print the routes it would use.
+
+    Besides the syntax, the TLS contexts are built (certificate files, cipher strings)
+    and <VirtualHost> host names looked up, as serve does at start-up.
+    """
+    from ..configtest import ignored_summary, summary
+    from ..io.contexts import check_tls
+    from ..io.names import resolve_vhost_names
 
     try:
-        config = Config.from_file(config_file)
+        config = Config.from_file(config_file, defines=defines)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary(config))
-    for warning in config.warnings:
+    _, unresolved = resolve_vhost_names(config)
+    for warning in (*config.warnings, *unresolved):
         click.echo(f"warning: {warning}", err=True)
+    ignored = ignored_summary(config)
+    if ignored:
+        click.echo(ignored, err=True)
+    problems = check_tls(config)
+    if problems:
+        raise click.ClickException("\n".join(problems))
     click.echo("Syntax OK")
 
 

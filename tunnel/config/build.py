@@ -23,6 +23,7 @@ from ..accesslog import PREDEFINED_LOG_FORMATS, Formatter
 from ..errors import ConfigError
 from .checks import route_warnings
 from .model import (
+    AliasRedirect,
     Balancer,
     Config,
     Limits,
@@ -53,6 +54,7 @@ class ScopeDraft:
     rewrite_conds: list[RewriteCond] = field(default_factory=list)  # waiting for their rule
     rewrite_rules: list[RewriteRule] = field(default_factory=list)
     rewrite_options: Optional[str] = None  # "inherit" | "inheritbefore"
+    redirects: list[AliasRedirect] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +73,11 @@ class LocationDraft:
     regex: Optional[re.Pattern[str]]
     settings: dict[str, Any] = field(default_factory=dict)
     rule: Optional[ProxyRule] = None
+    rewrite_conds: list[RewriteCond] = field(default_factory=list)  # per-directory rules (R79)
+    rewrite_rules: list[RewriteRule] = field(default_factory=list)
+    rewrite_options: Optional[str] = None
+    rewrite_base: str = ""
+    redirects: list[AliasRedirect] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Draft:
         self.log_formats: dict[str, str] = dict(PREDEFINED_LOG_FORMATS)
         self.custom_logs: list[tuple[str, str, str, int]] = []  # file, format|nick, where
         self.globals: dict[str, Any] = {}
+        self.ignored: list[tuple[str, str]] = []  # (directive, "file:line")
 
 
 # -- building the Config ---------------------------------------------------------------------
@@ -106,6 +114,7 @@ def _build_scope(
     rules: list[ProxyRule],
     locations: list[Location],
     rewrite_rules: tuple[RewriteRule, ...] = (),
+    redirects: tuple[AliasRedirect, ...] = (),
 ) -> Scope:
     groups: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "proxy_tls": {}, "tls": {}}
     for key, value in settings.items():
@@ -121,20 +130,23 @@ def _build_scope(
         proxy_tls=ProxyTLS(**groups["proxy_tls"]),
         locations=tuple(locations),
         rewrite_rules=rewrite_rules,
+        redirects=redirects,
         **groups[""],
     )
 
 
 def _order_location_rules(rules: list[ProxyRule]) -> list[ProxyRule]:
-    """Location rules in matching order: regex ones first (httpd merges `<LocationMatch>`
-    last, so its ProxyPass wins), then plain ones by decreasing path length (R1); ties
-    keep the given order."""
-    return sorted(rules, key=lambda r: (not r.is_regex, -len(r.path) if not r.is_regex else 0))
+    """`<Location>` ProxyPass rules in matching order, given in merge order (the main
+    server's blocks in file order, then the vhost's). httpd merges every matching block
+    in that order, `<LocationMatch>` among them, and the last merged block's ProxyPass
+    replaces the earlier ones' (R1, R106): so the rules are tried last block first."""
+    return list(reversed(rules))
 
 
 def _order_locations(locations: list[Location]) -> list[Location]:
-    """httpd's merge order: plain sections in configuration order, then regex ones."""
-    return sorted(locations, key=lambda loc: loc.is_regex)
+    """httpd's merge order: `<Location>` and `<LocationMatch>` sections together, in
+    file order (the main server's before a vhost's)."""
+    return list(locations)
 
 
 def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[ServerTLS]:
@@ -142,11 +154,15 @@ def _server_tls(settings: dict[str, Any], where: tuple[str, int]) -> Optional[Se
         return None
     if "tls.certificate_file" not in settings:
         raise ConfigError("SSLEngine On needs SSLCertificateFile", file=where[0], line=where[1])
-    return ServerTLS(
-        settings["tls.certificate_file"],
-        settings.get("tls.key_file"),
-        settings.get("tls.min_protocol", "TLSv1.2"),
-    )
+    values = {k[4:]: v for k, v in settings.items() if k.startswith("tls.") and k != "tls.engine"}
+    if values.get("verify_client", "none") != "none" and not values.get("ca_file"):
+        raise ConfigError(
+            f"SSLVerifyClient {values['verify_client']} needs SSLCACertificateFile (the CAs client certificates "
+            "must chain to)",
+            file=where[0],
+            line=where[1],
+        )
+    return ServerTLS(**values, file=where[0], line=where[1])
 
 
 def finish(p: Draft, source: str) -> Config:
@@ -170,6 +186,7 @@ def finish(p: Draft, source: str) -> Config:
         _order_location_rules(main_loc_rules) + main_rules,
         _order_locations(p.main.locations),
         main_rewrite,
+        tuple(p.main.redirects),
     )
     _check_proxy_tls(scope, balancers, "the server context")
     used = {r.balancer for r in p.balancer_refs}
@@ -191,7 +208,7 @@ def finish(p: Draft, source: str) -> Config:
         settings["reverse_maps"] = [*main_settings.get("reverse_maps", ()), *v.scope.settings.get("reverse_maps", ())]
         own_loc_rules = [with_balancer(r) for r in v.scope.location_rules]
         rules = (
-            _order_location_rules(own_loc_rules + main_loc_rules)
+            _order_location_rules(main_loc_rules + own_loc_rules)
             + main_rules
             + [with_balancer(r) for r in v.scope.rules]
         )
@@ -200,7 +217,11 @@ def finish(p: Draft, source: str) -> Config:
         # httpd's config_server_merge: Inherit appends the main server's rules after the
         # vhost's own, InheritBefore puts them first, no option: the vhost's only (R65).
         rewrite = own + main_rewrite if options == "inherit" else main_rewrite + own if options else own
-        vscope = _build_scope(settings, rules, _order_locations(p.main.locations + v.scope.locations), rewrite)
+        # mod_alias's merge: the vhost's Redirect lines first, then the main server's (R94).
+        redirects = tuple(v.scope.redirects + p.main.redirects)
+        vscope = _build_scope(
+            settings, rules, _order_locations(p.main.locations + v.scope.locations), rewrite, redirects
+        )
         _check_proxy_tls(vscope, balancers, f"<VirtualHost> at {v.file}:{v.line}")
         vtls = _server_tls(settings, v.scope.ssl_engine_at) if "tls.engine" in v.scope.settings else None
         vhosts.append(
@@ -239,6 +260,7 @@ def finish(p: Draft, source: str) -> Config:
         tls=tls,
         log=LogConfig(custom_logs=tuple(custom_logs), **p.log),
         warnings=tuple(p.warnings),
+        ignored=tuple(p.ignored),
         source=source,
         **p.globals,
     )
@@ -307,7 +329,7 @@ def _check_rewrite_targets(scope: Scope, balancers: dict[str, Balancer], where: 
     """R4 for [P] rules whose substitution starts with a literal scheme (R67): a wss://
     or https:// one needs SSLProxyEngine On, a balancer:// one a defined balancer (whose
     TLS members need it too). Dynamic schemes are checked per request (500)."""
-    for rule in scope.rewrite_rules:
+    for rule in scope.rewrite_rules + tuple(r for loc in scope.locations for r in loc.rewrite_rules):
         m = _LITERAL_SCHEME.match(rule.substitution) if rule.proxy else None
         if m is None:
             continue

@@ -47,6 +47,7 @@ def route_warnings(config: Config) -> list[str]:
 
 
     found: dict[str, None] = {}
+    _verify_warnings(config, found)
     meaning = {("*",): "ANY forwards whatever the client asks", ("NONE",): "NONE makes every request a handshake"}
     for b in config.balancers.values():
         schemes = {("ws" if m.target.scheme in ("ws", "wss") or m.upgrade else "http") for m in b.members}
@@ -82,3 +83,22 @@ def route_warnings(config: Config) -> list[str]:
     return list(found)
 
 
+
+
+def _verify_warnings(config: Config, found: dict[str, None]) -> None:
+    """R93: every wss:// or https:// backend (a route's, a used balancer's members)
+    in a scope without an SSLProxyVerify line: tunnel verifies, httpd would not."""
+    advice = (
+        "its certificate is verified (tunnel's default; httpd's is SSLProxyVerify none): write SSLProxyVerify "
+        "require to keep that, or SSLProxyVerify none and SSLProxyCheckPeerName off to do as httpd"
+    )
+    for _, scope in named_scopes(config):
+        if scope.proxy_tls.verify_set or not scope.proxy_tls.engine:
+            continue
+        for rule in scope.rules:
+            if rule.target is not None and rule.target.tls:
+                found[f"{rule.where}: backend {rule.target}: {advice}"] = None
+            elif rule.balancer is not None and rule.balancer in config.balancers:
+                for m in config.balancers[rule.balancer].members:
+                    if m.target.tls:
+                        found[f"{m.file}:{m.line}: BalancerMember {m.target}: {advice}"] = None

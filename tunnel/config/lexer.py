@@ -4,9 +4,11 @@
   the logical line is numbered by its first physical line. Joining happens before
   comments are recognised, so a comment ending in ``\\`` swallows the next line, as in
   httpd.
-* A line whose first non-blank character is ``#`` is a comment. **tunnel:** a word
-  starting with ``#`` after a blank also ends the line (httpd rejects such trailing
-  comments with "takes N arguments"; accepting them costs nothing).
+* A line whose first non-blank character is ``#`` is a comment; comments stand on
+  their own line only. httpd reads a ``#`` word after a directive as one more argument
+  (an error for most directives, a silently wrong value for some), so an unquoted word
+  starting with ``#`` after the directive name is a config error here, naming it
+  (quote it to mean the characters).
 * Words are split on blanks. A word *starting* with ``"`` or ``'`` runs to the matching
   quote, ``\\"`` (or ``\\'``) standing for the quote itself; a quote elsewhere is a
   plain character.
@@ -39,7 +41,8 @@ def logical_lines(text: str) -> Iterator[tuple[int, str]]:
 
 
 def split_words(line: str) -> list[str]:
-    """ap_getword_conf over a whole line; a word starting with ``#`` ends it."""
+    """ap_getword_conf over a whole line; an unquoted word starting with ``#`` after the
+    first is refused (a trailing comment, which httpd does not have)."""
     words: list[str] = []
     i, n = 0, len(line)
     while i < n:
@@ -61,7 +64,10 @@ def split_words(line: str) -> list[str]:
             words.append("".join(chars))
             continue
         if quote == "#" and words:
-            break
+            raise BadDirective(
+                f'"{line[i:].strip()}": a comment must stand on its own line (httpd reads a "#" after a '
+                'directive as more arguments); move it to the line above, or quote the word if "#" is meant'
+            )
         start = i
         while i < n and not line[i].isspace():
             i += 1

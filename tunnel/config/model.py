@@ -9,12 +9,26 @@ inherits every value it does not set itself (see docs/httpd-behaviour.md, R1).
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 from ..errors import ConfigError
+from .authz import AccessRules as AccessRules
+from .authz import BoolOp as BoolOp
+from .authz import Compare as Compare
+from .authz import Const as Const
+from .authz import Expr as Expr
+from .authz import Network as Network
+from .authz import Not as Not
+from .authz import ProxyAccess as ProxyAccess
+from .authz import Regex as Regex
+from .authz import Require as Require
+from .authz import RequireSection as RequireSection
+from .authz import Var as Var
+from .authz import Word as Word
 
 #: httpd's `Timeout` default, seconds.
 DEFAULT_TIMEOUT = 60.0
@@ -228,11 +242,32 @@ class Balancer:
 
 @dataclass(frozen=True)
 class ServerTLS:
-    """`SSLEngine On` with its certificate, for a TLS listener (global or vhost)."""
+    """`SSLEngine On` with its certificate, for a TLS listener (global or vhost), and the
+    mod_ssl directives tunnel honours (docs/configuration.md, "TLS"; R92).
+
+    ``verify_client`` is "none", "require" or "optional" (with ``ca_file``);
+    ``ciphers`` the OpenSSL cipher string for TLS 1.2 (None: Python's default);
+    ``honor_cipher_order`` / ``session_tickets``: None leaves OpenSSL's default;
+    ``curves``: SSLOpenSSLConfCmd Curves/Groups/ECDHParameters (one curve name);
+    ``dh_params``: a DH parameter file; ``no_options``: OpenSSL option names to set.
+    """
 
     certificate_file: str
     key_file: Optional[str] = None
     min_protocol: str = "TLSv1.2"  # from SSLProtocol
+    max_protocol: str = "TLSv1.3"
+    chain_file: Optional[str] = None
+    ca_file: Optional[str] = None
+    verify_client: str = "none"
+    verify_depth: int = 1
+    ciphers: Optional[str] = None
+    honor_cipher_order: Optional[bool] = None
+    session_tickets: Optional[bool] = None
+    curves: Optional[str] = None
+    dh_params: Optional[str] = None
+    openssl_options: tuple[str, ...] = ()
+    file: str = field(default="<config>", compare=False)
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -244,6 +279,12 @@ class ProxyTLS:
     ca_file: Optional[str] = None  # None: the system store
     check_peer_name: bool = True
     machine_certificate_file: Optional[str] = None
+    check_peer_cn: bool = True  # SSLProxyCheckPeerCN: with check_peer_name, the name check
+    check_peer_expire: bool = True  # SSLProxyCheckPeerExpire: OpenSSL always checks dates
+    min_protocol: str = "TLSv1.2"  # SSLProxyProtocol
+    max_protocol: str = "TLSv1.3"
+    ciphers: Optional[str] = None  # SSLProxyCipherSuite (TLS 1.2)
+    verify_set: bool = False  # an SSLProxyVerify line is in force (configtest warns without, R93)
 
 
 @dataclass(frozen=True)
@@ -266,117 +307,25 @@ class LogConfig:
     custom_logs: tuple[tuple[str, str], ...] = ()  # (file, format) ; file "-" = stdout
 
 
-# -- access control (mod_authz_core, mod_authz_host; built by config/access.py) -----------
-
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
-
 @dataclass(frozen=True)
-class Var:
-    """An expression variable: ``%{REMOTE_ADDR}``, ``%{HTTP:Origin}`` (name as written)."""
+class AliasRedirect:
+    """One mod_alias ``Redirect`` / ``RedirectMatch`` line (R94).
 
-    name: str
-
-
-#: A string of an expression: literal parts and variables, concatenated when evaluated.
-Word = tuple[Union[str, Var], ...]
-
-
-@dataclass(frozen=True)
-class Regex:
-    """``/re/`` or ``m#re#`` after ``=~`` / ``!~``, compiled once at load time."""
-
-    source: str
-    pattern: re.Pattern[str] = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Compare:
-    """``word OP word`` (==, !=, -strmatch, -strcmatch, -ipmatch) or ``word =~ regex``."""
-
-    op: str
-    left: Word
-    right: Union[Word, Regex]
-
-
-@dataclass(frozen=True)
-class Not:
-    operand: Expr
-
-
-@dataclass(frozen=True)
-class BoolOp:
-    op: str  # "&&" or "||"
-    left: Expr
-    right: Expr
-
-
-@dataclass(frozen=True)
-class Const:
-    value: bool
-
-
-Expr = Union[Const, Not, BoolOp, Compare]
-
-
-@dataclass(frozen=True)
-class Require:
-    """One ``Require [not] provider args`` line.
-
-    ``provider`` is all, ip, local, method or expr; ``granted`` for ``all``;
-    ``networks`` for ``ip``; ``methods`` for ``method``; ``expr`` for ``expr``.
+    ``path`` is the URL-path prefix (or the regex source, ``regex`` set); ``url`` the
+    target (None for a non-3xx status such as 410 Gone); ``status`` the answer's code.
+    In a `<Location>` the one-argument form has ``path`` "" (the location's own).
     """
 
-    provider: str
-    negate: bool = False
-    text: str = ""
-    granted: bool = False
-    networks: tuple[Network, ...] = ()
-    methods: tuple[str, ...] = ()
-    expr: Optional[Expr] = None
-    file: str = "<config>"
-    line: int = 0
-
-
-@dataclass(frozen=True)
-class RequireSection:
-    """``<RequireAll>`` (op all), ``<RequireAny>`` (op any), ``<RequireNone>`` (any,
-    negated); a context's own Require lines are an implicit ``<RequireAny>``."""
-
-    op: str
-    negate: bool = False
-    children: tuple[Union[Require, RequireSection], ...] = ()
-    file: str = "<config>"
-    line: int = 0
-
-    @property
-    def name(self) -> str:
-        if self.op == "all":
-            return "RequireNotAll" if self.negate else "RequireAll"
-        return "RequireNone" if self.negate else "RequireAny"
-
-
-@dataclass(frozen=True)
-class AccessRules:
-    """The access rules of one context and its ``AuthMerging`` (off, and, or)."""
-
-    root: RequireSection
-    merging: str = "off"
-    file: str = "<config>"
-    line: int = 0
-
-
-@dataclass(frozen=True)
-class ProxyAccess:
-    """A ``<Proxy URL>`` block's rules, applied to requests routed to a matching URL
-    (a wildcard pattern matches the whole URL, anything else is a prefix; a
-    ``<ProxyMatch>`` or ``<Proxy ~ re>`` block has ``regex``, searched in the URL)."""
-
-    pattern: str
-    rules: AccessRules
+    path: str
+    url: Optional[str]
+    status: int
     file: str = "<config>"
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -399,6 +348,11 @@ class Location:
     line: int = 0
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
     access: Optional[AccessRules] = None  # its Require lines and sections
+    #: Its own RewriteRules, run per directory at the fixup phase (R79).
+    rewrite_rules: tuple[RewriteRule, ...] = ()
+    rewrite_base: str = ""  # RewriteBase
+    #: its Redirect lines (the one-argument form first, R94)
+    redirects: tuple[AliasRedirect, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -432,6 +386,9 @@ class Scope:
     reverse_maps: tuple[tuple[str, str], ...] = ()
     #: RewriteEngine On|Off (inherited by a vhost that does not set it, as httpd 2.4).
     rewrite_engine: bool = False
+    #: DocumentRoot: tunnel serves no files, but a `<Location>`'s RewriteRules see the
+    #: path under it when no ProxyPass takes a request (R79).
+    document_root: str = ""
     #: RemoteIPHeader (R131): the header naming the client behind trusted proxies.
     remoteip_header: str = ""
     #: RemoteIPProxiesHeader: where the proxies that were skipped are recorded.
@@ -441,8 +398,16 @@ class Scope:
     #: The scope's RewriteRules in evaluation order (a vhost's own, then the main
     #: server's under `RewriteOptions Inherit`; before them under InheritBefore).
     rewrite_rules: tuple[RewriteRule, ...] = ()
+    #: ServerName's port (0: none given) and scheme ("" : none), for UseCanonicalName.
+    server_port: int = 0
+    server_scheme: str = ""
+    use_canonical_name: bool = False  # UseCanonicalName On|Off (R95)
     #: Protocols (R140): what ALPN may choose on a TLS listener, in preference order.
     protocols: tuple[str, ...] = ("http/1.1",)
+    protocols_honor_order: bool = True
+    trace_enable: str = "on"  # TraceEnable on|off|extended
+    #: the server's and vhost's Redirect lines: the vhost's first, then the main server's
+    redirects: tuple[AliasRedirect, ...] = ()
     #: H2WebSockets On|Off (R142): RFC 8441 extended CONNECT on HTTP/2 connections.
     h2_websockets: bool = False
     #: H2MaxSessionStreams: SETTINGS_MAX_CONCURRENT_STREAMS (R141).
@@ -494,17 +459,20 @@ class Config:
     #: RemoteIPProxyProtocolExceptions: clients that may skip the PROXY header.
     proxy_protocol_exceptions: tuple[Network, ...] = ()
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
+    #: (directive, "file:line") of each line accepted and ignored, for configtest (R97)
+    ignored: tuple[tuple[str, str], ...] = ()
     source: str = "<config>"
 
     @classmethod
-    def from_text(cls, text: str, *, filename: str = "<config>") -> Config:
-        """Parse configuration text. Raises ConfigError(file, line, expected)."""
+    def from_text(cls, text: str, *, filename: str = "<config>", defines: Sequence[str] = ()) -> Config:
+        """Parse configuration text. Raises ConfigError(file, line, expected).
+        ``defines``: names defined before the first line, as httpd's ``-D NAME``."""
         from .parser import parse  # the model stays a leaf: the parser only when asked
 
-        return parse(text, filename=filename)
+        return parse(text, filename=filename, defines=dict.fromkeys(defines))
 
     @classmethod
-    def from_file(cls, path: str) -> Config:
+    def from_file(cls, path: str, *, defines: Sequence[str] = ()) -> Config:
         """Read and parse a configuration file (``Include`` is relative to its folder)."""
         try:
             with open(path, encoding="utf-8") as fh:
@@ -515,7 +483,7 @@ class Config:
             raise ConfigError("configuration is not valid UTF-8", file=path) from exc
         from .parser import parse
 
-        return parse(text, filename=path)
+        return parse(text, filename=path, defines=dict.fromkeys(defines))
 
     def replace(self, **changes: object) -> Config:
         # mypy checks replace()'s keywords against the fields, which a **dict cannot
@@ -539,28 +507,49 @@ class Config:
         vhosts = tuple(dataclasses.replace(v, scope=forced(v.scope)) for v in self.vhosts)
         return dataclasses.replace(self, scope=forced(self.scope), vhosts=vhosts)
 
-    def scope_for(self, listener: Optional[Listener], host: Optional[str]) -> Scope:
+    @functools.cached_property
+    def ip_vhosts(self) -> bool:
+        """Some vhost names an address (not ``*`` / ``_default_``): matching it needs
+        the connection's local address."""
+        return any(a not in ("*", "_default_", "") for v in self.vhosts for a, _ in v.addresses)
+
+    def scope_for(self, listener: Optional[Listener], host: Optional[str], local_ip: Optional[str] = None) -> Scope:
         """The scope for a request that came in on ``listener`` with ``Host: host``.
 
         httpd's name-based virtual hosting: among the vhosts whose address matches the
         listener, the one whose ServerName/ServerAlias matches the host (port dropped,
         case-insensitive) wins, else the first of them; no vhost matching → global scope.
         """
-        return self.vhost_for(listener, host)[0]
+        return self.vhost_for(listener, host, local_ip)[0]
 
     def vhost_for(
-        self, listener: Optional[Listener], host: Optional[str]
+        self, listener: Optional[Listener], host: Optional[str], local_ip: Optional[str] = None
     ) -> tuple[Scope, Optional[VirtualHost]]:
-        candidates = [
-            v
-            for v in self.vhosts
-            if listener is None
-            or any(
-                (a in ("*", "_default_", "", listener.host) or listener.host == "")
-                and (p in (0, listener.port))
-                for a, p in v.addresses
-            )
-        ]
+        """The vhost for a request (vhost.c's order, R90): those whose address is the
+        connection's local address (``local_ip``; without it, the listener's) and port,
+        else those with ``*``, else those with ``_default_``; among them, the one whose
+        ServerName or ServerAlias is the Host, else the first."""
+        if local_ip is not None and local_ip.startswith("::ffff:") and "." in local_ip:
+            local_ip = local_ip[7:]
+        exact: list[VirtualHost] = []
+        star: list[VirtualHost] = []
+        default: list[VirtualHost] = []
+        for v in self.vhosts:
+            kinds = set()
+            for a, p in v.addresses:
+                if listener is not None and p not in (0, listener.port):
+                    continue
+                if a in ("*", ""):
+                    kinds.add("*")
+                elif a == "_default_":
+                    kinds.add("_default_")
+                elif listener is None or (a == local_ip if local_ip is not None else listener.host in ("", a)):
+                    kinds.add("ip")
+            for kind, group in (("ip", exact), ("*", star), ("_default_", default)):
+                if kind in kinds:
+                    group.append(v)
+                    break
+        candidates = exact or star or default
         if not candidates:
             return self.scope, None
         name = (host or "").rsplit("]", 1)[-1]

@@ -15,25 +15,29 @@ import functools
 import glob
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ConfigError
 from .access import COMPAT_DIRECTIVES, AccessHooks, AuthzDraft, close_section, compat_directive
+from .aliashooks import AliasHooks
 from .build import BalancerDraft, Draft, LocationDraft, ScopeDraft, VhostDraft, finish
+from .corehooks import CoreHooks
 from .directives import HANDLERS, SECTIONS, SETTINGS, Ctx
-from .h2 import H2Hooks
 from .lexer import logical_lines, split_words
 from .loghooks import LogHooks
 from .model import Config, Listener, Location, Member, ProxyAccess, ProxyRule
 from .remoteip import RemoteIPHooks
 from .rewrite import RewriteDirectives
+from .tlshooks import TLSHooks
 from .values import (
     IGNORED_DIRECTIVES,
     MAX_INCLUDE_DEPTH,
     SKIPPED_SECTIONS,
     BadDirective,
     Expected,
+    accepted_worker_key,
     balancer_key,
     byte_size,
     compile_regex,
@@ -45,7 +49,6 @@ from .values import (
     rule_key,
     seconds,
     server_name,
-    ssl_protocol,
     url_keys,
 )
 
@@ -65,17 +68,37 @@ class _Frame:
     authz: Optional[AuthzDraft] = None  # its Require lines (a context's or a section's)
 
 
+def _has_wildcards(pattern: str) -> bool:
+    """apr_fnmatch_test: ``*``, ``?`` or a ``[...]`` set, outside backslash escapes."""
+    escaped = False
+    bracket = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "*?":
+            return True
+        elif ch == "[":
+            bracket = True
+        elif ch == "]" and bracket:
+            return True
+    return False
+
+
 def _one(args: list[str], what: str = "one argument") -> str:
     if len(args) != 1:
         raise BadDirective(f"expected {what}, got {len(args)} arguments")
     return args[0]
 
 
-class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2Hooks):
+class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, CoreHooks, TLSHooks, AliasHooks, RemoteIPHooks):
     """Reads lines into a `Draft`; `finish` turns it into a `Config`."""
 
-    def __init__(self) -> None:
+    def __init__(self, defines: Optional[Mapping[str, Optional[str]]] = None, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
+        self.defines = dict(defines or {})
+        self.environ = os.environ if environ is None else environ
         self.stack: list[_Frame] = [_Frame("", Ctx.SERVER, "", 0, scope=self.main)]
         self.includes: list[str] = []
         self.file = ""
@@ -91,7 +114,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
             if not line or line.startswith("#"):
                 continue
             try:
-                self._line(line)
+                self._line(line if self.skipping is not None else self.resolve(line))
             except BadDirective as exc:
                 raise ConfigError(str(exc), file=filename, line=number) from None
         if self.skipping is not None:
@@ -122,8 +145,8 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
         self.warnings.append(f"{self.file}:{self.line}: {text}")
 
     # -- contexts ----------------------------------------------------------------------
-    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
-        return self.scope, self.frame.location is not None
+    def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
+        return self.scope, self.frame.location
 
     @property
     def frame(self) -> _Frame:
@@ -162,7 +185,12 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
         name, contexts = SECTIONS[key]
         try:
             self._check_context(contexts)
-            if key.startswith("require"):
+            if key in ("ifdefine", "ifversion", "iffile"):
+                if not self.condition(key, args):  # R88: the body is skipped unread
+                    self.skipping = [words[0], 1, self.file, self.line]
+                    return
+                frame = self._new_frame(name, None)
+            elif key.startswith("require"):
                 frame = self._new_frame(name, Ctx.REQUIRE, authz=self.require_section(name, args))
             else:
                 frame = getattr(self, f"_open_{key}")(args)
@@ -239,11 +267,25 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
             self.vhosts.append(top.vhost)
         elif top.location is not None:
             loc, parent = top.location, self.scope
+            if loc.rewrite_conds:
+                cond = loc.rewrite_conds[0]
+                raise ConfigError("RewriteCond: no RewriteRule follows it in its context", file=cond.file, line=cond.line)
             if loc.rule is not None:
                 parent.location_rules.append(loc.rule)
-            if loc.settings or rules is not None:
+            if loc.settings or rules is not None or loc.redirects or loc.rewrite_rules or loc.rewrite_base:
                 parent.locations.append(
-                    Location(loc.path, loc.is_regex, tuple(loc.settings.items()), top.file, top.line, loc.regex, rules)
+                    Location(
+                        loc.path,
+                        loc.is_regex,
+                        tuple(loc.settings.items()),
+                        top.file,
+                        top.line,
+                        loc.regex,
+                        rules,
+                        redirects=tuple(loc.redirects),
+                        rewrite_rules=tuple(loc.rewrite_rules),
+                        rewrite_base=loc.rewrite_base,
+                    )
                 )
 
     # -- directives --------------------------------------------------------------------
@@ -255,6 +297,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
             return
         if key in IGNORED_DIRECTIVES or (self.frame.ctx is Ctx.PROXY_URL and key not in ("require", "authmerging")):
             self.warn(f"{name} is not used by tunnel{' in <Proxy URL>' if key not in IGNORED_DIRECTIVES else ''}; ignored")
+            self.ignored.append((name, f"{self.file}:{self.line}"))
             return
         if key in SETTINGS:
             canonical, setting, parser, contexts = SETTINGS[key]
@@ -307,9 +350,17 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
             if loc.rule is not None:
                 raise BadDirective("only one ProxyPass per <Location>")
             path, url, rest = loc.path, args[0], args[1:]
-            # ProxyPassMatch in a plain <Location> takes its path as the regex (httpd).
-            compiled = loc.regex if loc.is_regex else (compile_regex(path) if regex else None)
-            regex = regex or loc.is_regex
+            # httpd: a per-directory ProxyPass is a regex for ProxyPassMatch, or when the
+            # block's path has wildcard characters (apr_fnmatch_test); otherwise it is a
+            # prefix, even in <LocationMatch> (R1).
+            regex = regex or _has_wildcards(path)
+            compiled = compile_regex(path) if regex else None
+            if loc.is_regex and not regex:
+                self.warn(
+                    f"ProxyPass in <LocationMatch {path}>: httpd takes {path!r} as a literal path prefix "
+                    "(it has no *, ? or [...]), so the route only takes paths that start with it; "
+                    "ProxyPassMatch makes it a regex"
+                )
         else:
             if len(args) < 2:
                 raise BadDirective("expected PATH URL [key=value ...] or PATH !")
@@ -408,7 +459,7 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
         if parsed.target is None:
             raise Expected("a ws://, wss://, http://, https:// or unix: URL", args[0])
         pairs, _ = url_keys(args[1:])
-        values = {key: member_key(key, value) for key, value in pairs}
+        values = {key: member_key(key, value) for key, value in pairs if not accepted_worker_key(key, value)}
         build.members.append(Member(parsed.target, file=self.file, line=self.line, **values))
         if not build.defined_at[0]:
             build.defined_at = (self.file, self.line)
@@ -420,6 +471,9 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
         pairs, _ = url_keys(args)
         for key, value in pairs:
             build.params[key] = balancer_key(key, value)
+
+    def _location(self) -> Optional[LocationDraft]:
+        return self.frame.location
 
     def in_vhost(self) -> bool:
         return self.frame.ctx is Ctx.VHOST
@@ -466,11 +520,6 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
     def _ssl_engine(self, args: list[str]) -> None:
         self._set("tls.engine", on_off(_one(args)))
         self.scope.ssl_engine_at = (self.file, self.line)
-
-    def ssl_protocol(self, args: list[str]) -> None:
-        if not args:
-            raise BadDirective("expected [+-]protocol ...")
-        self._set("tls.min_protocol", ssl_protocol(args))
 
     # Include -----------------------------------------------------------------------------------
     def _include(self, args: list[str], optional: bool = False) -> None:
@@ -521,13 +570,21 @@ class _Parser(Draft, AccessHooks, LogHooks, RewriteDirectives, RemoteIPHooks, H2
             self.file, self.line = file, line
 
 
-def parse(text: str, *, filename: str = "<config>") -> Config:
+def parse(
+    text: str,
+    *,
+    filename: str = "<config>",
+    defines: Optional[Mapping[str, Optional[str]]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Config:
     """Parse httpd-style configuration text into a `Config`.
 
     Args:
         text: the configuration.
         filename: named in errors and warnings; ``Include`` paths are relative to its
             folder when it is a file, else to the working directory.
+        defines: names defined before the first line (``-D NAME``; a value or None).
+        environ: where ``${NAME}`` looks after the Define'd names (default: os.environ).
 
     Returns:
         The configuration, its warnings in ``Config.warnings`` ("file:line: text").
@@ -535,7 +592,7 @@ def parse(text: str, *, filename: str = "<config>") -> Config:
     Raises:
         ConfigError: naming the file, the line and what was expected.
     """
-    parser = _Parser()
+    parser = _Parser(defines, environ)
     if os.path.isfile(filename):
         parser.includes.append(os.path.realpath(filename))
     parser.read(text, filename)

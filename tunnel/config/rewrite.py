@@ -11,9 +11,9 @@ variable and pattern form tunnel does not implement is refused by name, never ig
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union
 
-from .build import ScopeDraft
+from .build import LocationDraft, ScopeDraft
 from .model import RewriteCond, RewriteRule
 from .values import BadDirective, Expected, compile_regex
 
@@ -231,21 +231,24 @@ class RewriteDirectives:
     file: str
     line: int
 
-    def _rewrite_scope(self) -> tuple[ScopeDraft, bool]:
-        """The scope draft the directive goes to, and whether it stands in `<Location>`."""
+    def _rewrite_scope(self) -> tuple[ScopeDraft, Optional[LocationDraft]]:
+        """The server's or vhost's draft, and the `<Location>` the directive stands in."""
         raise NotImplementedError
 
     def warn(self, text: str) -> None:
         raise NotImplementedError
 
-    def _here(self) -> ScopeDraft:
-        draft, in_location = self._rewrite_scope()
-        if in_location:
-            raise BadDirective(
-                "per-directory rewriting (inside <Location>) is not supported yet; "
-                "put the rules in the server context or the <VirtualHost>"
-            )
-        return draft
+    def _here(self) -> Union[ScopeDraft, LocationDraft]:
+        draft, location = self._rewrite_scope()
+        return location if location is not None else draft
+
+    def _rewrite_base(self, args: list[str]) -> None:
+        _, location = self._rewrite_scope()
+        if location is None:
+            raise BadDirective("only valid in <Location> (per-directory context)")
+        if len(args) != 1 or not args[0].startswith("/"):
+            raise Expected("a URL-path starting with /", " ".join(args))
+        location.rewrite_base = args[0]
 
     def _rewrite_cond(self, args: list[str]) -> None:
         self._here().rewrite_conds.append(_cond(args, self.file, self.line))
@@ -254,7 +257,7 @@ class RewriteDirectives:
         draft = self._here()
         rule = _rule(args, tuple(draft.rewrite_conds), self.file, self.line)
         local = rule.substitution.startswith("/") and not (rule.redirect or rule.forbidden or rule.gone)
-        if local and not rule.passthrough:
+        if local and not rule.passthrough and isinstance(draft, ScopeDraft):
             self.warn(
                 f"RewriteRule {rule.pattern} {rule.substitution}: a local path without [PT]; httpd would map it "
                 "to a file and skip ProxyPass, tunnel (which serves no files) routes it through ProxyPass as [PT] does"
@@ -264,6 +267,8 @@ class RewriteDirectives:
 
     def _rewrite_options(self, args: list[str]) -> None:
         draft = self._here()
+        if isinstance(draft, LocationDraft):
+            raise BadDirective("RewriteOptions inside <Location> is not supported (its rules replace the outer ones)")
         if not args:
             raise BadDirective("expected Inherit or InheritBefore")
         for word in args:

@@ -18,11 +18,29 @@ from .model import Target
 #: a real configuration never comes close, a loop gets there at once).
 MAX_INCLUDE_DEPTH = 32
 
-#: httpd directives accepted and ignored with a warning, so an httpd file can be reused.
+#: httpd directives accepted and ignored with one warning each (configtest lists them),
+#: so that an httpd file can be reused: none has an effect on proxied traffic, or its
+#: effect is what tunnel does anyway (docs/configuration.md, "Accepted and ignored", R97).
 IGNORED_DIRECTIVES = frozenset(
     name.lower()
-    for name in ["LoadModule", "ServerRoot", "User", "Group", "PidFile", "DocumentRoot", "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature", "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset", "Mutex", "TypesConfig", "AddType", "Options", "AllowOverride"]
-)
+    for name in [
+        "LoadModule", "LoadFile", "ServerRoot", "User", "Group", "PidFile", "Mutex", "DefaultRuntimeDir",
+        "DirectoryIndex", "ServerAdmin", "ServerTokens", "ServerSignature",
+        "KeepAlive", "KeepAliveTimeout", "MaxKeepAliveRequests", "AddDefaultCharset",
+        "TypesConfig", "AddType", "AddHandler", "AddOutputFilter", "AddOutputFilterByType", "AddEncoding",
+        "AddCharset", "AddLanguage", "LanguagePriority", "ForceLanguagePriority", "DefaultLanguage",
+        "Options", "AllowOverride", "AllowOverrideList", "AccessFileName", "EnableSendfile", "EnableMMAP",
+        "LimitInternalRecursion", "FileETag", "IndexOptions", "IndexIgnore", "AddIcon", "AddIconByType",
+        "AddIconByEncoding", "DefaultIcon", "ReadmeName", "HeaderName", "AddAlt", "AddAltByEncoding",
+        "AddAltByType", "AddDescription", "ScriptAlias", "Alias", "UserDir", "MIMEMagicFile",
+        "StartServers", "MinSpareServers", "MaxSpareServers", "MinSpareThreads", "MaxSpareThreads",
+        "ThreadsPerChild", "ThreadLimit", "ServerLimit", "MaxRequestWorkers", "MaxClients",
+        "MaxConnectionsPerChild", "MaxRequestsPerChild", "GracefulShutdownTimeout", "ListenBackLog",
+        "SSLSessionCache", "SSLSessionCacheTimeout", "SSLStaplingCache", "SSLUseStapling",
+        "SSLStaplingResponderTimeout", "SSLStaplingReturnResponderErrors", "SSLRandomSeed",
+        "SSLPassPhraseDialog", "SSLCryptoDevice", "SSLOptions",
+    ]
+)  # fmt: skip
 
 #: Sections skipped whole, with one warning (tunnel serves no files; httpd does not apply
 #: them to proxied requests either). `<Proxy URL>` and `<ProxyMatch>` blocks are read for
@@ -136,6 +154,14 @@ def text_value(value: str) -> str:
     return value
 
 
+def server_name_port(value: str) -> tuple[str, str, int]:
+    """``[scheme://]name[:port]`` -> (scheme or "", the name lower-cased, port or 0)."""
+    match = re.fullmatch(r"(?:([A-Za-z][A-Za-z0-9+.-]*)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._*-]+)(?::([0-9]{1,5}))?", value)
+    if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
+        raise Expected("[scheme://]host name[:port]", value)
+    return (match.group(1) or "").lower(), match.group(2).lower(), int(match.group(3) or 0)
+
+
 def server_name(value: str) -> str:
     """``name[:port]`` -> the name (lower-cased, port dropped; IPv6 keeps brackets)."""
     match = re.fullmatch(r"(?:[a-z]+://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._*-]+)(?::([0-9]{1,5}))?", value)
@@ -153,28 +179,39 @@ def log_level(value: str) -> str:
     return lowered
 
 
-def ssl_protocol(args: list[str]) -> str:
-    """SSLProtocol's ``[+-]name`` list -> the lowest version enabled (TLSv1.2 or 1.3)."""
+def ssl_protocols(args: list[str], *, openssl: bool = False) -> tuple[str, str, list[str]]:
+    """SSLProtocol's ``[+-]name`` list (or SSLOpenSSLConfCmd Protocol's) -> the lowest
+    and highest version tunnel offers (TLSv1.2 or TLSv1.3), and the older ones the list
+    enables, which tunnel never offers (R92).
+
+    As httpd 2.4 with an OpenSSL without SSLv3: ``all`` is TLSv1 up; a name without a sign starts the set
+    afresh; SSLv2 may be named (it is never enabled).
+    """
     enabled: set[str] = set()
     for word in args:
         action, name = (word[0], word[1:]) if word[:1] in "+-" else ("", word)
         name = name.lower()
         if name == "all":
-            names = set(SSL_PROTOCOLS[1:])  # "all" is TLSv1+ in 2.4 (SSLv3 gone)
+            names = set(SSL_PROTOCOLS[1:])
         elif name in SSL_PROTOCOLS:
             names = {name}
+        elif name == "sslv2":
+            names = set()
         else:
-            raise Expected("[+-]all, SSLv3, TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3", word)
+            raise Expected("[+-]all, SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3", word)
         if action == "+":
             enabled |= names
         elif action == "-":
             enabled -= names
+        elif openssl and name != "all":
+            enabled |= names  # OpenSSL's Protocol command adds a bare name
         else:
             enabled = set(names)
     supported = [p for p in SSL_PROTOCOLS if p in enabled and p in SSL_PROTOCOL_NAMES]
     if not supported:
         raise BadDirective("no protocol tunnel supports is enabled (TLSv1.2 or TLSv1.3)")
-    return SSL_PROTOCOL_NAMES[supported[0]]
+    old = [p for p in SSL_PROTOCOLS if p in enabled and p not in SSL_PROTOCOL_NAMES]
+    return SSL_PROTOCOL_NAMES[supported[0]], SSL_PROTOCOL_NAMES[supported[-1]], old
 
 
 def _upgrade(value: str) -> tuple[str, ...]:
@@ -291,9 +328,82 @@ def url_keys(words: list[str], *, flags: tuple[str, ...] = ()) -> tuple[list[tup
     return pairs, seen_flags
 
 
+_TIME_UNITS = {"ms": 0.001, "s": 1.0, "mi": 60.0, "h": 3600.0}
+
+
+def _timeout_parameter(value: str, default_unit: str, expected: str) -> float:
+    """httpd's ap_timeout_parameter_parse: a whole number with an optional unit (ms, s,
+    mi, h; ``default_unit`` without one), in seconds; at least one millisecond."""
+    m = re.fullmatch(r"([0-9]{1,12})(ms|s|mi|h)?", value.lower())
+    if m is None or int(m.group(1)) * _TIME_UNITS[m.group(2) or default_unit] < 0.001:
+        raise Expected(expected, value)
+    return int(m.group(1)) * _TIME_UNITS[m.group(2) or default_unit]
+
+
+def _whole(value: str, low: int, high: Optional[int], expected: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < low or (high is not None and int(value) > high):
+        raise Expected(expected, value)
+    return int(value)
+
+
+def _buffer_size(value: str) -> int:
+    n = _whole(value, 0, None, "a byte count >= 512, or 0 for the system default")
+    if 0 < n < 512:
+        raise Expected("a byte count >= 512, or 0 for the system default", value)
+    return n
+
+
+def _one_of(*words: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in words:
+            raise Expected(" or ".join(words), value)
+        return value.lower()
+
+    return parse
+
+
+#: Worker keys tunnel accepts, validated as httpd validates them, with no effect: each
+#: concerns a pooled or reused backend connection (tunnel opens a fresh one per request
+#: and never reuses it, R18), or output buffering tunnel does not do (it relays what it
+#: reads at once); docs/configuration.md's key table gives each one's reason (R96).
+ACCEPTED_WORKER_KEYS: dict[str, Callable[[str], Any]] = {
+    "flushpackets": _one_of("on", "off", "auto"),
+    "flushwait": lambda v: _whole(v, 0, 1000, "a number of milliseconds from 0 to 1000"),
+    "keepalive": on_off,
+    "ping": lambda v: _timeout_parameter(v, "s", "a time of at least 1ms (unit ms, s, mi or h; default s)"),
+    "acquire": lambda v: _timeout_parameter(v, "ms", "a time of at least 1ms (unit ms, s, mi or h; default ms)"),
+    "max": lambda v: _whole(v, 0, None, "a number >= 0"),
+    "smax": lambda v: _whole(v, 0, None, "a number >= 0"),
+    "min": lambda v: _whole(v, 0, None, "a number >= 0"),
+    "ttl": lambda v: _whole(v, 1, None, "a number of seconds >= 1"),
+    "disablereuse": on_off,
+    "enablereuse": on_off,
+    "iobuffersize": _buffer_size,
+    "receivebuffersize": _buffer_size,
+    "responsefieldsize": lambda v: _whole(v, 0, None, "a byte count >= 0"),
+    "addressttl": lambda v: -1 if v == "-1" else _whole(v, 0, None, "-1 or a number of seconds"),
+}
+
+
+def accepted_worker_key(key: str, value: str) -> bool:
+    """True (after validating the value) for a key in `ACCEPTED_WORKER_KEYS`."""
+    parser = ACCEPTED_WORKER_KEYS.get(key)
+    if parser is None:
+        return False
+    try:
+        parser(value)
+    except Expected as exc:
+        raise BadDirective(f"{key}= {exc}") from None
+    return True
+
+
 def rule_key(key: str, value: str, out: dict[str, Any]) -> None:
     """A worker key on a ProxyPass line (non-balancer URL)."""
-    if key == "upgrade":
+    if key == "lbset":
+        _integer(value, 0, 99)  # a member's key: validated, meaningless on one worker
+    elif accepted_worker_key(key, value):
+        pass
+    elif key == "upgrade":
         out["upgrade"] = _upgrade(value)
     elif key == "timeout":
         out["timeout"] = seconds(value)
@@ -302,7 +412,8 @@ def rule_key(key: str, value: str, out: dict[str, Any]) -> None:
     elif key == "retry":
         out["retry"] = _seconds_or_zero(value)
     else:
-        raise BadDirective(f'unknown key "{key}=" (known: upgrade, timeout, connectiontimeout, retry)')
+        known = ", ".join(["upgrade", "timeout", "connectiontimeout", "retry", "lbset", *ACCEPTED_WORKER_KEYS])
+        raise BadDirective(f'unknown key "{key}=" (known: {known})')
 
 
 def _member_status(value: str) -> frozenset[str]:
@@ -334,7 +445,8 @@ _MEMBER_KEYS: dict[str, Callable[[str], Any]] = {
 def member_key(key: str, value: str) -> Any:
     parser = _MEMBER_KEYS.get(key)
     if parser is None:
-        raise BadDirective(f'unknown BalancerMember key "{key}=" (known: {", ".join(_MEMBER_KEYS)})')
+        known = ", ".join([*_MEMBER_KEYS, *ACCEPTED_WORKER_KEYS])
+        raise BadDirective(f'unknown BalancerMember key "{key}=" (known: {known})')
     try:
         return parser(value)
     except Expected as exc:

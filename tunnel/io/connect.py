@@ -23,14 +23,21 @@ import time
 from collections.abc import Generator, Sequence
 from typing import Optional, Union
 
-from ..config.model import ProxyTLS, ServerTLS, Target
+from ..config.model import Target
 from ..errors import BackendDNSError, BadGateway, GatewayTimeout, ServiceUnavailable
+from .contexts import client_context, server_context
 from .loop import Wait
 from .steps import tls_handshake
 from .streams import Endpoint, tune
 from .tls import TLSStream
 
-__all__ = ["connect", "client_context", "server_context"]
+__all__ = ["connect", "client_context", "server_context", "HTTPD_DEFAULT_VERIFY"]
+
+#: Added to a certificate-verification failure's log line (R93).
+HTTPD_DEFAULT_VERIFY = (
+    "tunnel verifies backend certificates by default, httpd does not: to do as httpd, set "
+    "SSLProxyVerify none and SSLProxyCheckPeerName off (or give SSLProxyCACertificateFile the CA)"
+)
 
 #: Sockets made non-blocking at creation where the platform can.
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
@@ -104,30 +111,6 @@ def _addresses(target: Target, deadline: float) -> Generator[Wait, None, Sequenc
         _dns_cache.clear()
     _dns_cache[key] = (time.monotonic() + DNS_TTL, infos)
     return infos
-
-
-def client_context(tls: ProxyTLS) -> ssl.SSLContext:
-    """The SSLContext for backend TLS legs, from the SSLProxy* directives."""
-    ctx = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
-    ctx.check_hostname = tls.verify and tls.check_peer_name
-    if not tls.verify:
-        ctx.verify_mode = ssl.CERT_NONE
-    if tls.machine_certificate_file:
-        ctx.load_cert_chain(tls.machine_certificate_file)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-def server_context(tls: ServerTLS, protocols: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
-    """The SSLContext of a TLS listener: its certificate, SSLProtocol's minimum, ALPN
-    offering ``protocols`` (the host's `Protocols`, R140) in that order of preference
-    (OpenSSL picks the first of ours the client offers; none in common: no ALPN, and the
-    connection is HTTP/1.1)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(tls.certificate_file, tls.key_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_protocol == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(list(protocols) or ["http/1.1"])
-    return ctx
 
 
 def connect(
@@ -211,7 +194,10 @@ def _tls_handshake(
     except TimeoutError:  # before OSError, its base class
         raise GatewayTimeout("TLS handshake with the backend timed out", detail=str(target)) from None
     except ssl.SSLCertVerificationError as exc:
-        raise BadGateway("backend TLS certificate rejected", detail=f"{target}: {exc.verify_message}") from exc
+        raise BadGateway(
+            "backend TLS certificate rejected",
+            detail=f"{target}: {exc.verify_message}; {HTTPD_DEFAULT_VERIFY}",
+        ) from exc
     except (ssl.SSLError, OSError) as exc:
         raise BadGateway("TLS handshake with the backend failed", detail=f"{target}: {exc}") from exc
     return sock

@@ -33,7 +33,7 @@ from ..config.values import BadDirective, parse_url
 from ..errors import BadRequest, InternalServerError, UpgradeRequired
 from .routing import RouteResult, effective_scope, encode_path, normalize_target, route
 
-__all__ = ["Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "route_proxy"]
+__all__ = ["PerDir", "Action", "Outcome", "RewriteRequest", "evaluate", "proxy_route", "route_proxy"]
 
 _TEMPLATE_RE = re.compile(r"\\([$%\\])|\$([0-9])|%([0-9])|%\{([^}]*)\}")
 _ABSOLUTE_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
@@ -68,6 +68,10 @@ class RewriteRequest:
     server_port: int = 0
     https: bool = False
     server_name: str = ""
+    #: UseCanonicalName On, ServerName's port and scheme (R95)
+    canonical: bool = False
+    configured_port: int = 0
+    configured_scheme: str = ""
 
     def header(self, name: str) -> str:
         values = [v for k, v in self.headers if k.lower() == name.lower()]
@@ -92,6 +96,28 @@ class Outcome:
     status: int = 0
     rule: Optional[RewriteRule] = None
     env: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class PerDir:
+    """A `<Location>`'s rules, run at httpd's fixup phase (R79).
+
+    Attributes:
+        rules: the location's RewriteRules.
+        subject: what the rules see first, httpd's ``r->filename`` by then:
+            ``proxy:URL`` when a ProxyPass route took the request, else the document
+            root and the path.
+        directory: the location's path with a trailing "/", stripped from the subject
+            when it starts with it ("" for `<LocationMatch>`).
+        base: RewriteBase ("" for none).
+        document_root: stripped from a local result without RewriteBase.
+    """
+
+    rules: tuple[RewriteRule, ...]
+    subject: str
+    directory: str = ""
+    base: str = ""
+    document_root: str = ""
 
 
 @dataclass
@@ -217,14 +243,18 @@ def _split_authority(authority: str, default_port: int) -> tuple[str, int]:
 
 
 def _server(request: RewriteRequest) -> tuple[str, int]:
-    """SERVER_NAME and SERVER_PORT as httpd's default (UseCanonicalName Off) gives them:
-    the Host header's name and port (the scheme's default port when it names none);
-    without a Host, ServerName and the listener's port."""
+    """SERVER_NAME and SERVER_PORT as httpd gives them (ap_get_server_name and
+    ap_get_server_port, R95): under UseCanonicalName Off (the default) the Host
+    header's name and port (ServerName's port, then the scheme's default, when it names
+    none); without a Host, ServerName and the listener's port; under On, ServerName and
+    its port (else the scheme's default)."""
     default = 443 if request.https else 80
+    if request.canonical:
+        return request.server_name, request.configured_port or default
     host = request.header("host")
     if not host:
-        return request.server_name, request.server_port or default
-    return _split_authority(host, default)
+        return request.server_name, request.configured_port or request.server_port or default
+    return _split_authority(host, request.configured_port or default)
 
 
 def _same_host(scheme: str, authority: str, request: RewriteRequest) -> bool:
@@ -234,14 +264,24 @@ def _same_host(scheme: str, authority: str, request: RewriteRequest) -> bool:
 
 
 def _absolute(path: str, query: str, request: RewriteRequest, escape: bool) -> str:
-    scheme = "https" if request.https else "http"
-    host = request.header("host") or request.server_name or "localhost"
+    scheme = "https" if request.https else request.configured_scheme or "http"
+    name, port = _server(request)
+    name = name or "localhost"
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    host = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
     shown = encode_path(path) if escape else path
     return f"{scheme}://{host}{shown}" + (f"?{_encode_query(query)}" if query else "")
 
 
-def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] = None) -> Outcome:
-    """Run the scope's rules over a request.
+def evaluate(
+    scope: Scope,
+    request: RewriteRequest,
+    trace: Optional[list[str]] = None,
+    *,
+    perdir: Optional[PerDir] = None,
+) -> Outcome:
+    """Run the scope's rules over a request, or a `<Location>`'s with ``perdir`` (R79).
 
     ``trace``, when given, gets one line for each rule and condition tried and its
     outcome (``tunnel explain``).
@@ -253,18 +293,23 @@ def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] =
         InternalServerError: a [P] rule whose substitution (made by variables) is not
             an absolute URL.
     """
-    if not scope.rewrite_engine or not scope.rewrite_rules:
+    rules = perdir.rules if perdir is not None else scope.rewrite_rules
+    if not scope.rewrite_engine or not rules:
         return Outcome(Action.UNCHANGED)
     if request.method.upper() == "CONNECT" or request.target == "*":
         return Outcome(Action.UNCHANGED)  # httpd's hook declines: no URL-path (routing answers)
     path, query = normalize_target(request.target, allow_encoded_slashes=scope.limits.allow_encoded_slashes)
     state = _State(request, path, query, {}, trace=trace)
+    if perdir is not None:
+        path = perdir.subject  # what httpd's r->filename holds at the fixup phase
     original_query = query
     current, changed, redirect = path, False, 0
     last: Optional[RewriteRule] = None
-    for rule in scope.rewrite_rules:
+    directory = perdir.directory if perdir is not None else ""
+    for rule in rules:
         assert rule.regex is not None
-        m = rule.regex.search(current)
+        subject = current[len(directory) :] if directory and current.startswith(directory) else current
+        m = rule.regex.search(subject)
         if trace is not None:
             matched = (m is None) == rule.negate
             trace.append(
@@ -294,6 +339,8 @@ def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] =
         if rule.substitution != "-":
             new = state.expand(rule.substitution)
             new, question, new_query = new.partition("?")
+            if perdir is not None and not new.startswith("/") and _ABSOLUTE_RE.match(new) is None:
+                new = (perdir.base or directory) + new  # per-directory: relative to RewriteBase or the directory
             if question and rule.qsa and query:
                 query = f"{new_query}&{query}" if new_query else query
             elif question:
@@ -306,7 +353,7 @@ def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] =
                 raise InternalServerError("bad [P] target", detail=f"{current!r} from RewriteRule at {rule.where}")
             url = current + (f"?{_encode_query(query)}" if query else "")
             return Outcome(Action.PROXY, url, rule=rule, env=env)
-        if absolute is not None and not redirect and _same_host(absolute.group(1), absolute.group(2), request):
+        if absolute is not None and not redirect and perdir is None and _same_host(absolute.group(1), absolute.group(2), request):
             current = absolute.group(3) or "/"  # this host: reduced to its path
         elif absolute is not None and not redirect:
             redirect = 302  # another host: httpd's implicit redirect
@@ -335,6 +382,13 @@ def evaluate(scope: Scope, request: RewriteRequest, trace: Optional[list[str]] =
         return Outcome(Action.REDIRECT, location, status=redirect, rule=last, env=env)
     if not changed and query == original_query:
         return Outcome(Action.UNCHANGED, rule=last, env=env)
+    if perdir is not None:
+        if current == perdir.subject and query == original_query:
+            return Outcome(Action.UNCHANGED, rule=last, env=env)  # httpd: the same URL again is no redirect
+        if perdir.base and directory and current.startswith(directory):
+            current = perdir.base.rstrip("/") + "/" + current[len(directory) :]
+        elif perdir.document_root and current.startswith(perdir.document_root.rstrip("/") + "/"):
+            current = current[len(perdir.document_root.rstrip("/")) :]
     if not current.startswith("/"):
         raise BadRequest(
             "rewrite produced a bad path", detail=f"{current!r} from RewriteRule at {last.where if last else '?'}"

@@ -23,9 +23,10 @@ from ..protocol.access import backend_url, effective_access
 from ..protocol.heads import RequestHead
 from ..protocol.request import FrontEnd
 from ..protocol.routing import RouteResult
+from .decide import check_upgrade, decide, route
 from .records import Exchange
 from .services import Services
-from .session import _check_access, _check_upgrade, _forwarded_request, _route
+from .session import _forwarded_request
 
 __all__ = ["Explanation", "explain", "request_head"]
 
@@ -156,23 +157,27 @@ def explain(
     else:
         out.lines.append("virtual host: none matches; the main server's configuration applies")
     trace: list[str] = []
+    local = listener.host if listener is not None and listener.host else "127.0.0.1"
     try:
-        decision = _route(services, scope, head, ex, trace)
+        decision, head = decide(services, scope, head, ex, lambda: local, trace)
     except TunnelError as exc:
         out.lines.extend(trace or ["mod_rewrite: no rules in force"])
+        try:  # show where it was routed before the refusal, when it was
+            routed = route(services, scope, head, Exchange(peer=peer, listener=listener))
+        except TunnelError:
+            pass
+        else:
+            _locations(out, scope, routed.local_path)
+            out.lines.extend(_route_lines(routed, ex))
         return _answer(out, exc)
     out.lines.extend(trace or ["mod_rewrite: no rules in force"])
     _locations(out, scope, decision.local_path)
     out.lines.extend(_route_lines(decision, ex))
-    try:
-        _check_access(scope, decision, head, ex, lambda: listener.host if listener is not None else "127.0.0.1")
-    except TunnelError as exc:
-        return _answer(out, exc)
     applies = effective_access(scope, decision.local_path, backend_url(decision)) is not None
     out.lines.append("access: granted" + ("" if applies else " (no Require lines apply)"))
     scope = decision.scope
     try:
-        token, key = _check_upgrade(decision, head)
+        token, key = check_upgrade(decision, head)
     except TunnelError as exc:
         return _answer(out, exc)
     if decision.tunnel:

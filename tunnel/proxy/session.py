@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from typing import Optional, Union
 
 import h11
@@ -31,11 +31,7 @@ from ..errors import (
     BadRequest,
     ClientError,
     ClientGone,
-    Forbidden,
     GatewayTimeout,
-    Gone,
-    InternalServerError,
-    Redirect,
     RequestTimeout,
     TunnelError,
     UpstreamError,
@@ -44,8 +40,6 @@ from ..io.loop import Wait
 from ..io.steps import recv, sendall, tls_handshake
 from ..io.streams import INHERITS_OPTIONS, Endpoint, InetAddress, PeerAddress, tune
 from ..io.tls import TLSStream
-from ..protocol import rewrite, routing
-from ..protocol.access import AccessRequest, backend_url, effective_access, is_granted
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead, ResponseHead
@@ -53,7 +47,8 @@ from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.reverse import reverse_map_headers
 from ..protocol.routing import RouteResult
-from ..protocol.upgrade import validate_upgrade
+from . import aliasing
+from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, send_request_body, send_to_client
 from .records import Exchange, H2Start, Inner, TunnelStart
@@ -294,16 +289,19 @@ def _handle(
         ClientGone: the client left while the backend was being reached.
     """
     clock = time.monotonic
-    scope, vhost = engine.config.vhost_for(ex.listener, head.get("host"))
+    config = engine.config
+    local = _local_ip(sock) if config.ip_vhosts else None  # a system call: only for IP-based vhosts (R90)
+    scope, vhost = config.vhost_for(ex.listener, head.get("host"), local)
     ex.vhost = vhost.server_name if vhost is not None else ""
     if scope.remoteip_header:
         apply_remoteip_header(scope, head, ex)  # first, as mod_remoteip's hook runs (R131)
-    decision = _route(engine, scope, head, ex)
-    _check_access(scope, decision, head, ex, lambda: _local_ip(sock))  # before the upgrade checks and any backend (R70)
+    # Routing, access control (before the upgrade checks and any backend, R70) and the
+    # <Location> rewrite rules; an internal redirect gives a new head.
+    decision, head = decide(engine, scope, head, ex, lambda: _local_ip(sock))
     scope = decision.scope
     rule = decision.rule
     ex.notes["route"] = f"{rule.path} ({rule.where})"
-    token, key = _check_upgrade(decision, head)
+    token, key = check_upgrade(decision, head)
     strategy = engine.strategy_for(scope)
     reserved = False
     if decision.tunnel and engine.needs_thread(scope, strategy):
@@ -362,96 +360,12 @@ def _handle(
             balancer.release(member)
 
 
-def _check_upgrade(decision: RouteResult, head: RequestHead) -> tuple[Optional[str], Optional[str]]:
-    """The Upgrade token to forward and the client's Sec-WebSocket-Key (None, None for a
-    plain request).
-
-    Raises:
-        BadRequest, UpgradeRequired: the upgrade request is not valid (R12).
-    """
-    if not decision.tunnel:
-        return None, None
-    rule = decision.rule
-    token = decision.upgrade_token
-    # upgrade=NONE on the route, or on a balancer's first member (as routing reads it):
-    # every request is a handshake, without the Upgrade/Connection checks (R16).
-    upgrade = rule.upgrade if rule.upgrade is not None or rule.balancer is None else rule.balancer_upgrade
-    return token, validate_upgrade(head, token or "websocket", none_mode=upgrade == ("NONE",))
-
-
 def _local_ip(sock: Endpoint) -> str:
     try:
         name = sock.getsockname()
     except OSError:
         return ""
     return str(name[0]) if isinstance(name, tuple) and name else ""
-
-
-def _check_access(
-    scope: Scope, decision: RouteResult, head: RequestHead, ex: Exchange, local_ip: Callable[[], str]
-) -> None:
-    """Raise Forbidden unless the access rules in force grant the request (R70).
-    ``local_ip`` gives the address the client connected to (`Require local`)."""
-    if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
-        return  # no Require anywhere for this host: granted
-    url = backend_url(decision)
-    rules = effective_access(scope, decision.local_path, url)
-    if rules is None:
-        return
-    request = AccessRequest(
-        remote=peer_ip(ex.peer),
-        local=local_ip(),  # a system call: only when rules are in force
-        method=head.method,
-        path=decision.local_path,
-        query=head.target.partition("?")[2],
-        headers=tuple(head.headers),
-        https=ex.listener is not None and ex.listener.tls,
-    )
-    if not is_granted(rules, request):
-        raise Forbidden("access denied by the server configuration", detail=f"{decision.local_path} -> {url}")
-def _route(
-    engine: Services, scope: Scope, head: RequestHead, ex: Exchange, trace: Optional[list[str]] = None
-) -> RouteResult:
-    """mod_rewrite's rules first (its URI translation runs before mod_proxy's, R63),
-    then ProxyPass routing of the rewritten path, or of a one-off rule for a [P].
-    ``trace`` gets a line per rewrite rule and condition tried (``tunnel explain``)."""
-    target = head.target
-    if scope.rewrite_engine and scope.rewrite_rules:
-        listener = ex.listener
-        request = rewrite.RewriteRequest(
-            head.method,
-            head.target,
-            head.headers,
-            head.http_version,
-            remote_addr=peer_ip(ex.peer),
-            remote_port=ex.peer[1] if isinstance(ex.peer[1], int) else 0,
-            server_port=listener.port if listener is not None else 0,
-            https=listener is not None and listener.tls,
-            server_name=scope.server_name or engine.server_name,
-        )
-        outcome = rewrite.evaluate(scope, request, trace)
-        ex.notes.update(outcome.env)
-        rule = outcome.rule
-        where = f"RewriteRule at {rule.where}" if rule is not None else ""
-        if rule is not None:
-            ex.notes["rewrite"] = where
-        action = outcome.action
-        if action is rewrite.Action.FORBIDDEN:
-            raise Forbidden("forbidden", detail=where)
-        if action is rewrite.Action.GONE:
-            raise Gone("gone", detail=where)
-        if action is rewrite.Action.REDIRECT:
-            raise Redirect(outcome.status, outcome.target)
-        if action is rewrite.Action.PROXY and rule is not None:
-            one_off, target = rewrite.proxy_route(outcome.target, rule, engine.config.balancers)
-            members = engine.config.balancers[one_off.balancer].members if one_off.balancer else ()
-            tls = (one_off.target is not None and one_off.target.tls) or any(m.target.tls for m in members)
-            if tls and not scope.proxy_tls.engine:
-                raise InternalServerError("proxy TLS is off", detail=f"{outcome.target} needs SSLProxyEngine On ({where})")
-            return rewrite.route_proxy(scope, one_off, target, head.target, head.get("upgrade"), head.method)
-        if action is rewrite.Action.PATH:
-            target = outcome.target
-    return routing.route(scope, target, head.get("upgrade"), method=head.method)
 
 
 def _forwarded_request(
@@ -497,9 +411,9 @@ def _relay_answer(
     another request (both sides done, or the unread request body drained)."""
     clock = time.monotonic
     if scope.reverse_maps:  # ProxyPassReverse (R77)
-        host = (ex.head.get("host") if ex.head is not None else None) or scope.server_name or "localhost"
-        scheme = "https" if ex.listener is not None and ex.listener.tls else "http"
-        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=f"{scheme}://{host}", balancers=balancers)
+        assert ex.head is not None
+        base = aliasing.base_url(scope, ex.head, ex.listener, scope.server_name or "localhost")  # R95
+        mapped = reverse_map_headers(response.headers, scope.reverse_maps, base=base, balancers=balancers)
         response = dataclasses.replace(response, headers=mapped)
     ex.status = response.status
     ex.response_headers = response.headers
