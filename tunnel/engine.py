@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Optional
 
+from h2.errors import ErrorCodes
+
 from .accesslog import AccessLog, Entry
 from .config.model import Config, Listener, ProxyRule, ProxyTLS, Scope, Target
 from .errors import ServiceUnavailable
@@ -41,8 +43,9 @@ from .protocol.health import WorkerHealth
 from .proxy import cluster as cluster_ops
 from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
+from .proxy.h2conn import H2Server
 from .proxy.lifecycle import Drain, Lifecycle, bound_address
-from .proxy.records import Exchange, TunnelStart
+from .proxy.records import Exchange, H2Start, Inner, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
 from .proxy.stats import Recorder, nonce_for, process_snapshot
@@ -53,6 +56,9 @@ from .tunnels.sync_driver import PoolFull, ThreadPool, run_sync
 from .tunnels.wscontrol import attach
 
 __all__ = ["Engine"]
+
+#: The GOAWAY code of a connection closed by ``stop`` (RFC 9113: NO_ERROR, graceful).
+H2_SHUTDOWN = ErrorCodes.NO_ERROR
 
 log = logging.getLogger("tunnel.engine")
 errlog = logging.getLogger("tunnel.error")
@@ -109,6 +115,7 @@ class Engine(Lifecycle):
         self._acceptors: list[Acceptor] = []
         self._tasks: set[Task] = set()
         self._tunnels: set[AsyncTunnel] = set()
+        self._h2: set[H2Server] = set()
         self._live: dict[Pump, TunnelStart] = {}
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -163,25 +170,31 @@ class Engine(Lifecycle):
             if ctx is not None:
                 return ctx
             by_name: dict[str, ssl.SSLContext] = {}
-            default: Optional[ssl.SSLContext] = server_context(self.config.tls) if self.config.tls else None
-            for vhost in self.config.vhosts:
+            config = self.config
+            default: Optional[ssl.SSLContext] = None
+            if config.tls:
+                # The protocols of the host a connection without SNI reaches (R140).
+                default = server_context(config.tls, config.vhost_for(listener, None)[0].protocols)
+            for vhost in config.vhosts:
                 if vhost.tls is None or not any(p in (0, listener.port) for _, p in vhost.addresses):
                     continue
-                vctx = server_context(vhost.tls)
+                vctx = server_context(vhost.tls, vhost.scope.protocols)
                 for name in (vhost.server_name, *vhost.aliases):
                     if name:
                         by_name.setdefault(name.lower(), vctx)
                 default = default or vctx
             if default is None:
                 raise ssl.SSLError(f"no certificate for TLS listener {listener.display} (SSLEngine On, SSLCertificateFile)")
-            if by_name:
 
-                def pick(sslsock: ssl.SSLObject, name: Optional[str], _ctx: ssl.SSLContext) -> None:
-                    chosen = by_name.get((name or "").lower())
-                    if chosen is not None:
-                        sslsock.context = chosen
+            def pick(sslsock: ssl.SSLObject, name: Optional[str], _ctx: ssl.SSLContext) -> None:
+                # Runs before ALPN: the chosen host's context also offers its Protocols.
+                # The name is kept for the HTTP/2 connection's settings (R141).
+                sslsock.sni_name = name  # type: ignore[attr-defined]
+                chosen = by_name.get((name or "").lower())
+                if chosen is not None:
+                    sslsock.context = chosen
 
-                default.sni_callback = pick
+            default.sni_callback = pick
             self._server_contexts[listener] = default
             return default
 
@@ -300,6 +313,8 @@ class Engine(Lifecycle):
         for acc in self._acceptors:
             acc.close()
         self._acceptors.clear()
+        for conn in list(self._h2):
+            conn.close("shutdown", H2_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         for tunnel in list(self._tunnels):
@@ -327,6 +342,8 @@ class Engine(Lifecycle):
         for acc in self._acceptors:
             acc.close()
         self._acceptors.clear()
+        for conn in list(self._h2):
+            conn.close("shutdown")
         for task in list(self._tasks):
             task.cancel()
         for tunnel in list(self._tunnels):
@@ -350,8 +367,29 @@ class Engine(Lifecycle):
         self._tasks.discard(task)
         if isinstance(task.result, TunnelStart):
             self._start_tunnel(task.result)
+        elif isinstance(task.result, H2Start):
+            self._start_h2(task.result)
         elif self._drain is not None:
             self._check_drained()
+
+    def _start_h2(self, start: H2Start) -> None:
+        """Serve a connection whose ALPN chose h2 (loop thread, R143)."""
+        loop = self._loop
+        if loop is None or self._stopping.is_set():
+            start.client.close()
+            return
+        peer = start.peer
+
+        def spawn(sock: socket.socket, inner: Inner) -> None:
+            task = loop.spawn(serve_client(self._services, sock, peer, start.listener, b"", inner), name=f"h2 stream {peer}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+        conn = H2Server(loop, self.config, start, spawn, self._h2.discard)
+        self._h2.add(conn)
+        with self._lock:
+            self.stats["h2.connections"] += 1
+        conn.start()
 
     def handle(self, sock: socket.socket, leading: bytes = b"", *, peer: Optional[PeerAddress] = None) -> None:
         """Adopt a connected client socket whose request head is not read yet.
@@ -532,10 +570,10 @@ class Engine(Lifecycle):
             Entry(
                 remote_host=str(ex.peer[0]),
                 peer_host=str(ex.connection_peer[0]) if ex.connection_peer is not None else "",
-                request_line=head.request_line if head else "-",
+                request_line=(f"{head.method} {head.target} {ex.protocol}" if ex.protocol else head.request_line) if head else "-",
                 method=head.method if head else "-",
                 path=head.target if head else "-",
-                protocol=f"HTTP/{head.http_version}" if head else "-",
+                protocol=ex.protocol or f"HTTP/{head.http_version}" if head else "-",
                 status=ex.status,
                 request_headers={k.lower(): v for k, v in head.headers} if head else {},
                 response_headers={k.lower(): v for k, v in ex.response_headers},

@@ -136,7 +136,7 @@ def test_servername_keeps_scheme_and_port_and_core_directives_parse() -> None:
     assert (s.server_scheme, s.server_name, s.server_port) == ("https", "www.example.test", 8443)
     assert (s.use_canonical_name, s.protocols, s.protocols_honor_order, s.trace_enable) == (
         True, ("h2", "http/1.1"), False, "off")
-    assert c.warnings == ("t.conf:4: Protocols h2: HTTP/2 is not served yet; clients get HTTP/1.1",)
+    assert c.warnings == ()  # h2 is served on TLS listeners (R140)
 
 
 @pytest.mark.parametrize(
@@ -146,8 +146,8 @@ def test_servername_keeps_scheme_and_port_and_core_directives_parse() -> None:
         ("HostnameLookups Double", "HostnameLookups: Double is not supported"),
         ("UseCanonicalName DNS", "UseCanonicalName: DNS is not supported"),
         ("UseCanonicalName maybe", "UseCanonicalName: expected On, Off or DNS"),
-        ("Protocols h2", "Protocols: tunnel serves HTTP/1.1 only: the list must hold http/1.1"),
-        ("Protocols http/1.1 spdy", 'Protocols: expected http/1.1, h2 or h2c, got "spdy"'),
+        ("Protocols h2c http/1.1", "Protocols: h2c (HTTP/2 over cleartext) is not supported"),
+        ("Protocols http/1.1 spdy", 'Protocols: expected h2 or http/1.1, got "spdy"'),
         ("TraceEnable maybe", "TraceEnable: expected On, Off or Extended"),
         ("ServerName http://a b", "ServerName: expected [scheme://]name[:port], got 2 arguments"),
         ("ServerName a.test:99999", 'ServerName: expected [scheme://]host name[:port], got "a.test:99999"'),

@@ -27,8 +27,8 @@ HTTPD_VERSION = (2, 4, 62)
 
 _VAR_RE = re.compile(r"\$\{([^}]*)\}")
 _VERSION_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?")
-#: Protocols tunnel knows; it serves HTTP/1.1 only (h2 and h2c are kept in the model).
-PROTOCOLS = ("http/1.1", "h2", "h2c")
+#: The protocols ``Protocols`` may name (R140).
+PROTOCOLS = ("h2", "http/1.1")
 
 
 def resolve_variables(line: str, defined: Mapping[str, Optional[str]], environ: Mapping[str, str]) -> str:
@@ -175,18 +175,19 @@ class CoreHooks:
         self._set("server_scheme", scheme)
 
     def _protocols(self, args: list[str]) -> None:
+        # R140: h2 is served on TLS listeners (ALPN); h2c, HTTP/2 in clear text, is not.
         if not args:
-            raise BadDirective("expected one or more of http/1.1, h2, h2c")
-        names = tuple(a.lower() for a in args)
-        for name in names:
+            raise BadDirective("expected one or more of h2, http/1.1")
+        names: list[str] = []
+        for arg in args:
+            name = arg.lower()
+            if name == "h2c":
+                raise BadDirective("h2c (HTTP/2 over cleartext) is not supported: HTTP/2 is served on TLS listeners only")
             if name not in PROTOCOLS:
-                raise Expected("http/1.1, h2 or h2c", name)
-        if "http/1.1" not in names:
-            raise BadDirective("tunnel serves HTTP/1.1 only: the list must hold http/1.1")
-        later = [n for n in names if n != "http/1.1"]
-        if later:
-            self.warn(f"Protocols {' '.join(later)}: HTTP/2 is not served yet; clients get HTTP/1.1")
-        self._set("protocols", names)
+                raise Expected("h2 or http/1.1", arg)
+            if name not in names:
+                names.append(name)
+        self._set("protocols", tuple(names))
 
     def _protocols_honor_order(self, args: list[str]) -> None:
         if len(args) != 1:

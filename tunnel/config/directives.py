@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .h2 import h2_mem, h2_streams, h2_window
 from .statushooks import handler_name
 from .values import (
     encoded_slashes,
@@ -83,6 +84,10 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("LimitRequestBody", "limit_request_body", request_body_limit, _SVL),
         ("ProxyVia", "via", via_mode, _SV),
         ("SetHandler", "handler", handler_name, _SVL),
+        ("H2WebSockets", "h2_websockets", on_off, _SV),
+        ("H2MaxSessionStreams", "h2_max_session_streams", h2_streams, _SV),
+        ("H2WindowSize", "h2_window_size", h2_window, _SV),
+        ("H2StreamMaxMemSize", "h2_stream_max_mem_size", h2_mem, _SV),
     )
 }
 

@@ -44,6 +44,10 @@ DEFAULT_LIMIT_REQUEST_FIELDSIZE = 8190
 DEFAULT_LIMIT_REQUEST_FIELDS = 100
 #: httpd's LimitRequestBody default since 2.4.54 (1 GiB; it was 0, no limit, before).
 DEFAULT_LIMIT_REQUEST_BODY = 1 << 30
+#: mod_http2's defaults (R141): H2MaxSessionStreams, H2WindowSize, H2StreamMaxMemSize.
+DEFAULT_H2_MAX_SESSION_STREAMS = 100
+DEFAULT_H2_WINDOW_SIZE = 65535
+DEFAULT_H2_STREAM_MAX_MEM_SIZE = 65536
 #: Sync tunnel threads when no `MaxTunnelThreads` is given: enough for a small host,
 #: bounded so a flood of tunnels cannot exhaust memory with thread stacks.
 DEFAULT_MAX_TUNNEL_THREADS = 256
@@ -422,7 +426,7 @@ class Scope:
     server_port: int = 0
     server_scheme: str = ""
     use_canonical_name: bool = False  # UseCanonicalName On|Off (R95)
-    #: Protocols, as written (HTTP/1.1 is served; h2/h2c kept for later) and their order.
+    #: Protocols (R140): what ALPN may choose on a TLS listener, in preference order.
     protocols: tuple[str, ...] = ("http/1.1",)
     protocols_honor_order: bool = True
     trace_enable: str = "on"  # TraceEnable on|off|extended
@@ -434,6 +438,14 @@ class Scope:
     #: SetHandler: a handler tunnel serves itself (server-status, balancer-manager,
     #: metrics) for requests no ProxyPass takes; "" for none (R110).
     handler: str = ""
+    #: H2WebSockets On|Off (R142): RFC 8441 extended CONNECT on HTTP/2 connections.
+    h2_websockets: bool = False
+    #: H2MaxSessionStreams: SETTINGS_MAX_CONCURRENT_STREAMS (R141).
+    h2_max_session_streams: int = DEFAULT_H2_MAX_SESSION_STREAMS
+    #: H2WindowSize: SETTINGS_INITIAL_WINDOW_SIZE, the client's DATA in flight per stream.
+    h2_window_size: int = DEFAULT_H2_WINDOW_SIZE
+    #: H2StreamMaxMemSize: bytes held per stream for the client before reading pauses.
+    h2_stream_max_mem_size: int = DEFAULT_H2_STREAM_MAX_MEM_SIZE
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

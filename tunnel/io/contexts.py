@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+from collections.abc import Sequence
 
 from ..config.model import Config, ProxyTLS, Scope, ServerTLS
 
@@ -42,9 +43,10 @@ def _load_chain(ctx: ssl.SSLContext, tls: ServerTLS) -> None:
         os.unlink(path)
 
 
-def server_context(tls: ServerTLS) -> ssl.SSLContext:
-    """The SSLContext of a TLS listener, ALPN offering only http/1.1 (HTTP/2 is not
-    served, whatever Protocols says)."""
+def server_context(tls: ServerTLS, protocols: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
+    """The SSLContext of a TLS listener, ALPN offering ``protocols`` (the host's
+    `Protocols`, R140) in that order of preference (OpenSSL picks the first of ours the
+    client offers; none in common: no ALPN, and the connection is HTTP/1.1)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     _load_chain(ctx, tls)
     ctx.minimum_version = _VERSIONS[tls.min_protocol]
@@ -67,7 +69,7 @@ def server_context(tls: ServerTLS) -> ssl.SSLContext:
     if tls.verify_client != "none":
         ctx.load_verify_locations(cafile=tls.ca_file)
         ctx.verify_mode = _VERIFY[tls.verify_client]
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(protocols) or ["http/1.1"])
     return ctx
 
 

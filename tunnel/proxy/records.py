@@ -1,5 +1,6 @@
-"""What one request or tunnel did (`Exchange`), and what a client connection hands back
-when its handshake has made a tunnel (`TunnelStart`)."""
+"""What one request or tunnel did (`Exchange`), what a client connection hands back
+when its handshake has made a tunnel (`TunnelStart`) or chose HTTP/2 (`H2Start`), and
+what an HTTP/2 stream tells the session it is given to (`Inner`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Optional
 
 from ..config.headermodel import EMPTY_ENV, EnvDirectives
 from ..config.model import Listener, Scope
-from ..io.streams import InetAddress
+from ..io.streams import Endpoint, InetAddress
 from ..protocol.balancer import BalancerState, MemberState
 from ..protocol.heads import RequestHead
 from ..tunnels.pump import Pump
 from ..tunnels.strategy import Strategy
 
-__all__ = ["Exchange", "TunnelStart"]
+__all__ = ["Exchange", "TunnelStart", "H2Start", "Inner"]
 
 
 @dataclass
@@ -47,6 +48,32 @@ class Exchange:
     connection_peer: Optional[InetAddress] = None
     sent_at: float = 0.0  # monotonic: the request went to the backend (metrics)
     answered_at: float = 0.0  # monotonic: the backend's response head was read
+    #: the client's protocol when it is not the head's HTTP/1.x (an HTTP/2 stream:
+    #: "HTTP/2.0", for %H and %r).
+    protocol: str = ""
+
+
+@dataclass(frozen=True)
+class Inner:
+    """A request that reaches ``serve_client`` already decrypted and decoded by an outer
+    connection (an HTTP/2 stream, translated to HTTP/1.1 on a socket pair, R143): the
+    listener's TLS handshake and PROXY header were done on that connection, and are
+    not looked for again."""
+
+    protocol: str  # "HTTP/2.0"
+    connection_peer: Optional[InetAddress] = None
+
+
+@dataclass
+class H2Start:
+    """What ``serve_client`` returns when ALPN chose h2: the decrypted connection, for
+    the caller to serve as HTTP/2 (it owns ``client`` now)."""
+
+    client: Endpoint
+    peer: InetAddress
+    listener: Listener
+    connection_peer: Optional[InetAddress]
+    sni_name: Optional[str] = None
 
 
 @dataclass

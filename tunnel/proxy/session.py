@@ -53,7 +53,7 @@ from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
 from .forward import drain_request_body, relay_response, response_headers, send_request_body, send_to_client
 from .heads import answer_head, check_declared_length, kept_upgrade, request_via
-from .records import Exchange, TunnelStart
+from .records import Exchange, H2Start, Inner, TunnelStart
 from .remoteip import ProxyRefused, accept_proxy_header, apply_remoteip_header
 from .services import Services
 
@@ -77,10 +77,17 @@ def serve_client(
     peer: PeerAddress,
     listener: Optional[Listener],
     leading: bytes = b"",
-) -> Generator[Wait, None, Optional[TunnelStart]]:
-    """One client connection, as a generator task. Returns a `TunnelStart` or None.
+    inner: Optional[Inner] = None,
+) -> Generator[Wait, None, Union[TunnelStart, H2Start, None]]:
+    """One client connection, as a generator task. Returns a `TunnelStart`, an
+    `H2Start` (ALPN chose h2 on a TLS listener, R140), or None.
 
-    The socket is closed here unless a tunnel is returned (the caller then owns it).
+    ``inner``: ``sock`` carries one HTTP/2 stream as HTTP/1.1 (R143): no PROXY header
+    or TLS handshake is looked for, the listener's TLS still counts (https), and the
+    log shows the client's protocol.
+
+    The socket is closed here unless a tunnel or an HTTP/2 connection is returned (the
+    caller then owns it).
     """
     config = engine.config
     clock = time.monotonic
@@ -89,12 +96,14 @@ def serve_client(
     if leading:
         front.feed(leading)
     peer = peer if isinstance(peer, tuple) else ("unix", 0)
-    result: Optional[TunnelStart] = None
+    result: Union[TunnelStart, H2Start, None] = None
     client: Endpoint = sock  # or a TLSStream over it on a TLS listener
-    connection_peer: Optional[InetAddress] = None
+    connection_peer: Optional[InetAddress] = inner.connection_peer if inner is not None else None
     try:
         tune(sock, inherited=listener is not None and INHERITS_OPTIONS)
-        if listener is not None and listener.proxy_protocol and not leading:
+        if inner is not None:
+            pass  # an HTTP/2 stream: its connection did the PROXY header and TLS
+        elif listener is not None and listener.proxy_protocol and not leading:
             try:
                 carried = yield from accept_proxy_header(config, sock, peer, clock() + limits.header_timeout)
             except ProxyRefused as exc:
@@ -102,14 +111,20 @@ def serve_client(
                 return None
             if carried is not None and carried.source is not None:
                 connection_peer, peer = peer, carried.source
-        if listener is not None and listener.tls:
+        if listener is not None and listener.tls and inner is None:
             try:
                 client = yield from _tls_accept(engine, sock, listener, clock() + limits.header_timeout)
             except _TLSRefused as exc:
                 log.info("TLS handshake with %s on %s failed: %s", peer_ip(peer), listener.display, exc)
                 return None
+            if isinstance(client, TLSStream) and client.selected_alpn_protocol() == "h2":
+                sni = getattr(client.sslobj, "sni_name", None)
+                result = H2Start(client, peer, listener, connection_peer, sni)
+                return result
         while True:
             ex = Exchange(peer=peer, listener=listener, connection_peer=connection_peer, env_conf=config.scope.env)
+            if inner is not None:
+                ex.protocol = inner.protocol
             ex.bytes_in = len(front.buffer)
             try:
                 head = yield from _read_head(client, front, clock() + limits.header_timeout, ex)
