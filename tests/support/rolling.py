@@ -284,7 +284,7 @@ class Clients:
         for attempt in range(50):
             try:
                 ws = await websockets.connect(self.url + f"/{client.cid}", open_timeout=10, ping_interval=None, close_timeout=5)
-            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, ConnectionClosed) as exc:
+            except (TimeoutError, OSError, websockets.InvalidHandshake, ConnectionClosed) as exc:
                 client.errors.append(f"connect {attempt}: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.1)
                 continue
@@ -329,7 +329,7 @@ class Clients:
             try:
                 # recv is cancellation-safe: a timeout loses no message
                 message = await asyncio.wait_for(ws.recv(), timeout=next_send - now if can_send else 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             cid, _, n = str(message).partition(":")
             if int(cid) != client.cid:
