@@ -19,6 +19,7 @@ from tests.support.backends import Recorder
 from tests.support.clients import http_get, raw_upgrade, read_head, recv_exactly, recv_until_eof, status_of
 from tests.support.processes import read_line_matching, spawn, stop
 from tests.support.waiting import wait_for
+from tunnel.config import Config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -94,6 +95,16 @@ def test_live_fails_while_the_loop_is_really_blocked_and_recovers(make_proxy, ca
     messages = [r.getMessage() for r in caplog.records]
     assert any("the loop has not turned for" in m for m in messages)
     assert any("the loop turns again after" in m for m in messages)
+
+
+def test_a_graceful_restart_keeps_the_drain_and_takes_the_new_lag_limit(make_proxy):
+    engine = make_proxy("TunnelLoopLagLimit 2\n" + PROBES)
+    addr = engine.addresses[0]
+    engine.probes.drain(True)
+    engine.reload(Config.from_text("Listen 127.0.0.1:0\nTunnelLoopLagLimit 0.4\n" + PROBES, filename="test.conf"))
+    assert engine.probes.watchdog is not None and engine.probes.watchdog.limit == 0.4
+    assert probe(addr) == (503, b"draining\n")  # the state is the process's, not the file's
+    assert probe(addr, "/live")[0] == 200
 
 
 def test_live_without_a_loop_of_its_own_is_200(make_proxy):
