@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -119,6 +120,8 @@ class Instance:
     directory: Path
     port: int
     proc: subprocess.Popen | None = None
+    #: a process that is not our child (a binary upgrade's new one, from the PidFile)
+    adopted: int | None = None
     stderr: list[str] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
 
@@ -217,11 +220,31 @@ class Fleet:
         inst.proc = None
         return code
 
+    def adopt(self, i: int) -> int:
+        """Instance ``i`` is now the process its PidFile names (a step that replaced the
+        process itself, e.g. a binary upgrade); `stop_all` stops it too. Returns its pid."""
+        pid = int((self.instances[i].directory / "tunnel.pid").read_text().split()[0])
+        self.instances[i].adopted = pid
+        return pid
+
     def stop_all(self) -> None:
-        """Graceful stop of whatever still runs (statuses recorded); kill the rest."""
+        """Graceful stop of whatever still runs (our children's statuses recorded;
+        an adopted process is waited for until it is gone); kill the rest."""
         for inst in self.instances:
             if inst.proc is not None and inst.proc.poll() is None:
                 inst.proc.send_signal(signal.SIGWINCH)  # graceful stop
+            if inst.adopted is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(inst.adopted, signal.SIGWINCH)
+        for inst in self.instances:
+            if inst.adopted is not None:
+                pid, inst.adopted = inst.adopted, None
+                try:
+                    wait_for(lambda p=pid: not _exists(p), timeout=self.grace + 20, what=f"process {pid} gone", interval=0.05)
+                except AssertionError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    raise
         for inst in self.instances:
             if inst.proc is not None:
                 try:
@@ -230,6 +253,18 @@ class Fleet:
                     inst.proc.kill()
                     inst.exit_codes.append(inst.proc.wait())
                     inst.proc = None
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -389,7 +424,10 @@ class Figures:
         )
 
 
-#: Replaces instance ``i`` of the fleet behind the balancer.
+#: Replaces instance ``i`` of the fleet behind the balancer. A step that replaces the
+#: process without our starting it (a binary upgrade) reaps the old one
+#: (``fleet.reap``) and calls ``fleet.adopt(i)`` for the new one; the figures'
+#: ``reconnects`` then tell whether any client had to come back.
 Step = Callable[[Fleet, HAProxy, int], None]
 
 
