@@ -129,6 +129,8 @@ def test_handover_returns_with_pump_open():
     p = Pump(a2, b2)
     assert run_sync(p, handover_at=time.monotonic() + 0.02) is False
     assert not p.done
+    # The flows ran on GIL-keeping ends; the pump goes to the loop with its own sockets.
+    assert p.c2b.src is a2 and p.c2b.dst is b2 and p.b2c.src is b2 and p.b2c.dst is a2
     a.sendall(b"after handover")
     assert run_sync(p, handover_at=time.monotonic() + 0.05, fresh=False) is False
     b.settimeout(2)
@@ -137,3 +139,30 @@ def test_handover_returns_with_pump_open():
     p.close()
     a.close()
     b.close()
+
+
+def test_a_pool_thread_raises_the_switch_interval_never_lowers_it():
+    """Sync tunnel threads: the GIL's forced hand-offs every 5 ms were most of the
+    process's time with many threads (SWITCH_INTERVAL): the pool raises it."""
+    import sys
+
+    from tunnel.tunnels.sync_driver import SWITCH_INTERVAL, ThreadPool
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        pool = ThreadPool(2)
+        ran = threading.Event()
+        pool.reserve()
+        pool.run(ran.set)
+        assert ran.wait(5)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        sys.setswitchinterval(1.0)
+        pool.reserve()
+        pool.reserve()
+        pool.run(ran.set)
+        pool.run(ran.set)
+        assert sys.getswitchinterval() == pytest.approx(1.0)
+        assert pool.shutdown(5)
+    finally:
+        sys.setswitchinterval(before)
