@@ -28,7 +28,7 @@ def _head(raw: bytes):
 def test_two_heads_share_names_and_short_values_not_long_ones():
     a, b = _head(HEAD), _head(HEAD)
     assert a.headers == b.headers
-    for (na, va), (nb, vb) in zip(a.headers, b.headers):
+    for (na, va), (nb, vb) in zip(a.headers, b.headers, strict=True):
         assert na is nb
         assert (va is vb) == (len(va) <= heads.SHARED_VALUE_MAX)
     r1, r2 = parse_101(ANSWER), parse_101(ANSWER)
@@ -45,7 +45,7 @@ def test_names_keep_their_case_and_obs_text_values_read_as_latin_1():
 
 def test_the_caches_are_bounded():
     for i in range(heads.SHARED_MAX + 50):
-        assert heads.field_name(b"X-N%d" % i) == ("X-N%d" % i, "x-n%d" % i)
-        assert heads.field_value(b"v%d" % i) == "v%d" % i
+        assert heads.field_name(f"X-N{i}".encode()) == (f"X-N{i}", f"x-n{i}")
+        assert heads.field_value(f"v{i}".encode()) == f"v{i}"
     assert len(heads._NAMES) <= heads.SHARED_MAX and len(heads._VALUES) <= heads.SHARED_MAX
     assert _head(HEAD).headers[0] == ("Host", "example.test")

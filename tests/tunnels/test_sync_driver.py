@@ -166,3 +166,33 @@ def test_a_pool_thread_raises_the_switch_interval_never_lowers_it():
         assert pool.shutdown(5)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_without_hold_gil_the_flows_keep_the_plain_sockets():
+    """A tunnel among few sync threads reads with the socket's own methods."""
+    a, a2 = socket.socketpair()
+    b, b2 = socket.socketpair()
+    a2.setblocking(False)
+    b2.setblocking(False)
+    seen = []
+
+    class Spying(Pump):
+        def _read(self, flow, scratch):
+            seen.append(type(flow.src).__name__)
+            super()._read(flow, scratch)
+
+    p = Spying(a2, b2)
+    a.sendall(b"x")
+    assert run_sync(p, handover_at=time.monotonic() + 0.2, hold_gil=False) is False
+    a.sendall(b"y")
+    assert run_sync(p, handover_at=time.monotonic() + 0.2) is False
+    assert seen[0] == "socket" and seen[-1] == "HeldSocket"
+    b.settimeout(2)
+    got = b""
+    while len(got) < 2:
+        got += b.recv(10)
+    assert got == b"xy"
+    p.abort("done")
+    p.close()
+    a.close()
+    b.close()

@@ -61,13 +61,17 @@ def _error(err: int) -> OSError:
 class HeldSocket:
     """A non-blocking plain socket whose reads and sends keep the GIL (see the module)."""
 
-    __slots__ = ("sock", "fd", "_recv", "_send")
+    __slots__ = ("sock", "fd", "_recv", "_send", "_buf", "_addr")
 
     def __init__(self, sock: socket.socket) -> None:
         assert _FUNCS is not None
         self.sock = sock
         self.fd = sock.fileno()
         self._recv, self._send = _FUNCS
+        #: the last buffer read into and its address: a driver reads into the same
+        #: scratch view again and again, whose address need not be looked up each time.
+        self._buf: Any = None
+        self._addr = 0
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, /) -> int:
         size = len(buffer)  # type: ignore[arg-type]
@@ -75,10 +79,14 @@ class HeldSocket:
             size = min(size, nbytes)
         if size == 0:
             return 0
-        try:
-            address = _addressof(_c_char.from_buffer(buffer))
-        except TypeError:  # a read-only buffer: let the socket say why
-            return self.sock.recv_into(buffer, size)
+        if buffer is self._buf:
+            address = self._addr
+        else:
+            try:
+                address = _addressof(_c_char.from_buffer(buffer))
+            except TypeError:  # a read-only buffer: let the socket say why
+                return self.sock.recv_into(buffer, size)
+            self._buf, self._addr = buffer, address  # (keeps the buffer alive with its address)
         while True:
             n: int = self._recv(self.fd, address, size, 0)
             if n >= 0:

@@ -42,6 +42,10 @@ BUDGET_RECHECK = 0.05
 #: without a system call (each lets the GIL go), so a longer interval costs nothing but
 #: those forced hand-offs (docs/performance.md, "The sync strategy").
 SWITCH_INTERVAL = 0.05
+#: Busy sync threads from which a new tunnel's reads and sends keep the GIL: below it the
+#: GIL has few takers and a ctypes call costs more than the hand-off it saves (about 1 us
+#: a call; docs/performance.md).
+HOLD_GIL_FROM = 8
 
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
@@ -69,6 +73,7 @@ def run_sync(
     stopping: Optional[threading.Event] = None,
     send_timeout: float = 0.0,
     wake_fd: Optional[int] = None,
+    hold_gil: bool = True,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -83,6 +88,8 @@ def run_sync(
             is aborted ("send timeout", R37); 0 for none.
         wake_fd: a descriptor the engine makes readable when it has set
             ``pump.close_at`` on its tunnels (a graceful stop); watched until then.
+        hold_gil: read and send with the GIL held (`tunnel.io.heldio`), for a thread
+            among many (`HOLD_GIL_FROM`).
 
     Returns:
         True when the tunnel ended (the caller closes it), False at the hand-over time.
@@ -90,6 +97,8 @@ def run_sync(
     # The flows read and send through ends that keep the GIL (tunnel.io.heldio): only
     # the poll that waits lets it go. The pump's own ends are put back on return (a
     # hand-over gives the pump to the loop as it came).
+    if not hold_gil:
+        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd)
     c2b, b2c = pump.c2b, pump.b2c
     client, backend = held_socket(pump.client), held_socket(pump.backend)
     c2b.src = b2c.dst = client
