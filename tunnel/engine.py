@@ -53,7 +53,7 @@ from .proxy.stats import Recorder, nonce_for, process_snapshot
 from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
-from .tunnels.sync_driver import PoolFull, ThreadPool, run_sync
+from .tunnels.sync_driver import HOLD_GIL_FROM, PoolFull, ThreadPool, run_sync
 from .tunnels.wscontrol import attach
 
 __all__ = ["Engine"]
@@ -510,6 +510,7 @@ class Engine(Lifecycle):
                 handover_at=handover_at,
                 stopping=self._stopping,
                 wake_fd=self._wake_r,
+                hold_gil=self.pool.busy >= HOLD_GIL_FROM,
             )
         except BaseException:
             ts.pump.abort("error: internal")

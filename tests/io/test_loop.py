@@ -187,27 +187,29 @@ def test_many_cancelled_timers_are_compacted(loop):
 
 # -- registrations carried across task steps and handed over at the end -------------------
 
-import selectors  # noqa: E402
+import select  # noqa: E402
 
 
-class CountingSelector(selectors.DefaultSelector):
-    """The real selector, counting what is asked of it."""
+class CountingPoller:
+    """The real epoll set, counting what is asked of it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._ep = select.epoll()
+        self.poll = self._ep.poll
+        self.close = self._ep.close
         self.calls: list[str] = []
 
-    def register(self, fileobj, events, data=None):
+    def register(self, fd, events):
         self.calls.append("register")
-        return super().register(fileobj, events, data)
+        return self._ep.register(fd, events)
 
-    def unregister(self, fileobj):
+    def unregister(self, fd):
         self.calls.append("unregister")
-        return super().unregister(fileobj)
+        return self._ep.unregister(fd)
 
-    def modify(self, fileobj, events, data=None):
+    def modify(self, fd, events):
         self.calls.append("modify")
-        return super().modify(fileobj, events, data)
+        return self._ep.modify(fd, events)
 
 
 def _run_until(loop: Loop, cond, timeout: float = 5.0) -> None:
@@ -225,7 +227,7 @@ def _run_until(loop: Loop, cond, timeout: float = 5.0) -> None:
 
 
 def test_task_keeps_a_registration_across_waits_on_the_same_socket():
-    sel = CountingSelector()
+    sel = CountingPoller()
     loop = Loop(sel)
     a, b = socket.socketpair()
     got = []
@@ -253,7 +255,7 @@ def test_task_keeps_a_registration_across_waits_on_the_same_socket():
 
 
 def test_a_done_callback_takes_the_sockets_over_without_reregistering():
-    sel = CountingSelector()
+    sel = CountingPoller()
     loop = Loop(sel)
     a, b = socket.socketpair()
     events = []
@@ -389,3 +391,44 @@ def test_wait_until_a_future_and_its_deadline(driver):
     finally:
         gate.set()
         pool.shutdown(wait=True)
+
+
+def test_forget_drops_a_socket_about_to_close_without_a_system_call():
+    """A tunnel's end: forgotten, then closed (closing leaves the epoll set); its number,
+    reused at once, is registered afresh and its events reach the new owner only."""
+    sel = CountingPoller()
+    loop = Loop(sel)
+    a, b = socket.socketpair()
+    old = []
+    loop.register(a, EVENT_READ, old.append)
+    fd = a.fileno()
+    sel.calls.clear()
+    loop.forget(fd)
+    a.close()
+    assert sel.calls == [] and not loop.is_registered(fd)
+    c, d = socket.socketpair()
+    reuse, other = (c, d) if c.fileno() == fd else (d, c)
+    assert reuse.fileno() == fd
+    got = []
+    loop.register(reuse, EVENT_READ, lambda mask: got.append((mask, reuse.recv(10))))
+    other.send(b"new")
+    _run_until(loop, lambda: bool(got))
+    assert got == [(EVENT_READ, b"new")] and old == []
+    loop.unregister(reuse)
+    loop.close()
+    for s in (b, c, d):
+        s.close()
+
+
+def test_a_hang_up_is_reported_within_the_interest():
+    """EPOLLHUP/EPOLLERR come whatever the mask; the callback hears only what it asked
+    for (as selectors reported it): a read-only watcher gets EVENT_READ."""
+    loop = Loop()
+    a, b = socket.socketpair()
+    masks = []
+    loop.register(a, EVENT_READ, lambda mask: (masks.append(mask), loop.unregister(a)))
+    b.close()
+    _run_until(loop, lambda: bool(masks))
+    assert masks == [EVENT_READ]
+    loop.close()
+    a.close()

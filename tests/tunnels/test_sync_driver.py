@@ -129,10 +129,69 @@ def test_handover_returns_with_pump_open():
     p = Pump(a2, b2)
     assert run_sync(p, handover_at=time.monotonic() + 0.02) is False
     assert not p.done
+    # The flows ran on GIL-keeping ends; the pump goes to the loop with its own sockets.
+    assert p.c2b.src is a2 and p.c2b.dst is b2 and p.b2c.src is b2 and p.b2c.dst is a2
     a.sendall(b"after handover")
     assert run_sync(p, handover_at=time.monotonic() + 0.05, fresh=False) is False
     b.settimeout(2)
     assert b.recv(100) == b"after handover"
+    p.abort("done")
+    p.close()
+    a.close()
+    b.close()
+
+
+def test_a_pool_thread_raises_the_switch_interval_never_lowers_it():
+    """Sync tunnel threads: the GIL's forced hand-offs every 5 ms were most of the
+    process's time with many threads (SWITCH_INTERVAL): the pool raises it."""
+    import sys
+
+    from tunnel.tunnels.sync_driver import SWITCH_INTERVAL, ThreadPool
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        pool = ThreadPool(2)
+        ran = threading.Event()
+        pool.reserve()
+        pool.run(ran.set)
+        assert ran.wait(5)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        sys.setswitchinterval(1.0)
+        pool.reserve()
+        pool.reserve()
+        pool.run(ran.set)
+        pool.run(ran.set)
+        assert sys.getswitchinterval() == pytest.approx(1.0)
+        assert pool.shutdown(5)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_without_hold_gil_the_flows_keep_the_plain_sockets():
+    """A tunnel among few sync threads reads with the socket's own methods."""
+    a, a2 = socket.socketpair()
+    b, b2 = socket.socketpair()
+    a2.setblocking(False)
+    b2.setblocking(False)
+    seen = []
+
+    class Spying(Pump):
+        def _read(self, flow, scratch):
+            seen.append(type(flow.src).__name__)
+            super()._read(flow, scratch)
+
+    p = Spying(a2, b2)
+    a.sendall(b"x")
+    assert run_sync(p, handover_at=time.monotonic() + 0.2, hold_gil=False) is False
+    a.sendall(b"y")
+    assert run_sync(p, handover_at=time.monotonic() + 0.2) is False
+    assert seen[0] == "socket" and seen[-1] == "HeldSocket"
+    b.settimeout(2)
+    got = b""
+    while len(got) < 2:
+        got += b.recv(10)
+    assert got == b"xy"
     p.abort("done")
     p.close()
     a.close()

@@ -1,4 +1,4 @@
-"""A small selectors event loop that knows nothing of HTTP.
+"""A small epoll event loop that knows nothing of HTTP.
 
 Rules:
 
@@ -6,7 +6,11 @@ Rules:
   and ``stop`` must be called from that thread.
 * A file object is registered with a mask (``EVENT_READ | EVENT_WRITE``) and one callback
   that receives the ready mask. Callers modify interest only when it changes: the
-  selector is asked to ``modify`` only when the new mask differs from the one it has.
+  kernel is asked to ``modify`` only when the new mask differs from the one it has.
+* The poller is ``select.epoll`` used directly (``select.poll`` where there is none):
+  one table from descriptor to callback, no ``selectors`` key objects, level-triggered
+  (measured against edge-triggered in docs/performance.md). A descriptor about to be
+  closed is ``forget``-ten without a system call: closing it leaves the epoll set.
 * Timers live in a heap of ``Timer`` handles; a cancelled timer stays in the heap until
   its time comes (cheap cancel, like asyncio) unless the heap fills with cancelled ones.
 * ``now`` is read once per iteration (after the wait returns), so the many callbacks of
@@ -26,7 +30,6 @@ import concurrent.futures
 import heapq
 import logging
 import select
-import selectors
 import socket
 import threading
 import time
@@ -120,11 +123,42 @@ _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
-class Loop:
-    """The selectors event loop. See the module docstring for the rules."""
+class _PollAdapter:
+    """``select.poll`` behind ``select.epoll``'s interface (timeouts in seconds), for a
+    system without epoll. Masks are the same bits (POLLIN, POLLOUT)."""
 
-    def __init__(self, selector: Optional[selectors.BaseSelector] = None) -> None:
-        self._selector = selector or selectors.DefaultSelector()
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self.register = self._poll.register
+        self.modify = self._poll.modify
+        self.unregister = self._poll.unregister
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poll.poll(None if timeout < 0 else int(timeout * 1000 + 0.999))
+
+    def close(self) -> None:
+        pass
+
+
+if hasattr(select, "epoll"):
+    _Poller: Callable[[], Any] = select.epoll
+    _POLLIN, _POLLOUT = select.EPOLLIN, select.EPOLLOUT
+    #: close() of a socket's only descriptor removes it from an epoll set.
+    _CLOSE_LEAVES_SET = True
+else:  # pragma: no cover - not Linux
+    _Poller = _PollAdapter
+    _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+    _CLOSE_LEAVES_SET = False  # a poll set keeps a closed number: always unregister
+#: EVENT_READ/EVENT_WRITE masks (0..3) as the poller's bits.
+_TO_POLL = (0, _POLLIN, _POLLOUT, _POLLIN | _POLLOUT)
+
+
+class Loop:
+    """The epoll event loop. See the module docstring for the rules."""
+
+    def __init__(self, poller: Optional[Any] = None) -> None:
+        #: ``select.epoll`` (or an object with its interface: tests count the calls).
+        self._poller = poller if poller is not None else _Poller()
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
         self._timers: list[Timer] = []
@@ -147,7 +181,7 @@ class Loop:
         """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready.
 
         A file already registered changes hands: its callback is replaced and its mask
-        modified (nothing asked of the selector when the mask is the same), so a task can
+        modified (nothing asked of the kernel when the mask is the same), so a task can
         give its sockets to a tunnel without a round of unregister and register.
         """
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
@@ -161,27 +195,28 @@ class Loop:
                 # dropped the old registration): start afresh.
                 self._masks.pop(fd, None)
                 try:
-                    self._selector.unregister(fd)
-                except (KeyError, ValueError):
+                    self._poller.unregister(fd)
+                except (KeyError, ValueError, OSError):
                     pass
         self._callbacks[fd] = callback
         self._masks[fd] = events
         if events:
-            self._selector.register(fd, events)
+            self._poller.register(fd, _TO_POLL[events])
 
     def modify(self, fileobj: FileDescriptorLike, events: int) -> None:
         """Change the interest of a registered file; a no-op when it is unchanged."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        old = self._masks[fd]
+        masks = self._masks
+        old = masks[fd]
         if old == events:
             return
-        self._masks[fd] = events
+        masks[fd] = events
         if not old:
-            self._selector.register(fd, events)
+            self._poller.register(fd, _TO_POLL[events])
         elif not events:
-            self._selector.unregister(fd)
+            self._poller.unregister(fd)
         else:
-            self._selector.modify(fd, events)
+            self._poller.modify(fd, _TO_POLL[events])
 
     def unregister(self, fileobj: FileDescriptorLike) -> None:
         """Stop watching ``fileobj``. Unknown files are ignored (idempotent close paths)."""
@@ -191,8 +226,19 @@ class Loop:
         self._callbacks.pop(fd, None)
         if self._masks.pop(fd, 0):
             try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
+                self._poller.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def forget(self, fd: int) -> None:
+        """Drop ``fd`` from the tables without a system call: for a descriptor the caller
+        closes right away (closing the only descriptor of a socket takes it out of the
+        epoll set; nothing else in the process shares the file description)."""
+        self._callbacks.pop(fd, None)
+        if self._masks.pop(fd, 0) and not _CLOSE_LEAVES_SET:
+            try:
+                self._poller.unregister(fd)
+            except (KeyError, ValueError, OSError):
                 pass
 
     def release(self, fd: int, callback: Callable[[int], None]) -> None:
@@ -278,31 +324,41 @@ class Loop:
         self._running = True
         self._stopping = False
         self.thread_id = threading.get_ident()
-        select_ = self._selector.select
+        poll = self._poller.poll
         callbacks = self._callbacks
+        masks = self._masks
         ready = self._ready
         timers = self._timers
+        monotonic = time.monotonic
         try:
             while not self._stopping:
                 if ready:
-                    timeout: Optional[float] = 0.0
+                    timeout = 0.0
                 elif timers:
-                    timeout = min(max(0.0, timers[0].when - time.monotonic()), MAX_WAIT)
+                    timeout = min(max(0.0, timers[0].when - monotonic()), MAX_WAIT)
                 else:
                     timeout = MAX_WAIT
                 try:
-                    events = select_(timeout)
+                    events = poll(timeout)
                 except InterruptedError:
                     events = []
-                self.now = now = time.monotonic()
-                for key, mask in events:
-                    cb = callbacks.get(key.fd)
+                self.now = now = monotonic()
+                for fd, ev in events:
+                    cb = callbacks.get(fd)
                     if cb is None:
                         continue
+                    if ev == _POLLIN:
+                        mask = EVENT_READ
+                    elif ev == _POLLOUT:
+                        mask = EVENT_WRITE
+                    else:  # errors, hang-ups, both: what selectors reports, within the interest
+                        mask = (
+                            (EVENT_READ if ev & ~_POLLOUT else 0) | (EVENT_WRITE if ev & ~_POLLIN else 0)
+                        ) & masks.get(fd, 0)
                     try:
                         cb(mask)
                     except Exception:
-                        log.exception("callback for fd %d failed", key.fd)
+                        log.exception("callback for fd %d failed", fd)
                 while timers and timers[0].when <= now:
                     timer = heapq.heappop(timers)
                     if timer.cancelled:
@@ -324,13 +380,13 @@ class Loop:
             self._running = False
 
     def close(self) -> None:
-        """Release the selector and the wake-up pair. Registered files are not closed."""
+        """Release the poller and the wake-up pair. Registered files are not closed."""
         if self._closed:
             return
         with self._lock:
             self._closed = True
         self.unregister(self._wake_r)
-        self._selector.close()
+        self._poller.close()
         self._wake_r.close()
         self._wake_w.close()
 

@@ -12,7 +12,7 @@ import selectors
 import socket
 import ssl
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from .addresses import InetAddress, PeerAddress
 from .tls import TLSStream
@@ -74,27 +74,44 @@ KEEPALIVE_INTERVAL = 15
 INHERITS_OPTIONS = sys.platform.startswith("linux")
 
 
-def tune(sock: socket.socket, *, inherited: bool = False) -> None:
+def tune(sock: socket.socket, *, inherited: bool = False, family: Optional[int] = None) -> None:
     """Non-blocking, TCP_NODELAY (R27) and keepalive (R37) on a stream socket.
 
     ``inherited``: the options came from a listener `set_tcp_options` set up.
+    ``family``: the socket's address family when the caller knows it.
     """
     if sock.gettimeout() != 0.0:
         sock.setblocking(False)
     if not inherited:
-        set_tcp_options(sock)
+        set_tcp_options(sock, family)
 
 
-def set_tcp_options(sock: socket.socket) -> None:
-    """TCP_NODELAY and keepalive on a socket (a listener's are inherited on Linux)."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
+#: The options `set_tcp_options` sets, in order: (level, option, value).
+TCP_OPTIONS: tuple[tuple[int, int, int], ...] = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+) + (
+    (
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4),
+    )
+    if hasattr(socket, "TCP_KEEPIDLE")
+    else ()
+)
+_INET = (socket.AF_INET, socket.AF_INET6)
+
+
+def set_tcp_options(sock: socket.socket, family: Optional[int] = None) -> None:
+    """TCP_NODELAY and keepalive on a socket (a listener's are inherited on Linux).
+
+    ``family``: the socket's, when the caller knows it (``sock.family`` builds an enum).
+    """
+    if (sock.family if family is None else family) in _INET:
+        setsockopt = sock.setsockopt
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if hasattr(socket, "TCP_KEEPIDLE"):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+            for level, option, value in TCP_OPTIONS:
+                setsockopt(level, option, value)
         except OSError:
             pass
 

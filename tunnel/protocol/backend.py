@@ -18,7 +18,18 @@ import h11
 from wsproto.utilities import generate_accept_token
 
 from ..errors import BadGateway, BadRequest
-from .heads import FIELD_LINE, HOP_BY_HOP, MAX_RESPONSE_HEAD, TARGET, TOKEN, VALUE, RequestHead, ResponseHead
+from .heads import (
+    FIELD_LINE,
+    HOP_BY_HOP,
+    MAX_RESPONSE_HEAD,
+    TARGET,
+    TOKEN,
+    VALUE,
+    RequestHead,
+    ResponseHead,
+    field_name,
+    field_value,
+)
 
 __all__ = ["backend_headers", "BackendHandshake", "client_switch_bytes", "parse_101"]
 
@@ -131,7 +142,8 @@ def parse_101(buf: Union[bytes, bytearray]) -> Optional[tuple[ResponseHead, int]
         m = FIELD_LINE.fullmatch(line)
         if m is None:
             return None
-        headers.append((m.group(1).decode("latin-1"), m.group(2).decode("latin-1")))
+        raw_name, raw_value = m.groups()
+        headers.append((field_name(raw_name)[0], field_value(raw_value)))
     reason = (status.group(1) or b"").decode("latin-1")
     return ResponseHead(status=101, reason=reason, http_version="1.1", headers=headers), end + 4
 

@@ -42,6 +42,39 @@ VALUE = rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?"
 #: One header line as h11 reads it (name, value without the blanks around it).
 FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(" + VALUE + rb")[ \t]*")
 
+#: Header names and short values as read, shared by every head that has them: an idle
+#: tunnel keeps its request and 101 heads (for the access log and the status pages), and
+#: ``Upgrade``/``websocket``/``13`` once per process rather than once per tunnel is most of
+#: their memory. Bounded: a cache that fills is emptied (only sharing is lost).
+_NAMES: dict[bytes, tuple[str, str]] = {}
+_VALUES: dict[bytes, str] = {}
+SHARED_MAX = 1024
+#: Longer values are most likely unique (keys, accept tokens, cookies): not shared.
+SHARED_VALUE_MAX = 20
+
+
+def field_name(raw: bytes) -> tuple[str, str]:
+    """A header name read from the wire as (name, lower-case name), shared."""
+    got = _NAMES.get(raw)
+    if got is None:
+        if len(_NAMES) >= SHARED_MAX:
+            _NAMES.clear()
+        name = raw.decode("latin-1")
+        got = _NAMES[raw] = (name, name.lower())
+    return got
+
+
+def field_value(raw: bytes) -> str:
+    """A header value read from the wire (latin-1), shared when it is short."""
+    if len(raw) > SHARED_VALUE_MAX:
+        return raw.decode("latin-1")
+    got = _VALUES.get(raw)
+    if got is None:
+        if len(_VALUES) >= SHARED_MAX:
+            _VALUES.clear()
+        got = _VALUES[raw] = raw.decode("latin-1")
+    return got
+
 
 @dataclass(slots=True)
 class RequestHead:

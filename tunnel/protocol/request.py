@@ -15,7 +15,7 @@ import h11
 
 from ..config.model import Limits
 from ..errors import BadRequest, HeaderFieldsTooLarge, MethodNotAllowed, URITooLong
-from .heads import FIELD_LINE, HOST_VALUE, TARGET, TOKEN, RequestHead
+from .heads import FIELD_LINE, HOST_VALUE, TARGET, TOKEN, RequestHead, field_name, field_value
 
 __all__ = ["FrontEnd", "check_raw_head"]
 
@@ -76,15 +76,15 @@ def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
         m = FIELD_LINE.fullmatch(line)
         if m is None or len(line) > field_size:
             return None
-        name = m.group(1).decode("ascii")
-        low = name.lower()
+        raw_name, raw_value = m.groups()
+        name, low = field_name(raw_name)
         if low == "host":
-            if not HOST_VALUE.fullmatch(m.group(2)):
+            if not HOST_VALUE.fullmatch(raw_value):
                 return None
             hosts += 1
         elif low == "content-length" or low == "transfer-encoding":
             return None
-        headers.append((name, m.group(2).decode("latin-1")))
+        headers.append((name, field_value(raw_value)))
     if hosts != 1:
         return None
     return RequestHead(method, start.group(2).decode("latin-1"), "1.1", headers, len(raw))

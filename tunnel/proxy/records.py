@@ -19,7 +19,7 @@ from ..tunnels.strategy import Strategy
 __all__ = ["Exchange", "TunnelStart", "H2Start", "Inner"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """What one request/tunnel did, for the access log and the caller."""
 

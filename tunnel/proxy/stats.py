@@ -76,7 +76,7 @@ class _Histogram:
         return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total, "count": self.n}
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveTunnel:
     """A tunnel open now: its id, what started it, and when."""
 

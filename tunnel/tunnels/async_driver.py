@@ -1,8 +1,8 @@
 """The async driver: a tunnel's two sockets on the engine's loop, driving a `Pump`.
 
-All async tunnels share the loop's one selector and one scratch buffer. The driver only
-forwards readiness to the pump and mirrors the pump's wanted events into the selector
-(``Loop.modify`` is a no-op when nothing changed, so a busy tunnel makes no selector
+All async tunnels share the loop's one epoll set and one scratch buffer. The driver only
+forwards readiness to the pump and mirrors the pump's wanted events into the epoll set
+(``Loop.modify`` is a no-op when nothing changed, so a busy tunnel makes no epoll
 calls at all). Idle expiry is checked lazily: one timer per tunnel, re-armed from the
 last activity stamp when it fires, never touched per event (R38).
 """
@@ -164,8 +164,8 @@ class AsyncTunnel:
 
     def _finish(self) -> None:
         loop = self.loop
-        loop.unregister(self._cfd)
-        loop.unregister(self._bfd)
+        loop.forget(self._cfd)  # both are closed below: no epoll_ctl needed
+        loop.forget(self._bfd)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

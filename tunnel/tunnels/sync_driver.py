@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import queue
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Optional
 
+from ..io.heldio import held_socket
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import Pump, new_scratch
 from .wscontrol import NEVER, attach
@@ -31,6 +33,19 @@ log = logging.getLogger("tunnel.sync")
 THREAD_IDLE_EXIT = 30.0
 #: Poll cap while the global buffer cap pauses every flow of a tunnel.
 BUDGET_RECHECK = 0.05
+#: The interpreter's switch interval once sync tunnel threads run (``sys.setswitchinterval``;
+#: Python's default is 5 ms). Every thread waiting for the GIL wakes at each interval to
+#: ask the holder to drop it, and a holder asked that way hands the GIL over at its next
+#: system call and queues for it again: with a thousand busy tunnel threads that was
+#: most of the process's time (a thousand context switches per message; 1,000 tunnels
+#: at 0.02x of a direct connection, p99 0.9 s). No thread of the proxy computes for long
+#: without a system call (each lets the GIL go), so a longer interval costs nothing but
+#: those forced hand-offs (docs/performance.md, "The sync strategy").
+SWITCH_INTERVAL = 0.05
+#: Busy sync threads from which a new tunnel's reads and sends keep the GIL: below it the
+#: GIL has few takers and a ctypes call costs more than the hand-off it saves (about 1 us
+#: a call; docs/performance.md).
+HOLD_GIL_FROM = 8
 
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
@@ -58,6 +73,7 @@ def run_sync(
     stopping: Optional[threading.Event] = None,
     send_timeout: float = 0.0,
     wake_fd: Optional[int] = None,
+    hold_gil: bool = True,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -72,10 +88,37 @@ def run_sync(
             is aborted ("send timeout", R37); 0 for none.
         wake_fd: a descriptor the engine makes readable when it has set
             ``pump.close_at`` on its tunnels (a graceful stop); watched until then.
+        hold_gil: read and send with the GIL held (`tunnel.io.heldio`), for a thread
+            among many (`HOLD_GIL_FROM`).
 
     Returns:
         True when the tunnel ended (the caller closes it), False at the hand-over time.
     """
+    # The flows read and send through ends that keep the GIL (tunnel.io.heldio): only
+    # the poll that waits lets it go. The pump's own ends are put back on return (a
+    # hand-over gives the pump to the loop as it came).
+    if not hold_gil:
+        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd)
+    c2b, b2c = pump.c2b, pump.b2c
+    client, backend = held_socket(pump.client), held_socket(pump.backend)
+    c2b.src = b2c.dst = client
+    c2b.dst = b2c.src = backend
+    try:
+        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd)
+    finally:
+        c2b.src = b2c.dst = pump.client
+        c2b.dst = b2c.src = pump.backend
+
+
+def _relay(
+    pump: Pump,
+    idle_timeout: float,
+    handover_at: Optional[float],
+    fresh: bool,
+    stopping: Optional[threading.Event],
+    send_timeout: float,
+    wake_fd: Optional[int],
+) -> bool:
     scratch = thread_scratch()
     cfd, bfd = pump.client.fileno(), pump.backend.fileno()
     poller = select.poll()
@@ -236,6 +279,8 @@ class ThreadPool:
             if self._idle > 0:
                 self._idle -= 1
             else:
+                if sys.getswitchinterval() < SWITCH_INTERVAL:
+                    sys.setswitchinterval(SWITCH_INTERVAL)  # only ever raised (see SWITCH_INTERVAL)
                 self._threads += 1
                 threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
             self._work.put(fn)
