@@ -53,7 +53,7 @@ from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
 from .tunnels.sync_driver import PoolFull, ThreadPool, run_sync
-from .tunnels.wscontrol import attach
+from .tunnels.wscontrol import attach, tracks_frames
 
 __all__ = ["Engine"]
 
@@ -444,7 +444,7 @@ class Engine(Lifecycle):
         ts.exchange.notes["strategy"] = strategy
         scope = ts.scope
         pump = ts.pump
-        if _is_websocket(ts.exchange):
+        if _is_websocket(ts.exchange) and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set):
             pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
         if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
             attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)

@@ -78,6 +78,17 @@ _FAST_STEP = {
 }
 
 
+#: By the second byte, for each expected mask bit: the header's length (4, or 8 with a
+#: mask key) when the length code is 126 (a 16-bit length follows) and the mask bit is
+#: right, else 0. By the first byte: 1 for a data frame (continuation, text, binary),
+#: whose payload may be that long (a control frame's may not, §5.5).
+_EXT_STEP = {
+    mask: tuple((4 + (4 if b & 0x80 else 0)) if (b & 0x7F) == 126 and (mask < 0 or b & 0x80 == mask) else 0 for b in range(256))
+    for mask in (-1, 0, 0x80)
+}
+_DATA_FIRST = bytes(int((b & 0x0F) in (OP_CONTINUATION, OP_TEXT, OP_BINARY)) for b in range(256))
+
+
 #: A header's whole length by its second byte (mask bit and length code).
 _HEADER_LENGTHS = bytes(2 + (2 if b & 0x7F == 126 else 8 if b & 0x7F == 127 else 0) + (4 if b & 0x80 else 0) for b in range(256))
 
@@ -111,7 +122,7 @@ class FrameFollower:
         lost: the stream broke the framing rules; nothing more is followed.
     """
 
-    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_skip", "_head", "_in_close")
+    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_ext_step", "_skip", "_head", "_in_close")
 
     def __init__(self, masked: Optional[bool] = None, *, from_client: Optional[bool] = None) -> None:
         if from_client is not None:
@@ -122,6 +133,7 @@ class FrameFollower:
         mask = -1 if masked is None else 0x80 if masked else 0
         self._bad_second = _BAD_SECOND[mask]
         self._fast_step = _FAST_STEP[mask]
+        self._ext_step = _EXT_STEP[mask]
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
         #: the bytes of a header cut by a chunk's end (None: none pending; made only
@@ -207,15 +219,28 @@ class FrameFollower:
         hlens = _HEADER_LENGTHS
         fast_first = _FAST_FIRST
         fast_step = self._fast_step
+        ext_step = self._ext_step
+        data_first = _DATA_FIRST
         last = n - 2
         frames = 0
         try:
             while pos < n:
                 while pos <= last:
                     step = fast_step[data[pos + 1]]
-                    if not step or not fast_first[data[pos]] or pos + step > n:
-                        break
-                    pos += step
+                    if step:
+                        if not fast_first[data[pos]] or pos + step > n:
+                            break
+                        pos += step
+                    else:
+                        # A data frame of 126 to 65535 bytes (a 16-bit length), masked
+                        # the right way: read here too, without the general path's calls.
+                        head = ext_step[data[pos + 1]]
+                        if not head or not data_first[data[pos]] or pos + 4 > n:
+                            break
+                        end = pos + head + ((data[pos + 2] << 8) | data[pos + 3])
+                        if end > n:
+                            break
+                        pos = end
                     frames += 1
                 if pos >= n:
                     return

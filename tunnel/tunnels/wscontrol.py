@@ -30,11 +30,12 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..config.model import Scope
 from ..io.streams import WOULD_BLOCK
 from ..protocol.frames import close_frame, ping_frame
 from .pump import READ_BUDGET, Flow, FlowState, Pump, _describe
 
-__all__ = ["Control", "attach", "CLOSE_GOING_AWAY", "CLOSE_WAIT", "PING_PAYLOAD", "NEVER"]
+__all__ = ["Control", "attach", "tracks_frames", "CLOSE_GOING_AWAY", "CLOSE_WAIT", "PING_PAYLOAD", "NEVER"]
 
 #: RFC 6455 §7.4.1: the endpoint is going away (server shutdown, dead peer).
 CLOSE_GOING_AWAY = 1001
@@ -348,6 +349,22 @@ class Control:
         pump.reason = self.reason
         for flow in (pump.c2b, pump.b2c):
             pump._drop(flow)
+
+
+def tracks_frames(scope: Scope, *, graceful_set: bool) -> bool:
+    """Whether a ``websocket`` tunnel opened in ``scope`` follows its frames (R160).
+
+    ``ProxyWebsocketFrameTracking On`` or ``Off`` say so; ``Auto`` turns it on for what
+    is known when the tunnel opens and needs frame boundaries: pings or a half-close
+    timeout in the scope, or a ``GracefulShutdownTimeout`` in the file (``graceful_set``:
+    the Close 1001 of a graceful stop). A follower must read a stream from its first
+    byte, so nothing decided later (``tunnel ctl close``, a graceful stop of a file
+    without the directive) can turn it on for a tunnel already open.
+    """
+    mode = scope.websocket_frame_tracking
+    if mode == "auto":
+        return scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0 or graceful_set
+    return mode == "on"
 
 
 def _broken(pump: Pump) -> bool:
