@@ -44,6 +44,8 @@ from .proxy import cluster as cluster_ops
 from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
+from .proxy.closing import Closing
+from .proxy.closing import is_websocket as _is_websocket
 from .proxy.lifecycle import Drain, Lifecycle, bound_address
 from .proxy.records import Exchange, H2Start, Inner, TunnelStart
 from .proxy.services import Services
@@ -67,7 +69,7 @@ errlog = logging.getLogger("tunnel.error")
 STOP_TIMEOUT = 5.0
 
 
-class Engine(Lifecycle):
+class Engine(Lifecycle, Closing):
     """A WebSocket tunnel engine for one `Config`.
 
     Args:
@@ -600,11 +602,6 @@ class Engine(Lifecycle):
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
 
 
-def _is_websocket(ex: Exchange) -> bool:
-    """The tunnel switched to WebSocket (the 101's Upgrade), not another protocol."""
-    return any(k.lower() == "upgrade" and v.strip().lower() == "websocket" for k, v in ex.response_headers)
-
-
 class _Services(Services):
     """The engine as a client connection sees it (`tunnel.proxy.services.Services`).
 
@@ -680,6 +677,9 @@ class _Services(Services):
 
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()
+
+    def close_tunnel(self, ident: str, code: int, reason: str) -> str:
+        return self._engine.close_tunnel(ident, code, reason)
 
     @property
     def cluster(self) -> Cluster:

@@ -28,7 +28,18 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-__all__ = ["FrameFollower", "OP_CLOSE", "OP_PING", "OP_PONG", "build_frame", "close_frame", "ping_frame"]
+__all__ = [
+    "FrameFollower",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "build_frame",
+    "close_frame",
+    "ping_frame",
+    "close_problem",
+    "UNSENDABLE_CODES",
+    "MAX_CLOSE_REASON",
+]
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -329,6 +340,32 @@ def close_frame(code: Optional[int] = 1000, reason: str = "", *, mask: Optional[
     if not 1000 <= code <= 4999:
         raise ValueError(f"close code {code} is not 1000-4999")
     return build_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode("utf-8"), mask=mask)
+
+
+#: Close codes an endpoint must not send (RFC 6455 §7.4.1): 1004 is reserved, 1005 and
+#: 1006 stand for "no code" and "closed without a Close" locally, 1015 for a TLS failure.
+UNSENDABLE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: A Close frame's reason: its payload (125 bytes) less the 2-byte code, in UTF-8 bytes.
+MAX_CLOSE_REASON = MAX_CONTROL_PAYLOAD - 2
+
+
+def close_problem(code: object, reason: object) -> Optional[str]:
+    """Why a Close with ``code`` and ``reason`` may not be sent (None: it may): a code
+    outside 1000-4999 or one of `UNSENDABLE_CODES`, a reason that is not text or is
+    longer than `MAX_CLOSE_REASON` bytes of UTF-8."""
+    if isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999:
+        return f"close code {code!r} is not a number from 1000 to 4999"
+    if code in UNSENDABLE_CODES:
+        return f"close code {code} may not be sent in a Close frame (1004, 1005, 1006 and 1015 are reserved, RFC 6455 section 7.4.1)"
+    if not isinstance(reason, str):
+        return f"the close reason must be text, not {type(reason).__name__}"
+    try:
+        size = len(reason.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the close reason is not valid UTF-8 text"
+    if size > MAX_CLOSE_REASON:
+        return f"the close reason is {size} bytes of UTF-8; a Close frame holds at most {MAX_CLOSE_REASON}"
+    return None
 
 
 def ping_frame(payload: bytes = b"", *, mask: Optional[bytes] = None) -> bytes:
