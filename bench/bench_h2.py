@@ -33,7 +33,6 @@ from tunnel.echo import EchoServer
 from .bench_tls import REQUEST, WOULD_BLOCK, _accepts, _open, _read_head, _recv_exactly, _send_all, _wait, bulk
 from .harness import BUILD, PEER_WORKERS, Proc, find_peer, peer_version, wait_until
 
-
 #: h2 bulk: the most bytes sent and not yet echoed back.
 IN_FLIGHT = 1 << 20
 

@@ -41,11 +41,11 @@ from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
 from .proxy import cluster as cluster_ops
+from .proxy.closing import Closing
+from .proxy.closing import is_websocket as _is_websocket
 from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
-from .proxy.closing import Closing
-from .proxy.closing import is_websocket as _is_websocket
 from .proxy.lifecycle import Drain, Lifecycle, bound_address
 from .proxy.records import Exchange, H2Start, Inner, TunnelStart
 from .proxy.services import Services

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.e2e.test_graceful import WsBackend
 from tests.e2e.test_status import parse_page, scrape, value
 from tests.support.backends import Server, switching_protocols
-from tests.support.clients import http_get, read_head, raw_upgrade, status_of
+from tests.support.clients import http_get, raw_upgrade, read_head, status_of
 from tests.support.processes import read_line_matching, spawn, stop
 from tests.support.waiting import wait_for
 

@@ -245,10 +245,10 @@ class FrameFollower:
                     else:
                         # A data frame of 126 to 65535 bytes (a 16-bit length), masked
                         # the right way: read here too, without the general path's calls.
-                        head = ext_step[data[pos + 1]]
-                        if not head or not data_first[data[pos]] or pos + 4 > n:
+                        step = ext_step[data[pos + 1]]
+                        if not step or not data_first[data[pos]] or pos + 4 > n:
                             break
-                        end = pos + head + ((data[pos + 2] << 8) | data[pos + 3])
+                        end = pos + step + ((data[pos + 2] << 8) | data[pos + 3])
                         if end > n:
                             break
                         pos = end
