@@ -281,3 +281,34 @@ def test_close_reaches_the_worker_that_holds_the_tunnel(tmp_path, ws_backend):
         assert ws_backend.errors == []
     finally:
         end(proc)
+
+
+@pytest.mark.parametrize(
+    "conf, followed",
+    [
+        ("", False),
+        ("ProxyWebsocketPingInterval 30\n", True),
+        ("ProxyWebsocketHalfCloseTimeout 30\n", True),
+        ("GracefulShutdownTimeout 5\n", True),
+        ("ProxyWebsocketFrameTracking On\n", True),
+        ("GracefulShutdownTimeout 5\n<Location /ws>\nProxyWebsocketFrameTracking Off\n</Location>\n", False),
+    ],
+)
+def test_auto_follows_frames_where_something_configured_needs_them(make_proxy, echo, strategy, conf, followed):
+    """R160, through the engine: the pump of a live tunnel has followers or not."""
+    from tests.support.strategies import STRATEGY_CONFIGS
+
+    engine = make_proxy(STRATEGY_CONFIGS[strategy] + conf + f"ProxyPass /ws ws://127.0.0.1:{echo.address[1]}/\n")
+    host, port = engine.addresses[0]
+
+    async def main() -> None:
+        async with websockets.connect(f"ws://{host}:{port}/ws/x", ping_interval=None) as ws:
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), 10) == "hi"
+            pumps = engine.live_tunnels()
+            assert len(pumps) == 1
+            assert (pumps[0].c2b.frames is not None, pumps[0].b2c.frames is not None) == (followed, followed)
+            if followed:
+                assert pumps[0].c2b.frames.frames == 1 and pumps[0].b2c.frames.frames == 1
+
+    asyncio.run(main())
