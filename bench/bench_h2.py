@@ -1,7 +1,11 @@
 """WebSockets over HTTP/2 (RFC 8441) next to WebSockets over TLS HTTP/1.1, through the
 same ``tunnel serve`` process (async) to the same backend: bulk throughput through one
 tunnel, one tunnel's round-trip latency, and WebSockets opened per second (HTTP/2: new
-streams on one connection; HTTP/1.1: a TLS connection each).
+streams on one connection; HTTP/1.1: a TLS connection each). When HAProxy is installed
+(it has RFC 8441 on its HTTP/2 frontends since 2.4), the same figures through HAProxy:
+a TLS frontend with ``alpn h2,http/1.1`` and an HTTP/1.1 backend, the same echo server,
+the same certificate and the same stream window (1 MiB), so the two proxies are read
+side by side.
 
 The backend is the project's raw echo server (it answers the proxy's own
 Sec-WebSocket-Key, which the C backend cannot); the clients are Python: h2 over
@@ -27,7 +31,12 @@ from tests.support.h2client import H2Client
 from tunnel.echo import EchoServer
 
 from .bench_tls import REQUEST, WOULD_BLOCK, _accepts, _open, _read_head, _recv_exactly, _send_all, _wait, bulk
-from .harness import BUILD, Proc, wait_until
+from .harness import BUILD, PEER_WORKERS, Proc, find_peer, peer_version, wait_until
+
+#: h2 bulk: the most bytes sent and not yet echoed back. Without a bound the client
+#: once stalled for good through HAProxy (16 MiB sent, 0.6 MiB echoed, its window shut);
+#: 8 MiB keeps both proxies' pipelines full.
+IN_FLIGHT = 8 << 20
 
 
 def _h2_tunnel(client: H2Client) -> int:
@@ -51,7 +60,8 @@ def h2_bulk(addr, ctx, total: int) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError("h2 bulk stalled")
             window = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size)
-            if sent < total and window > 0:
+            # At most IN_FLIGHT bytes not yet echoed (see there).
+            if sent < total and window > 0 and sent - state.received < IN_FLIGHT:
                 n = min(window, total - sent, len(chunk))
                 client.conn.send_data(sid, chunk[:n])
                 client._flush()
@@ -136,6 +146,37 @@ def h1_opens(addr, ctx, seconds: float) -> float:
     return done / (time.monotonic() - started)
 
 
+def _haproxy(work: Path, pem: Path, backend_port: int) -> tuple[Proc, int]:
+    """HAProxy with a TLS frontend offering h2 and http/1.1, an HTTP/1.1 backend."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = work / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+    nbthread {PEER_WORKERS}
+    tune.h2.initial-window-size 1048576
+    pidfile {work}/haproxy.pid
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 3600s
+
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:{backend_port}
+""")
+    binary = find_peer("haproxy") or "haproxy"
+    return Proc([binary, "-db", "-f", str(cfg)], name="haproxy-h2", log=work / "haproxy.log"), port
+
+
 def bench_ws_over_h2(benchmark, request):
     quick = request.config.getoption("--bench-mode") == "quick"
     rounds = 1 if quick else 3
@@ -168,30 +209,45 @@ def bench_ws_over_h2(benchmark, request):
         c.set_alpn_protocols([alpn])
         return c
 
-    addr = ("127.0.0.1", port)
-    results: dict[str, dict[str, list[float]]] = {"wss over HTTP/1.1": {}, "ws over HTTP/2": {}}
+    proxies = {"tunnel": ("127.0.0.1", port)}
+    haproxy = None
+    skipped = ""
+    if find_peer("haproxy"):
+        haproxy, haproxy_port = _haproxy(work, pem, backend.address[1])
+        proxies["HAProxy"] = ("127.0.0.1", haproxy_port)
+    else:
+        skipped = "HAProxy is not installed (make bench-peers): its rows are left out."
+    results: dict[str, dict[str, list[float]]] = {
+        f"{name}: {path}": {} for name in proxies for path in ("wss over HTTP/1.1", "ws over HTTP/2")
+    }
     try:
-        wait_until(lambda: _accepts(port), 15, "the proxy")
+        for name, (_, p) in proxies.items():
+            wait_until(lambda p=p: _accepts(p), 15, f"{name} to listen")
 
         def one_round() -> None:
-            h1, h2r = results["wss over HTTP/1.1"], results["ws over HTTP/2"]
-            h1.setdefault("bulk MB/s", []).append(bulk(addr, ctx("http/1.1"), "ws/", total))
-            h2r.setdefault("bulk MB/s", []).append(h2_bulk(addr, ctx("h2"), total))
-            h1.setdefault("1-tunnel RTT µs", []).append(h1_latency(addr, ctx("http/1.1"), pings))
-            h2r.setdefault("1-tunnel RTT µs", []).append(h2_latency(addr, ctx("h2"), pings))
-            h1.setdefault("WebSockets opened/s", []).append(h1_opens(addr, ctx("http/1.1"), seconds))
-            h2r.setdefault("WebSockets opened/s", []).append(h2_opens(addr, ctx("h2"), seconds))
+            for name, addr in proxies.items():
+                h1, h2r = results[f"{name}: wss over HTTP/1.1"], results[f"{name}: ws over HTTP/2"]
+                h1.setdefault("bulk MB/s", []).append(bulk(addr, ctx("http/1.1"), "ws/", total))
+                h2r.setdefault("bulk MB/s", []).append(h2_bulk(addr, ctx("h2"), total))
+                h1.setdefault("1-tunnel RTT µs", []).append(h1_latency(addr, ctx("http/1.1"), pings))
+                h2r.setdefault("1-tunnel RTT µs", []).append(h2_latency(addr, ctx("h2"), pings))
+                h1.setdefault("WebSockets opened/s", []).append(h1_opens(addr, ctx("http/1.1"), seconds))
+                h2r.setdefault("WebSockets opened/s", []).append(h2_opens(addr, ctx("h2"), seconds))
 
         benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     finally:
         proxy.stop()
+        if haproxy is not None:
+            haproxy.stop()
         backend.stop()
     medians = {path: {k: statistics.median(v) for k, v in r.items()} for path, r in results.items()}
     keys = ("bulk MB/s", "1-tunnel RTT µs", "WebSockets opened/s")
     lines = [
         "# WebSockets over HTTP/2 (RFC 8441) and over TLS HTTP/1.1, tunnel async, Python clients",
         "",
-        f"{rounds} round(s), medians; H2WindowSize 1048576. HTTP/1.1 opens a TLS connection per WebSocket, HTTP/2 a stream on one connection.",
+        f"{rounds} round(s), medians; H2WindowSize 1048576 (HAProxy: tune.h2.initial-window-size 1048576, nbthread {PEER_WORKERS}).",
+        "HTTP/1.1 opens a TLS connection per WebSocket, HTTP/2 a stream on one connection.",
+        f"HAProxy: {peer_version('haproxy') or '-'}. {skipped}".rstrip(),
         "",
         "| path | " + " | ".join(keys) + " |",
         "|---|---|---|---|",

@@ -13,6 +13,12 @@
  *   /up/N     reads N bytes, then sends one byte "K", then echoes (client -> backend)
  *   anything  raw-byte echo (the tunnel is byte-transparent after the 101)
  *
+ * With "frame=F" in the request target (bench/loadgen.c --frame F) the bytes after the
+ * 101 are WebSocket frames of F-byte payloads both ways: the client's are masked, the
+ * backend's are not (RFC 6455 section 5.1). /down/N sends N bytes of unmasked frames, /up/N
+ * answers with a 3-byte frame, and the echo answers each whole client frame with one
+ * unmasked frame of the same payload length (the payload bytes are not looked at).
+ *
  * Backpressure: a partial echo write keeps the rest in a per-connection buffer and stops
  * reading that connection until it drains.  EOF or an error closes the connection.
  * SIGTERM/SIGINT end the process.
@@ -55,6 +61,10 @@ typedef struct conn {
     char *pend;          /* unsent bytes (echo backpressure / 101 / "K") */
     size_t pendlen, pendoff;
     uint64_t remaining;  /* DOWN: bytes to send; UP: bytes to read */
+    uint64_t sentdown;   /* DOWN: bytes sent (where in the frame pattern) */
+    int frame;           /* 0: raw bytes; else the payload size of the frames both ways */
+    size_t cframe, sframe; /* framing: one client frame's length, one server frame's */
+    size_t cgot;         /* framing, echo: bytes of the current client frame received */
 } conn;
 
 static int ep;
@@ -62,6 +72,37 @@ static int listeners[MAX_PORTS];
 static int nlisteners;
 static char scratch[SCRATCH];
 static char pattern[SCRATCH];
+/* Unmasked frames of the last payload size asked for, back to back (built on demand). */
+static char fpattern[SCRATCH];
+static int fpattern_size;
+static size_t fpattern_len;
+
+static size_t header_len(uint64_t len, int masked) { return (len < 126 ? 2 : len < 65536 ? 4 : 10) + (masked ? 4 : 0); }
+
+static void build_frames(int size) {
+    if (size == fpattern_size) return;
+    size_t flen = header_len((uint64_t)size, 0) + (size_t)size;
+    size_t frames = SCRATCH / flen;
+    for (size_t f = 0; f < frames; f++) {
+        unsigned char *h = (unsigned char *)fpattern + f * flen;
+        h[0] = 0x82;
+        int n = 2;
+        if (size < 126) h[1] = (unsigned char)size;
+        else if (size < 65536) {
+            h[1] = 126;
+            h[2] = (unsigned char)(size >> 8);
+            h[3] = (unsigned char)size;
+            n = 4;
+        } else {
+            h[1] = 127;
+            for (int i = 0; i < 8; i++) h[2 + i] = (unsigned char)((uint64_t)size >> (56 - 8 * i));
+            n = 10;
+        }
+        memset(h + n, 'f', (size_t)size);
+    }
+    fpattern_size = size;
+    fpattern_len = frames * flen;
+}
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig) { (void)sig; stop = 1; }
@@ -152,11 +193,22 @@ static int on_data(conn *c, const char *data, size_t n) {
         data += c->remaining;
         c->remaining = 0;
         c->state = ECHO;
-        if (send_or_queue(c, "K", 1) < 0) return -1;
+        if (c->frame ? send_or_queue(c, "\x82\x01K", 3) < 0 : send_or_queue(c, "K", 1) < 0) return -1;
         if (n == 0) return 0;
     }
     if (c->state == DOWN) return 0; /* discard while streaming */
-    return send_or_queue(c, data, n);
+    if (!c->frame) return send_or_queue(c, data, n);
+    /* One unmasked frame back for each whole client frame. */
+    c->cgot += n;
+    size_t whole = c->cgot / c->cframe;
+    c->cgot %= c->cframe;
+    size_t per = fpattern_len / c->sframe;
+    while (whole > 0) {
+        size_t k = whole < per ? whole : per;
+        if (send_or_queue(c, fpattern, k * c->sframe) < 0) return -1;
+        whole -= k;
+    }
+    return 0;
 }
 
 static int on_head(conn *c) {
@@ -177,6 +229,15 @@ static int on_head(conn *c) {
         n = strtoull(path + 4, NULL, 10);
         c->state = UP;
         c->remaining = n;
+    }
+    char *line_end = memchr(c->head, '\r', headsz);
+    char *fr = memmem(path, (size_t)((line_end ? line_end : end) - path), "frame=", 6);
+    if (fr) {
+        c->frame = atoi(fr + 6);
+        if (c->frame < 1 || c->frame > SCRATCH / 2) return -1;
+        build_frames(c->frame);
+        c->cframe = header_len((uint64_t)c->frame, 1) + (size_t)c->frame;
+        c->sframe = header_len((uint64_t)c->frame, 0) + (size_t)c->frame;
     }
     if (send_or_queue(c, RESPONSE, sizeof(RESPONSE) - 1) < 0) return -1;
     size_t extra = (size_t)c->headlen - headsz;
@@ -213,14 +274,22 @@ static int on_writable(conn *c) {
     if (rc < 0) return -1;
     if (rc > 0) return 0;
     while (c->state == DOWN && c->remaining > 0) {
-        size_t chunk = c->remaining < SCRATCH ? (size_t)c->remaining : SCRATCH;
-        ssize_t n = send(c->fd, pattern, chunk, MSG_NOSIGNAL);
+        const char *src = pattern;
+        size_t room = SCRATCH;
+        if (c->frame) { /* whole frames, back to back, across sends */
+            size_t off = (size_t)(c->sentdown % fpattern_len);
+            src = fpattern + off;
+            room = fpattern_len - off;
+        }
+        size_t chunk = c->remaining < room ? (size_t)c->remaining : room;
+        ssize_t n = send(c->fd, src, chunk, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
             if (errno == EINTR) continue;
             return -1;
         }
         c->remaining -= (uint64_t)n;
+        c->sentdown += (uint64_t)n;
     }
     if (c->state == DOWN && c->remaining == 0) c->state = ECHO;
     return 0;

@@ -315,6 +315,8 @@ class TargetSpec:
     workers: int = 1
     backend_port: int = 0
     label: str = ""
+    #: more lines for tunnel's configuration (e.g. ``ProxyWebsocketFrameTracking On``)
+    extra: tuple[str, ...] = ()
 
     @property
     def is_proxy(self) -> bool:
@@ -426,6 +428,7 @@ class Target:
                     "Timeout 600",
                     f"ProxyWebsocketAsync {'On' if self.spec.strategy == 'async' else 'Off'}",
                     "MaxTunnelThreads 10500",
+                    *self.spec.extra,
                     f"ProxyPass / ws://127.0.0.1:{self.spec.backend_port}/",
                     "",
                 ]

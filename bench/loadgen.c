@@ -3,9 +3,15 @@
  *
  * Every connection starts with the same HTTP/1.1 upgrade (fixed Sec-WebSocket-Key, the
  * one bench/echo_backend.c answers) and, after the 101, moves raw bytes: a proxy in
- * tunnel mode is byte-transparent, so no WebSocket framing is needed.
+ * tunnel mode is byte-transparent, so no WebSocket framing is needed. With --frame F
+ * (F > 0) it speaks WebSocket framing instead (RFC 6455 section 5.2): every byte it sends
+ * is a masked binary frame with an F-byte payload (ping-pong: one F-byte frame per
+ * message, --size ignored), and it asks the backend (?frame=F on the request path) for
+ * unmasked frames back, so that a proxy that follows frame headers reads real ones both
+ * ways.
  *
  *   loadgen bulk-down  --port P --bytes N                 backend -> client throughput
+ *   (every mode: --frame F for WebSocket frames of F-byte payloads instead of raw bytes)
  *   loadgen bulk-up    --port P --bytes N                 client -> backend throughput
  *   loadgen pingpong   --port P --conns C --size 64 --warmup W --duration D
  *   loadgen handshake  --port P --conc 32 --warmup W --duration D
@@ -62,6 +68,9 @@ static const char *path = "/echo";
 static int nconns = 1, msgsize = 64, conc = 64, maxconns = 10000;
 static double warmup = 0.2, duration = 1.0, timeout_s = 60.0;
 static unsigned long long nbytes = 64ULL << 20;
+static int framesize = 0;     /* --frame: 0 raw bytes, else WebSocket frames of this payload */
+static int msg_out, msg_back; /* bytes of one message sent, and of its echo */
+static size_t patlen = SCRATCH; /* the pattern's length: whole frames when framing */
 
 static int ep;
 static char scratch[SCRATCH];
@@ -138,7 +147,54 @@ static void kill_conn(conn *c) {
     c->waiting = 0;
 }
 
+/* A frame header for an F-byte payload: 2 bytes, plus 2 or 8 of extended length, plus
+ * the 4-byte mask key when masked. Returns its length. */
+static int frame_header(unsigned char *h, uint64_t len, int masked) {
+    int n = 2;
+    h[0] = 0x82; /* FIN, binary */
+    if (len < 126) h[1] = (unsigned char)len;
+    else if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        n = 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++) h[2 + i] = (unsigned char)(len >> (56 - 8 * i));
+        n = 10;
+    }
+    if (masked) {
+        h[1] |= 0x80;
+        memcpy(h + n, "\x37\xfa\x21\x3d", 4);
+        n += 4;
+    }
+    return n;
+}
+
+static int header_len(uint64_t len, int masked) { return (len < 126 ? 2 : len < 65536 ? 4 : 10) + (masked ? 4 : 0); }
+
+/* The pattern: raw letters, or as many whole masked F-byte frames as fit in SCRATCH. */
+static void build_pattern(void) {
+    for (int i = 0; i < SCRATCH; i++) pattern[i] = (char)('a' + i % 26);
+    msg_out = msg_back = msgsize;
+    if (!framesize) return;
+    size_t flen = (size_t)header_len((uint64_t)framesize, 1) + (size_t)framesize;
+    size_t frames = SCRATCH / flen;
+    for (size_t f = 0; f < frames; f++) {
+        unsigned char *at = (unsigned char *)pattern + f * flen;
+        int h = frame_header(at, (uint64_t)framesize, 1);
+        for (int i = 0; i < framesize; i++) at[h + i] = (unsigned char)(('a' + i % 26) ^ "\x37\xfa\x21\x3d"[i & 3]);
+    }
+    patlen = frames * flen;
+    msg_out = (int)flen;
+    msg_back = header_len((uint64_t)framesize, 0) + framesize;
+}
+
 static void build_request(const char *p) {
+    char target[256];
+    if (framesize) snprintf(target, sizeof target, "%s%cframe=%d", p, strchr(p, '?') ? '&' : '?', framesize);
+    else snprintf(target, sizeof target, "%s", p);
+    p = target;
     reqlen = snprintf(request, sizeof request,
                       "GET %s HTTP/1.1\r\n"
                       "Host: %s:%d\r\n"
@@ -254,8 +310,8 @@ static int send_msg(conn *c) {
     c->t0 = now_ns();
     c->got = 0;
     c->waiting = 1;
-    ssize_t n = send(c->fd, pattern, msgsize, MSG_NOSIGNAL);
-    if (n != msgsize) return -1; /* 64 bytes into an empty socket buffer: all or error */
+    ssize_t n = send(c->fd, pattern, msg_out, MSG_NOSIGNAL);
+    if (n != msg_out) return -1; /* one small message into an empty socket buffer: all or error */
     return 0;
 }
 
@@ -296,7 +352,7 @@ static void pingpong(conn *cs, int lo, int hi, double wu, double dur, const char
             }
             if (!c->waiting) continue;
             c->got += (int)r;
-            if (c->got < msgsize) continue;
+            if (c->got < msg_back) continue;
             c->waiting = 0;
             outstanding--;
             if (c->t0 >= t_meas && tn <= t_end) {
@@ -375,8 +431,9 @@ static int mode_bulk(int down) {
         }
         if (!down && (e & EPOLLOUT)) {
             while (sent < nbytes) {
-                size_t chunk = nbytes - sent < SCRATCH ? (size_t)(nbytes - sent) : SCRATCH;
-                ssize_t w = send(c->fd, pattern, chunk, MSG_NOSIGNAL);
+                size_t off = (size_t)(sent % patlen); /* whole frames, back to back */
+                size_t chunk = nbytes - sent < patlen - off ? (size_t)(nbytes - sent) : patlen - off;
+                ssize_t w = send(c->fd, pattern + off, chunk, MSG_NOSIGNAL);
                 if (w < 0) {
                     if (errno != EAGAIN) errors = 1;
                     break;
@@ -418,7 +475,7 @@ static int mode_handshake(void) {
                 ssize_t r = recv(c->fd, scratch, SCRATCH, 0);
                 if (r < 0 && errno == EAGAIN) continue;
                 if (r <= 0) failed = 1;
-                else if ((c->got += (int)r) >= msgsize) finished = 1;
+                else if ((c->got += (int)r) >= msg_back) finished = 1;
             } else {
                 uint64_t started = c->t0;
                 int rc = step_open(c, evs[i].events);
@@ -429,7 +486,7 @@ static int mode_handshake(void) {
                     if (send_msg(c) < 0) failed = 1;
                     c->t0 = keep;
                     c->got = (int)c->bytes;
-                    if (c->got >= msgsize) finished = 1;
+                    if (c->got >= msg_back) finished = 1;
                 }
             }
             if (!failed && !finished) continue;
@@ -495,7 +552,7 @@ static int pingall(conn *cs, int n, double t) {
                 continue;
             }
             if (!c->waiting) continue;
-            if ((c->got += (int)r) >= msgsize) {
+            if ((c->got += (int)r) >= msg_back) {
                 c->waiting = 0;
                 out--;
                 answered++;
@@ -579,17 +636,20 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--duration")) duration = atof(v);
         else if (!strcmp(k, "--timeout")) timeout_s = atof(v);
         else if (!strcmp(k, "--bytes")) nbytes = strtoull(v, NULL, 10);
+        else if (!strcmp(k, "--frame")) framesize = atoi(v);
         else {
             fprintf(stderr, "unknown option %s\n", k);
             return 2;
         }
     }
-    if (port <= 0 || msgsize < 1 || msgsize > SCRATCH || conc < 1 || nconns < 1 || maxconns < 1) {
+    if (framesize && strcmp(mode, "bulk-down") && strcmp(mode, "bulk-up")) msgsize = framesize; /* a message is one frame */
+    if (port <= 0 || msgsize < 1 || msgsize > SCRATCH / 2 || conc < 1 || nconns < 1 || maxconns < 1 || framesize < 0 ||
+        framesize > SCRATCH / 2) {
         fprintf(stderr, "bad options\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    for (int i = 0; i < SCRATCH; i++) pattern[i] = (char)('a' + i % 26);
+    build_pattern();
     hfine = calloc(FINE, sizeof *hfine);
     hcoarse = calloc(COARSE, sizeof *hcoarse);
     if (!hfine || !hcoarse) abort();

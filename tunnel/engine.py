@@ -41,6 +41,8 @@ from .io.streams import Endpoint, InetAddress, PeerAddress
 from .protocol.balancer import Balancers, BalancerState
 from .protocol.health import WorkerHealth
 from .proxy import cluster as cluster_ops
+from .proxy.closing import Closing
+from .proxy.closing import is_websocket as _is_websocket
 from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
@@ -54,7 +56,7 @@ from .tunnels.async_driver import AsyncTunnel
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
 from .tunnels.sync_driver import HOLD_GIL_FROM, PoolFull, ThreadPool, run_sync
-from .tunnels.wscontrol import attach
+from .tunnels.wscontrol import attach, tracks_frames
 
 __all__ = ["Engine"]
 
@@ -68,7 +70,7 @@ errlog = logging.getLogger("tunnel.error")
 STOP_TIMEOUT = 5.0
 
 
-class Engine(Lifecycle):
+class Engine(Lifecycle, Closing):
     """A WebSocket tunnel engine for one `Config`.
 
     Args:
@@ -451,7 +453,7 @@ class Engine(Lifecycle):
         ts.exchange.notes["strategy"] = strategy
         scope = ts.scope
         pump = ts.pump
-        if _is_websocket(ts.exchange):
+        if _is_websocket(ts.exchange) and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set):
             pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
         if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
             attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)
@@ -608,11 +610,6 @@ class Engine(Lifecycle):
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
 
 
-def _is_websocket(ex: Exchange) -> bool:
-    """The tunnel switched to WebSocket (the 101's Upgrade), not another protocol."""
-    return any(k.lower() == "upgrade" and v.strip().lower() == "websocket" for k, v in ex.response_headers)
-
-
 class _Services(Services):
     """The engine as a client connection sees it (`tunnel.proxy.services.Services`).
 
@@ -688,6 +685,9 @@ class _Services(Services):
 
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()
+
+    def close_tunnel(self, ident: str, code: int, reason: str) -> str:
+        return self._engine.close_tunnel(ident, code, reason)
 
     @property
     def cluster(self) -> Cluster:

@@ -266,6 +266,7 @@ def test_a_backend_reset_after_the_close_handshake_is_a_normal_end(make_proxy, s
     with ResettingWebSocket(initiate=initiate) as backend:
         engine = make_proxy(
             STRATEGY_CONFIGS[strategy]
+            + "ProxyWebsocketFrameTracking On\n"  # seeing the close handshake needs the frames (R160)
             + f'CustomLog {log} "%>s %{{close_reason}}n"\n'
             + f"ProxyPass /ws ws://127.0.0.1:{backend.port}/\n"
         )
@@ -284,6 +285,21 @@ def test_a_backend_reset_after_the_close_handshake_is_a_normal_end(make_proxy, s
     assert "closed: backend reset after the close handshake" in ends[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert log.read_text().strip() == "101 backend reset after the close handshake"
+
+
+def test_without_frame_tracking_a_reset_after_the_close_handshake_is_an_error_end(make_proxy, caplog, tmp_path):
+    """ProxyWebsocketFrameTracking Auto with nothing that needs it (the default): the relay
+    does not see the close handshake, so the reset is logged as httpd logs it (R160)."""
+    log = tmp_path / "access.log"
+    with ResettingWebSocket(initiate=False) as backend:
+        engine = make_proxy(f'CustomLog {log} "%>s %{{close_reason}}n"\nProxyPass /ws ws://127.0.0.1:{backend.port}/\n')
+        with ws_connect(_url(engine), open_timeout=5, close_timeout=5) as ws:
+            ws.send("hello")
+            ws.close()
+        assert ws.close_code == 1000  # the client's side is as clean as with tracking on
+        wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
+        engine.stop()
+    assert log.read_text().startswith("101 error: ")
 
 
 def test_a_reset_without_a_close_handshake_is_still_an_error_end(make_proxy, caplog):
@@ -310,7 +326,7 @@ def test_a_masked_close_echoed_back_is_no_close_handshake(make_proxy, raw_echo, 
     # A raw echo sends the client's masked Close back: a server never masks (RFC 6455
     # §5.1), so that direction is not followed and no handshake is seen; the client's
     # reset then ends the tunnel as an error.
-    engine = make_proxy(f"ProxyPass /ws ws://127.0.0.1:{raw_echo.address[1]}/\n")
+    engine = make_proxy(f"ProxyWebsocketFrameTracking On\nProxyPass /ws ws://127.0.0.1:{raw_echo.address[1]}/\n")
     sock, head, rest = raw_upgrade(engine.addresses[0], "/ws")
     assert status_of(head) == 101
     frame = close_frame(1000, mask=MASK)
@@ -342,7 +358,7 @@ def test_a_client_reset_after_a_real_close_handshake(make_proxy, caplog):
             conn.recv(1)  # until the proxy closes
 
     with Closer() as backend:
-        engine = make_proxy(f"ProxyPass /ws ws://127.0.0.1:{backend.port}/\n")
+        engine = make_proxy(f"ProxyWebsocketFrameTracking On\nProxyPass /ws ws://127.0.0.1:{backend.port}/\n")
         sock, head, rest = raw_upgrade(engine.addresses[0], "/ws")
         assert status_of(head) == 101
         assert recv_exactly(sock, len(close_frame(1001, "bye")), initial=rest) == close_frame(1001, "bye")

@@ -21,6 +21,7 @@ from tunnel.protocol.frames import (
     FrameFollower,
     build_frame,
     close_frame,
+    close_problem,
     ping_frame,
 )
 
@@ -225,3 +226,63 @@ def test_frame_builder_refuses_what_the_rfc_forbids():
     with pytest.raises(ValueError, match="needs a code"):
         close_frame(None, "why")
     assert close_frame(None) == b"\x88\x00"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    specs=st.lists(FRAME, max_size=10),
+    from_client=st.booleans(),
+    wrong_at=st.one_of(st.none(), st.integers(0, 9)),
+    data=st.data(),
+)
+def test_a_follower_that_knows_the_direction_gives_up_at_the_first_frame_masked_the_wrong_way(specs, from_client, wrong_at, data):
+    """Frames of every length (the 16-bit lengths take the fast path too), each masked as
+    its direction demands, save perhaps one: the follower counts the frames before that
+    one and then says lost, whatever the chunking."""
+    specs = [(op, n, from_client, fin, rsv) for op, n, _, fin, rsv in specs]
+    if wrong_at is not None and wrong_at < len(specs):
+        op, n, masked, fin, rsv = specs[wrong_at]
+        specs[wrong_at] = (op, n, not masked, fin, rsv)
+    else:
+        wrong_at = None
+    stream = make_stream(specs)
+    frames = reference(stream)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=30))))
+    f = FrameFollower(from_client=from_client)
+    view, last = memoryview(stream), 0
+    for cut in [*cuts, len(stream)]:
+        f.feed(view[last:cut])
+        last = cut
+    if wrong_at is None:
+        assert not f.lost and f.frames == len(frames) and f.at_boundary
+    else:
+        assert f.lost and f.frames == wrong_at and not f.at_boundary
+
+
+@pytest.mark.parametrize(
+    "code, reason, words",
+    [
+        (1000, "", None),
+        (4999, "x" * 123, None),
+        (3000, "é" * 61, None),
+        (999, "", "not a number from 1000 to 4999"),
+        (5000, "", "not a number from 1000 to 4999"),
+        (True, "", "not a number"),
+        ("1000", "", "not a number"),
+        (1004, "", "may not be sent"),
+        (1005, "", "may not be sent"),
+        (1006, "", "may not be sent"),
+        (1015, "", "may not be sent"),
+        (1000, "x" * 124, "124 bytes of UTF-8; a Close frame holds at most 123"),
+        (1000, "é" * 62, "124 bytes"),
+        (1000, 5, "must be text"),
+        (1000, "\ud800", "not valid UTF-8"),
+    ],
+)
+def test_close_problem_names_what_may_not_be_sent(code, reason, words):
+    problem = close_problem(code, reason)
+    if words is None:
+        assert problem is None
+        assert close_frame(code, reason)[0] == 0x88  # and the frame can be built
+    else:
+        assert problem is not None and words in problem

@@ -18,6 +18,7 @@ import threading
 
 import pytest
 
+from tests.support.waiting import wait_for
 from tunnel.io.streams import EVENT_READ, EVENT_WRITE
 from tunnel.protocol.frames import OP_CLOSE, OP_PING, build_frame
 from tunnel.tunnels.pump import Pump, new_scratch
@@ -326,3 +327,74 @@ def test_a_stream_that_is_not_websocket_never_gets_a_frame_of_ours(rig, garbage)
     assert not r.ctl.closing and not r.pump.done
     assert r.take(r.client_app) == b""
     assert r.take(r.backend_app) == garbage
+
+
+@pytest.mark.parametrize("name", sorted(FRAMES))
+def test_an_operators_close_waits_for_the_frame_each_way_and_carries_its_code(rig, name):
+    """``tunnel ctl close`` (R161): asked with a frame cut at its header's second byte in
+    both directions, the Close of the operator's code and reason follows each frame."""
+    r = rig()
+    frame = FRAMES[name]
+    client_frame = build_frame(frame[0] & 0x0F, b"c" * 200, mask=KEY)
+    r.backend_app.sendall(frame[:2])
+    r.client_app.sendall(client_frame[:2])
+    r.run()
+    assert r.ctl.close_with(0.0, 4000, "maintenance") is True
+    assert r.ctl.close_with(0.0, 4001, "again") is False  # one close at a time
+    r.run()
+    r.backend_app.sendall(frame[2:] + build_frame(0x1, b"after the close"))
+    r.client_app.sendall(client_frame[2:])
+    r.run()
+    to_client = parse(r.take(r.client_app))
+    assert [f[0] for f in to_client] == [frame[0] & 0x0F, OP_CLOSE]
+    assert to_client[1][4] == struct.pack("!H", 4000) + b"maintenance"
+    to_backend = parse(r.take(r.backend_app))
+    assert [f[0] for f in to_backend] == [frame[0] & 0x0F, OP_CLOSE] and to_backend[1][3] != 0  # masked
+    r.client_app.sendall(build_frame(OP_CLOSE, struct.pack("!H", 4000), mask=KEY))
+    r.backend_app.sendall(build_frame(OP_CLOSE, struct.pack("!H", 4000)))
+    r.run()
+    assert r.pump.done and r.pump.reason == "closed by ctl: 4000 maintenance"
+
+
+def recv_n(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"EOF after {len(out)} of {n} bytes"
+        out += chunk
+    return out
+
+
+def test_a_sync_tunnel_is_woken_for_an_operators_close():
+    """The sync driver's `Waker`: another thread sets ``pump.asked_close`` and wakes it;
+    the Close goes out at once on an idle tunnel, and the tunnel ends on the answers."""
+    client_app, client_end = socket.socketpair()
+    backend_end, backend_app = socket.socketpair()
+    for s in (client_end, backend_end):
+        s.setblocking(False)
+    pump = Pump(client_end, backend_end)
+    pump.track_frames()
+    result: list[bool] = []
+    driver = threading.Thread(target=lambda: result.append(run_sync(pump)))
+    driver.start()
+    try:
+        wait_for(lambda: pump.waker is not None, what="the driver's waker")
+        pump.asked_close = (3000, "bye")
+        pump.waker.wake()
+        client_app.settimeout(10)
+        backend_app.settimeout(10)
+        expected = struct.pack("!H", 3000) + b"bye"
+        assert parse(recv_n(client_app, 2 + len(expected))) == [(OP_CLOSE, True, False, 0, expected)]
+        got = parse(recv_n(backend_app, 2 + 4 + len(expected)))
+        assert [f[0] for f in got] == [OP_CLOSE] and got[0][4] == expected and got[0][3] != 0
+        client_app.sendall(build_frame(OP_CLOSE, expected, mask=KEY))
+        backend_app.sendall(build_frame(OP_CLOSE, expected))
+        driver.join(10)
+        assert result == [True] and pump.reason == "closed by ctl: 3000 bye"
+        assert pump.waker is None  # closed with the tunnel
+    finally:
+        pump.abort("test over")
+        driver.join(10)
+        pump.close()
+        client_app.close()
+        backend_app.close()

@@ -8,8 +8,7 @@ with the wrong owner or mode, an unknown balancer or member, a bad value) is one
 stderr and exit status 1.
 
 Each subcommand is one click command here and one operation in
-`tunnel.proxy.cluster.OPS`; ``close ID`` and the lifecycle commands are added the same
-way.
+`tunnel.proxy.cluster.OPS` (the lifecycle commands go through the PidFile instead).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any, Optional
 import click
 
 from ..config import Config, ConfigError
+from ..protocol.frames import MAX_CLOSE_REASON, close_problem
 from ..proxy.control import ControlError, ask_blocking, check_socket, default_control_socket
 from ..proxy.status import auto_text
 from .lifecycle import LIFECYCLE_COMMANDS
@@ -206,6 +206,26 @@ def drain(ctx: click.Context, as_json: bool) -> None:
 def undrain(ctx: click.Context, as_json: bool) -> None:
     """Take a drain back: SetHandler ready answers 200 again in every worker."""
     _drain(ctx, False, as_json)
+
+
+@ctl.command()
+@click.argument("tunnel_id", metavar="ID")
+@click.option("--code", type=int, default=1000, show_default=True, help="The Close frame's code: 1000-4999, but not 1004, 1005, 1006 or 1015.")
+@click.option("--reason", default="", metavar="TEXT", help=f"The Close frame's reason, at most {MAX_CLOSE_REASON} bytes of UTF-8.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a line.")
+@click.pass_context
+def close(ctx: click.Context, tunnel_id: str, code: int, reason: str, as_json: bool) -> None:
+    """Close the WebSocket tunnel ID (as `ctl tunnels` shows it): a Close frame with
+    this code and reason goes to the client and to the backend between two frames,
+    then the close handshake ends the tunnel."""
+    problem = close_problem(code, reason)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--code" if "code" in problem else "--reason")
+    answer = _request(ctx, {"op": "close", "id": tunnel_id, "code": code, "reason": reason})
+    if as_json:
+        click.echo(json.dumps({"closed": answer["closed"], "worker": answer["worker"]}, indent=2, sort_keys=True))
+    else:
+        click.echo(answer["closed"])
 
 
 for _command in LIFECYCLE_COMMANDS:

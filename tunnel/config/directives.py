@@ -15,6 +15,7 @@ from .h2 import h2_mem, h2_streams, h2_window
 from .statushooks import handler_name
 from .values import (
     encoded_slashes,
+    frame_tracking,
     on_off,
     positive_int,
     request_body_limit,
@@ -58,6 +59,7 @@ SETTINGS: dict[str, tuple[str, str, Callable[[str], Any], frozenset[Ctx]]] = {
         ("ProxyWebsocketIdleTimeout", "websocket_idle_timeout", seconds_ms, _SVL),
         ("ProxyWebsocketPingInterval", "websocket_ping_interval", seconds_ms, _SVL),
         ("ProxyWebsocketHalfCloseTimeout", "websocket_half_close_timeout", seconds_ms, _SVL),
+        ("ProxyWebsocketFrameTracking", "websocket_frame_tracking", frame_tracking, _SVL),
         ("ProxyWebsocketFallbackToProxyHttp", "fallback_to_proxy_http", on_off, _SVL),
         ("ProxyPreserveHost", "preserve_host", on_off, _SVL),
         ("ProxyAddHeaders", "add_headers", on_off, _SVL),

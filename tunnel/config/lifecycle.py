@@ -40,3 +40,4 @@ class LifecycleHooks:
         if not value.isdigit() or int(value) > MAX_GRACEFUL_SHUTDOWN_TIMEOUT:
             raise Expected(f"a whole number of seconds from 0 to {MAX_GRACEFUL_SHUTDOWN_TIMEOUT} (0: no limit)", value)
         self.globals["graceful_shutdown_timeout"] = float(int(value))
+        self.globals["graceful_shutdown_set"] = True

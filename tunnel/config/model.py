@@ -386,6 +386,9 @@ class Scope:
     #: ProxyWebsocketHalfCloseTimeout: once one side ended its direction, the other
     #: has this long to end its own (0 = no limit).
     websocket_half_close_timeout: float = 0.0
+    #: ProxyWebsocketFrameTracking: "on", "off" or "auto" (R160): whether a websocket
+    #: tunnel's relay follows its frame headers (`tunnel.tunnels.wscontrol.tracks_frames`).
+    websocket_frame_tracking: str = "auto"
     fallback_to_proxy_http: bool = True
     timeout: float = DEFAULT_TIMEOUT
     proxy_timeout: Optional[float] = None  # None: Timeout
@@ -493,6 +496,9 @@ class Config:
     pid_file: str = ""
     #: GracefulShutdownTimeout: seconds a graceful stop waits (0 = no limit).
     graceful_shutdown_timeout: float = 0.0
+    #: GracefulShutdownTimeout stands in the file (any value, 0 too): with
+    #: ProxyWebsocketFrameTracking Auto, tunnels then follow their frames (R160).
+    graceful_shutdown_set: bool = False
     warnings: tuple[str, ...] = ()  # "file:line: text" for accepted-and-ignored lines
     #: (directive, "file:line") of each line accepted and ignored, for configtest (R97)
     ignored: tuple[tuple[str, str], ...] = ()

@@ -87,6 +87,14 @@ def on_off(value: str) -> bool:
     return lowered == "on"
 
 
+def frame_tracking(value: str) -> str:
+    """ProxyWebsocketFrameTracking's value: "on", "off" or "auto" (R160)."""
+    lowered = value.lower()
+    if lowered not in ("on", "off", "auto"):
+        raise Expected("On, Off or Auto", value)
+    return lowered
+
+
 def _number(value: str, expected: str, *, ms: bool = False, positive: bool = False) -> float:
     """Seconds, as a decimal number; with ``ms``, a ``ms`` suffix gives milliseconds."""
     text, scale = value, 1.0

@@ -28,7 +28,18 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-__all__ = ["FrameFollower", "OP_CLOSE", "OP_PING", "OP_PONG", "build_frame", "close_frame", "ping_frame"]
+__all__ = [
+    "FrameFollower",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "build_frame",
+    "close_frame",
+    "ping_frame",
+    "close_problem",
+    "UNSENDABLE_CODES",
+    "MAX_CLOSE_REASON",
+]
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -78,6 +89,17 @@ _FAST_STEP = {
 }
 
 
+#: By the second byte, for each expected mask bit: the header's length (4, or 8 with a
+#: mask key) when the length code is 126 (a 16-bit length follows) and the mask bit is
+#: right, else 0. By the first byte: 1 for a data frame (continuation, text, binary),
+#: whose payload may be that long (a control frame's may not, §5.5).
+_EXT_STEP = {
+    mask: tuple((4 + (4 if b & 0x80 else 0)) if (b & 0x7F) == 126 and (mask < 0 or b & 0x80 == mask) else 0 for b in range(256))
+    for mask in (-1, 0, 0x80)
+}
+_DATA_FIRST = bytes(int((b & 0x0F) in (OP_CONTINUATION, OP_TEXT, OP_BINARY)) for b in range(256))
+
+
 #: A header's whole length by its second byte (mask bit and length code).
 _HEADER_LENGTHS = bytes(2 + (2 if b & 0x7F == 126 else 8 if b & 0x7F == 127 else 0) + (4 if b & 0x80 else 0) for b in range(256))
 
@@ -111,7 +133,7 @@ class FrameFollower:
         lost: the stream broke the framing rules; nothing more is followed.
     """
 
-    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_skip", "_head", "_in_close")
+    __slots__ = ("frames", "close_seen", "lost", "_bad_second", "_fast_step", "_ext_step", "_skip", "_head", "_in_close")
 
     def __init__(self, masked: Optional[bool] = None, *, from_client: Optional[bool] = None) -> None:
         if from_client is not None:
@@ -122,6 +144,7 @@ class FrameFollower:
         mask = -1 if masked is None else 0x80 if masked else 0
         self._bad_second = _BAD_SECOND[mask]
         self._fast_step = _FAST_STEP[mask]
+        self._ext_step = _EXT_STEP[mask]
         #: payload bytes of the current frame still to come (0: at a header or boundary).
         self._skip = 0
         #: the bytes of a header cut by a chunk's end (None: none pending; made only
@@ -207,15 +230,28 @@ class FrameFollower:
         hlens = _HEADER_LENGTHS
         fast_first = _FAST_FIRST
         fast_step = self._fast_step
+        ext_step = self._ext_step
+        data_first = _DATA_FIRST
         last = n - 2
         frames = 0
         try:
             while pos < n:
                 while pos <= last:
                     step = fast_step[data[pos + 1]]
-                    if not step or not fast_first[data[pos]] or pos + step > n:
-                        break
-                    pos += step
+                    if step:
+                        if not fast_first[data[pos]] or pos + step > n:
+                            break
+                        pos += step
+                    else:
+                        # A data frame of 126 to 65535 bytes (a 16-bit length), masked
+                        # the right way: read here too, without the general path's calls.
+                        step = ext_step[data[pos + 1]]
+                        if not step or not data_first[data[pos]] or pos + 4 > n:
+                            break
+                        end = pos + step + ((data[pos + 2] << 8) | data[pos + 3])
+                        if end > n:
+                            break
+                        pos = end
                     frames += 1
                 if pos >= n:
                     return
@@ -304,6 +340,32 @@ def close_frame(code: Optional[int] = 1000, reason: str = "", *, mask: Optional[
     if not 1000 <= code <= 4999:
         raise ValueError(f"close code {code} is not 1000-4999")
     return build_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode("utf-8"), mask=mask)
+
+
+#: Close codes an endpoint must not send (RFC 6455 §7.4.1): 1004 is reserved, 1005 and
+#: 1006 stand for "no code" and "closed without a Close" locally, 1015 for a TLS failure.
+UNSENDABLE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: A Close frame's reason: its payload (125 bytes) less the 2-byte code, in UTF-8 bytes.
+MAX_CLOSE_REASON = MAX_CONTROL_PAYLOAD - 2
+
+
+def close_problem(code: object, reason: object) -> Optional[str]:
+    """Why a Close with ``code`` and ``reason`` may not be sent (None: it may): a code
+    outside 1000-4999 or one of `UNSENDABLE_CODES`, a reason that is not text or is
+    longer than `MAX_CLOSE_REASON` bytes of UTF-8."""
+    if isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999:
+        return f"close code {code!r} is not a number from 1000 to 4999"
+    if code in UNSENDABLE_CODES:
+        return f"close code {code} may not be sent in a Close frame (1004, 1005, 1006 and 1015 are reserved, RFC 6455 section 7.4.1)"
+    if not isinstance(reason, str):
+        return f"the close reason must be text, not {type(reason).__name__}"
+    try:
+        size = len(reason.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the close reason is not valid UTF-8 text"
+    if size > MAX_CLOSE_REASON:
+        return f"the close reason is {size} bytes of UTF-8; a Close frame holds at most {MAX_CLOSE_REASON}"
+    return None
 
 
 def ping_frame(payload: bytes = b"", *, mask: Optional[bytes] = None) -> bytes:

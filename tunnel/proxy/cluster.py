@@ -7,12 +7,13 @@ sent to each sibling (`push`). Each sibling gets `PEER_TIMEOUT` seconds; one tha
 not answer is listed as unreachable (``down``) instead of holding the answer up.
 
 `OPS` is the table of control-socket operations (``snapshot``, ``apply`` and
-``set-drain`` for siblings; ``status``, ``tunnels``, ``member``, ``balancer``, ``drain``
-for ``tunnel ctl``). A new command is one more entry.
+``set-drain`` for siblings; ``status``, ``tunnels``, ``member``, ``balancer``, ``drain``,
+``close`` for ``tunnel ctl``). A new command is one more entry.
 
 ``drain`` (``tunnel ctl drain|undrain``) sets the ready handler's state in this worker
 and then in each sibling, since a balancer's health check may reach any of them (R152);
-a worker that restarts takes the state of a sibling (`adopt`).
+a worker that restarts takes the state of a sibling (`adopt`). ``close`` goes to the
+worker that holds the tunnel: a tunnel's ID is ``worker.n`` (R161).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any, Optional
 
 from ..io.loop import Wait, run_blocking
 from ..protocol.balancer import BadChange
+from ..protocol.frames import close_problem
+from .closing import CloseRefused
 from .control import ControlError, ask
 from .services import Services
 from .stats import merge
@@ -195,6 +198,34 @@ def _op_set_drain(engine: Services, request: Mapping[str, Any]) -> dict[str, Any
     return {"ok": True, "changed": engine.probes.drain(on)}
 
 
+def _op_close(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
+    """``tunnel ctl close ID``: here when this worker holds the tunnel, else passed to the
+    sibling whose number starts the ID (R161)."""
+    ident = str(request.get("id") or "")
+    code = request.get("code", 1000)
+    reason = request.get("reason", "")
+    problem = close_problem(code, reason)
+    if problem is not None:
+        return {"ok": False, "error": problem}
+    slot_text, dot, serial = ident.partition(".")
+    if not (dot and slot_text.isdigit() and serial.isdigit()):
+        return {"ok": False, "error": f"{ident!r} is not a tunnel ID (they look like 0.12: worker, then number; see tunnel ctl tunnels)"}
+    cluster = engine.cluster
+    slot = int(slot_text)
+    if slot != cluster.slot:
+        if slot not in cluster.siblings():
+            return {"ok": False, "error": f"no open tunnel {ident} (there is no worker {slot}; tunnel ctl tunnels lists them)"}
+        try:
+            return run_blocking(ask(cluster.peer_path(slot), dict(request), time.monotonic() + PEER_TIMEOUT))
+        except ControlError as exc:
+            return {"ok": False, "error": f"worker {slot}, which holds tunnel {ident}, did not answer: {exc}"}
+    try:
+        done = engine.close_tunnel(ident, int(code), str(reason))
+    except CloseRefused as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "closed": done, "worker": cluster.slot}
+
+
 def _change(engine: Services, change: Mapping[str, Any], *, spread: bool) -> dict[str, Any]:
     try:
         done = apply_change(engine, change)
@@ -216,6 +247,7 @@ OPS: dict[str, Callable[[Services, Mapping[str, Any]], dict[str, Any]]] = {
     "balancer": _op_member,
     "drain": _op_drain,
     "set-drain": _op_set_drain,
+    "close": _op_close,
 }
 
 

@@ -64,6 +64,12 @@ class _Snapshot(Collector):
         tbytes.add_metric(["to_backend"], totals.get("tunnel_c2b", 0))
         tbytes.add_metric(["to_client"], totals.get("tunnel_b2c", 0))
         yield tbytes
+        frames = CounterMetricFamily(
+            "tunnel_websocket_frames", "WebSocket frames seen whole, on tunnels whose frames are followed (open ones included)", labels=["direction"]
+        )
+        frames.add_metric(["to_backend"], totals.get("frames_c2b", 0))
+        frames.add_metric(["to_client"], totals.get("frames_b2c", 0))
+        yield frames
         hbytes = CounterMetricFamily("tunnel_http_bytes", "Bytes of HTTP requests and answers on client connections (heads included)", labels=["direction"])
         hbytes.add_metric(["in"], totals.get("http_in", 0))
         hbytes.add_metric(["out"], totals.get("http_out", 0))

@@ -86,6 +86,11 @@ class Services(Protocol):
         """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
         ...
 
+    def close_tunnel(self, ident: str, code: int, reason: str) -> str:
+        """Close frame ``code``/``reason`` to both sides of the tunnel ``ident`` open in
+        this process (``tunnel ctl close``). Raises `CloseRefused` with the reason."""
+        ...
+
     @property
     def cluster(self) -> Cluster:
         """Where this process's control sockets and its sibling workers' are."""

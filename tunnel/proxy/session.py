@@ -48,6 +48,7 @@ from ..protocol.heads import RequestHead, ResponseHead
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.routing import RouteResult, why_plain
+from ..tunnels.wscontrol import tracks_frames
 from . import envphase, handlers
 from .decide import check_upgrade, decide
 from .failover import connect_backend, peer_ip, read_response_head
@@ -374,7 +375,10 @@ def _handle(
             early = front.take_buffer()
             # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
-            websocket = (token or "websocket").lower() == "websocket"
+            # Frame headers followed or not (R160): a websocket tunnel's, as configured.
+            websocket = (token or "websocket").lower() == "websocket" and tracks_frames(
+                scope, graceful_set=engine.config.graceful_shutdown_set
+            )
             pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing, websocket=websocket)
             backend_sock = None  # the pump owns it now
             idle = tunnel_idle_timeout(server_scope, decision.local_path, rule, config_member)

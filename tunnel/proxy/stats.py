@@ -141,6 +141,9 @@ class Recorder:
             live = self._live.pop(pump, None)
             self.totals["tunnel_c2b"] += ex.early_in + pump.c2b.count
             self.totals["tunnel_b2c"] += ex.early_out + pump.b2c.count
+            if pump.c2b.frames is not None and pump.b2c.frames is not None:  # frames followed (R162)
+                self.totals["frames_c2b"] += pump.c2b.frames.frames
+                self.totals["frames_b2c"] += pump.b2c.frames.frames
             self.totals["duration_ms"] += int((time.monotonic() - ex.started) * 1000)
             self.closes[reason_class(pump.reason)] += 1
             if live is not None:
@@ -170,6 +173,8 @@ class Recorder:
             }
         totals["tunnel_c2b"] = totals.get("tunnel_c2b", 0) + sum(t["to_backend"] for t in tunnels)
         totals["tunnel_b2c"] = totals.get("tunnel_b2c", 0) + sum(t["to_client"] for t in tunnels)
+        totals["frames_c2b"] = totals.get("frames_c2b", 0) + sum(t["frames_to_backend"] or 0 for t in tunnels)
+        totals["frames_b2c"] = totals.get("frames_b2c", 0) + sum(t["frames_to_client"] or 0 for t in tunnels)
         data["totals"] = totals
         data["tunnels"] = tunnels
         data.update(extra or {})
@@ -181,6 +186,9 @@ def _tunnel_row(t: LiveTunnel, now: float) -> dict[str, Any]:
     notes = ex.notes
     head = ex.head
     last = pump.last_activity or t.opened
+    c2b, b2c = pump.c2b.frames, pump.b2c.frames
+    if c2b is None or b2c is None:
+        c2b = b2c = None
     return {
         "id": t.ident,
         "client": str(ex.peer[0]),
@@ -198,6 +206,9 @@ def _tunnel_row(t: LiveTunnel, now: float) -> dict[str, Any]:
         "to_backend": ex.early_in + pump.c2b.count,
         "to_client": ex.early_out + pump.b2c.count,
         "buffered": pump.buffered,
+        # Whole frames seen each way when the relay follows them, else None (R162).
+        "frames_to_backend": c2b.frames if c2b is not None else None,
+        "frames_to_client": b2c.frames if b2c is not None else None,
     }
 
 

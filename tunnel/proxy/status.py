@@ -147,6 +147,11 @@ def _table(caption: str, head: tuple[str, ...], rows: Sequence[Sequence[object]]
     return "\n".join(out)
 
 
+def _frames(n: object) -> object:
+    """A frame count, or "-" for a tunnel whose frames are not followed (R162)."""
+    return "-" if n is None else n
+
+
 def _html(m: Mapping[str, Any], host: str, *, tables: bool) -> str:
     f = _figures(m)
     totals = m["totals"]
@@ -192,11 +197,11 @@ def _html(m: Mapping[str, Any], host: str, *, tables: bool) -> str:
                 (
                     t["id"], t["client"], t["vhost"] or "-", t["path"], t["rewrite"] or t["route"],
                     t["member"] or t["backend"], t["strategy"], f"{t['age']:.1f}", f"{t['idle']:.1f}",
-                    t["to_backend"], t["to_client"],
+                    t["to_backend"], t["to_client"], _frames(t.get("frames_to_backend")), _frames(t.get("frames_to_client")),
                 )
                 for t in sorted(m["tunnels"], key=lambda t: (-t["age"], t["id"]))
             ]
-            head = ("ID", "Client", "VHost", "Request", "Route", "Backend", "Strategy", "Age (s)", "Idle (s)", "To backend", "To client")
+            head = ("ID", "Client", "VHost", "Request", "Route", "Backend", "Strategy", "Age (s)", "Idle (s)", "To backend", "To client", "Frames to backend", "Frames to client")
             out.append(_table("Live tunnels", head, rows, "tunnels"))
     out.append("</body></html>")
     return "\n".join(out) + "\n"

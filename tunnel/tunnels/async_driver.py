@@ -74,6 +74,10 @@ class AsyncTunnel:
             attach(pump)
         if pump.ctl is not None:
             pump.ctl.start(pump.last_activity)
+        asked = pump.asked_close
+        if asked is not None:  # asked while the sync driver handed it over (R161)
+            pump.asked_close = None
+            attach(pump).close_with(pump.last_activity, *asked)
         if not fresh:
             # Handed over: a TLS end may hold bytes the sync driver left decrypted or
             # buffered, which no poll will report: look once, as after a budgeted read.
@@ -86,6 +90,17 @@ class AsyncTunnel:
         pump.close_at = when
         attach(pump).schedule_close(when)
         self._after()
+
+    def close_with(self, code: int, text: str) -> bool:
+        """A Close of ``code`` and ``text`` to both sides between frames, then the close
+        handshake (``tunnel ctl close``, R161). Loop thread only. False when it cannot
+        go (see `tunnel.tunnels.wscontrol.Control.close_with`)."""
+        pump = self.pump
+        if pump.done:
+            return False
+        sent = attach(pump).close_with(self.loop.time(), code, text)
+        self._after()
+        return sent
 
     def abort(self, reason: str) -> None:
         """End the tunnel now (engine shutdown). Loop thread only."""

@@ -235,6 +235,8 @@ class Pump:
         "_stall_since",
         "ctl",
         "close_at",
+        "asked_close",
+        "waker",
     )
 
     def __init__(
@@ -273,6 +275,13 @@ class Pump:
         #: when set (a monotonic time, from any thread), the driver starts a graceful
         #: close of the tunnel then (Close 1001 to both sides: ``wscontrol``).
         self.close_at = 0.0
+        #: (code, reason) of a Close the operator asked for (``tunnel ctl close``), set
+        #: from another thread; the driver sends it (``wscontrol.Control.close_with``)
+        #: and clears it.
+        self.asked_close: Optional[tuple[int, str]] = None
+        #: the sync driver's `tunnel.tunnels.sync_driver.Waker` while it polls a tunnel
+        #: whose frames are followed (so another thread can wake it), else None.
+        self.waker: Optional[Any] = None
         if websocket:
             self.c2b.frames = FrameFollower(masked=True)  # a client masks every frame
             self.b2c.frames = FrameFollower(masked=False)

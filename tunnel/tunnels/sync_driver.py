@@ -12,6 +12,7 @@ with the pump still open, and the caller hands the same pump to the loop.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import select
 import sys
@@ -25,7 +26,7 @@ from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import Pump, new_scratch
 from .wscontrol import NEVER, attach
 
-__all__ = ["run_sync", "ThreadPool"]
+__all__ = ["run_sync", "ThreadPool", "Waker", "take_asked_close"]
 
 log = logging.getLogger("tunnel.sync")
 
@@ -58,6 +59,53 @@ def thread_scratch() -> memoryview:
     if scratch is None:
         scratch = _local.scratch = new_scratch()
     return scratch
+
+
+class Waker:
+    """A descriptor another thread makes readable to wake one sync tunnel's poll
+    (``tunnel ctl close``, R161): an eventfd, or a pipe where there is none. Made only
+    for tunnels whose frames are followed (the only ones a Close can be put into)."""
+
+    __slots__ = ("fd", "_write_fd", "_lock", "_closed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - Linux has eventfd
+            self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        """Any thread: make ``fd`` readable (nothing once closed)."""
+        with self._lock:
+            if not self._closed:
+                try:
+                    os.write(self._write_fd, (1).to_bytes(8, "little"))
+                except OSError:
+                    pass  # already readable (a full counter or pipe): woken all the same
+
+    def drain(self) -> None:
+        """The polling thread: readable no more."""
+        try:
+            os.read(self.fd, 4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
+            if self._write_fd != self.fd:
+                os.close(self._write_fd)
+
+
+def take_asked_close(pump: Pump, now: float) -> None:
+    """The driver's thread: send the Close an operator asked for, if any (R161)."""
+    asked = pump.asked_close
+    if asked is not None and not pump.done:
+        pump.asked_close = None
+        attach(pump).close_with(now, *asked)
 
 
 def _to_poll(mask: int) -> int:
@@ -133,87 +181,105 @@ def _relay(
         ctl.start(now)
     if wake_fd is not None:
         poller.register(wake_fd, select.POLLIN)
+    waker: Optional[Waker] = None
+    if pump.c2b.frames is not None:
+        waker = Waker()
+        poller.register(waker.fd, select.POLLIN)
+        pump.waker = waker
     if fresh:
         pump.start()
-    while not pump.done:
-        if stopping is not None and stopping.is_set():
-            pump.abort("shutdown")
-            break
-        cmask, bmask = pump.interest()
-        for fd, mask in ((cfd, cmask), (bfd, bmask)):
-            if registered[fd] != mask:
-                if mask:
-                    poller.register(fd, _to_poll(mask))  # register() modifies when present
-                elif registered[fd] > 0:
-                    # No interest: out of the poll set. poll() reports POLLERR/POLLHUP
-                    # whatever the mask, and an end the pump has nothing to do with (a
-                    # client that half-closed, then reset) would spin this loop and keep
-                    # the idle timer from ever firing; the async driver unregisters too.
-                    poller.unregister(fd)
-                registered[fd] = mask
-        wait = None
-        if idle_timeout > 0:
-            wait = pump.last_activity + idle_timeout - now
-        if handover_at is not None:
-            left = handover_at - now
-            wait = left if wait is None else min(wait, left)
-        if send_timeout > 0 and (cmask & EVENT_WRITE or bmask & EVENT_WRITE):
-            probe = send_timeout / 2  # bytes wait: look at their progress now and then
-            wait = probe if wait is None else min(wait, probe)
-        if ctl is not None and ctl.next_due is not NEVER:
-            left = ctl.next_due - now
-            wait = left if wait is None else min(wait, left)
-        if pump.more:
-            wait = 0.0
-        elif not (cmask or bmask):
-            # Paused by the global cap: look again soon. (Shutdown wakes us by shutting
-            # the sockets: Engine._wake_sync_tunnels.)
-            wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
-        timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
-        try:
-            events = poller.poll(timeout_ms)
-        except InterruptedError:
-            events = []
-        now = time.monotonic()
-        if stopping is not None and stopping.is_set():
-            pump.abort("shutdown")
-            break
-        if events:
-            for fd, ev in events:
-                if fd == wake_fd:
-                    # A graceful stop: the engine set pump.close_at. Watched once.
-                    poller.unregister(fd)
-                    wake_fd = None
-                    if pump.close_at:
-                        ctl = attach(pump)
-                        ctl.schedule_close(pump.close_at)
-                    continue
-                if ev & select.POLLNVAL:
-                    pump.abort("error: socket closed under the tunnel")
-                    break
-                mask = (EVENT_READ if ev & _POLL_READ else 0) | (EVENT_WRITE if ev & select.POLLOUT else 0)
-                if ev & _POLL_ERR:
-                    mask = EVENT_READ | EVENT_WRITE  # the next I/O reports the cause (R30)
-                pump.on_event(fd == cfd, mask, scratch)
-            pump.last_activity = now
-        if pump.more and not pump.done:
-            # A TLS end may hold bytes no poll reports: read both ends again, whatever
-            # else was ready (a socket always writable must not starve the poke).
-            pump.more = False
-            pump.on_event(True, EVENT_READ, scratch)
-            pump.on_event(False, EVENT_READ, scratch)
-        if ctl is not None and ctl.after(now) <= now:
-            ctl.tick(now)
-        if _ended(pump):
-            break
-        if handover_at is not None and now >= handover_at:
-            return False
-        if idle_timeout > 0 and now - pump.last_activity >= idle_timeout:
-            pump.abort("idle timeout")
-        elif send_timeout > 0 and now >= next_stall_check:
-            next_stall_check = now + send_timeout / 2
-            pump.check_stall(now, send_timeout)
-    return True
+    try:
+        if pump.asked_close is not None:  # asked before the waker was there to wake us
+            take_asked_close(pump, now)
+            ctl = pump.ctl
+        while not pump.done:
+            if stopping is not None and stopping.is_set():
+                pump.abort("shutdown")
+                break
+            cmask, bmask = pump.interest()
+            for fd, mask in ((cfd, cmask), (bfd, bmask)):
+                if registered[fd] != mask:
+                    if mask:
+                        poller.register(fd, _to_poll(mask))  # register() modifies when present
+                    elif registered[fd] > 0:
+                        # No interest: out of the poll set. poll() reports POLLERR/POLLHUP
+                        # whatever the mask, and an end the pump has nothing to do with (a
+                        # client that half-closed, then reset) would spin this loop and keep
+                        # the idle timer from ever firing; the async driver unregisters too.
+                        poller.unregister(fd)
+                    registered[fd] = mask
+            wait = None
+            if idle_timeout > 0:
+                wait = pump.last_activity + idle_timeout - now
+            if handover_at is not None:
+                left = handover_at - now
+                wait = left if wait is None else min(wait, left)
+            if send_timeout > 0 and (cmask & EVENT_WRITE or bmask & EVENT_WRITE):
+                probe = send_timeout / 2  # bytes wait: look at their progress now and then
+                wait = probe if wait is None else min(wait, probe)
+            if ctl is not None and ctl.next_due is not NEVER:
+                left = ctl.next_due - now
+                wait = left if wait is None else min(wait, left)
+            if pump.more:
+                wait = 0.0
+            elif not (cmask or bmask):
+                # Paused by the global cap: look again soon. (Shutdown wakes us by shutting
+                # the sockets: Engine._wake_sync_tunnels.)
+                wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
+            timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
+            try:
+                events = poller.poll(timeout_ms)
+            except InterruptedError:
+                events = []
+            now = time.monotonic()
+            if stopping is not None and stopping.is_set():
+                pump.abort("shutdown")
+                break
+            if events:
+                for fd, ev in events:
+                    if waker is not None and fd == waker.fd:
+                        waker.drain()
+                        take_asked_close(pump, now)  # tunnel ctl close (R161)
+                        ctl = pump.ctl
+                        continue
+                    if fd == wake_fd:
+                        # A graceful stop: the engine set pump.close_at. Watched once.
+                        poller.unregister(fd)
+                        wake_fd = None
+                        if pump.close_at:
+                            ctl = attach(pump)
+                            ctl.schedule_close(pump.close_at)
+                        continue
+                    if ev & select.POLLNVAL:
+                        pump.abort("error: socket closed under the tunnel")
+                        break
+                    mask = (EVENT_READ if ev & _POLL_READ else 0) | (EVENT_WRITE if ev & select.POLLOUT else 0)
+                    if ev & _POLL_ERR:
+                        mask = EVENT_READ | EVENT_WRITE  # the next I/O reports the cause (R30)
+                    pump.on_event(fd == cfd, mask, scratch)
+                pump.last_activity = now
+            if pump.more and not pump.done:
+                # A TLS end may hold bytes no poll reports: read both ends again, whatever
+                # else was ready (a socket always writable must not starve the poke).
+                pump.more = False
+                pump.on_event(True, EVENT_READ, scratch)
+                pump.on_event(False, EVENT_READ, scratch)
+            if ctl is not None and ctl.after(now) <= now:
+                ctl.tick(now)
+            if _ended(pump):
+                break
+            if handover_at is not None and now >= handover_at:
+                return False
+            if idle_timeout > 0 and now - pump.last_activity >= idle_timeout:
+                pump.abort("idle timeout")
+            elif send_timeout > 0 and now >= next_stall_check:
+                next_stall_check = now + send_timeout / 2
+                pump.check_stall(now, send_timeout)
+        return True
+    finally:
+        if waker is not None:
+            pump.waker = None
+            waker.close()
 
 
 def _ended(pump: Pump) -> bool:

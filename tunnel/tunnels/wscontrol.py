@@ -11,6 +11,8 @@ A `Control` rides on a `Pump` (``pump.ctl``) when a tunnel needs more than movin
   relayed), the other has that long to end its own before the tunnel is closed.
 * a graceful stop: at a time the engine spreads over the stop's window (``pump.close_at``)
   both sides get Close 1001 "going away" and the proxy waits for their answers.
+* ``tunnel ctl close ID``: a Close of the operator's code and reason to both sides
+  (``close_with``; asked from another thread through ``pump.asked_close``, R161).
 
 Frames go into a flow only where its frame follower (``Flow.frames``, RFC 6455 §5.2)
 says the bytes read so far end between two frames; while one waits, that flow's reads
@@ -30,11 +32,12 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..config.model import Scope
 from ..io.streams import WOULD_BLOCK
 from ..protocol.frames import close_frame, ping_frame
 from .pump import READ_BUDGET, Flow, FlowState, Pump, _describe
 
-__all__ = ["Control", "attach", "CLOSE_GOING_AWAY", "CLOSE_WAIT", "PING_PAYLOAD", "NEVER"]
+__all__ = ["Control", "attach", "tracks_frames", "CLOSE_GOING_AWAY", "CLOSE_WAIT", "PING_PAYLOAD", "NEVER"]
 
 #: RFC 6455 §7.4.1: the endpoint is going away (server shutdown, dead peer).
 CLOSE_GOING_AWAY = 1001
@@ -244,6 +247,20 @@ class Control:
             self._due(when)
         return self.next_due
 
+    def close_with(self, now: float, code: int, text: str) -> bool:
+        """A Close frame of ``code`` and ``text`` to both sides, between frames, then the
+        close handshake (``tunnel ctl close``). False when it cannot go: the tunnel is
+        not followed, not WebSocket after all, or already closing (then nothing is sent)."""
+        pump = self.pump
+        c2b, b2c = pump.c2b.frames, pump.b2c.frames
+        if self.closing or pump.done or c2b is None or b2c is None or c2b.close_seen or b2c.close_seen:
+            return False
+        if c2b.broken or b2c.broken:
+            return False
+        reason = f"closed by ctl: {code}" + (f" {text}" if text else "")
+        self._close(now, to_client=True, to_backend=True, reason=reason, wait=CLOSE_WAIT, code=code, text=text)
+        return True
+
     def going_away(self, now: float, limit: Optional[float] = None) -> None:
         """Close 1001 "going away" to both sides now (a graceful stop).
 
@@ -290,17 +307,27 @@ class Control:
             reason = f"dead peer: the {who} sent nothing for {interval:g}s after a ping"
             self._close(now, to_client=dead[1], to_backend=dead[0], reason=reason, wait=interval)
 
-    def _close(self, now: float, *, to_client: bool, to_backend: bool, reason: str, wait: float) -> None:
+    def _close(
+        self,
+        now: float,
+        *,
+        to_client: bool,
+        to_backend: bool,
+        reason: str,
+        wait: float,
+        code: int = CLOSE_GOING_AWAY,
+        text: str = "going away",
+    ) -> None:
         self.closing = True
         self.reason = reason
         self.close_deadline = now + wait
         self._due(self.close_deadline)
         if to_backend:
-            self._send(0, close_frame(CLOSE_GOING_AWAY, "going away", mask=_mask_key()))
+            self._send(0, close_frame(code, text, mask=_mask_key()))
         else:
             self._swallow[0] = True  # the backend is dead: nothing more goes to it
         if to_client:
-            self._send(1, close_frame(CLOSE_GOING_AWAY, "going away"))
+            self._send(1, close_frame(code, text))
         else:
             self._swallow[1] = True  # the client is dead: nothing more goes to it
         self._check_end()
@@ -348,6 +375,22 @@ class Control:
         pump.reason = self.reason
         for flow in (pump.c2b, pump.b2c):
             pump._drop(flow)
+
+
+def tracks_frames(scope: Scope, *, graceful_set: bool) -> bool:
+    """Whether a ``websocket`` tunnel opened in ``scope`` follows its frames (R160).
+
+    ``ProxyWebsocketFrameTracking On`` or ``Off`` say so; ``Auto`` turns it on for what
+    is known when the tunnel opens and needs frame boundaries: pings or a half-close
+    timeout in the scope, or a ``GracefulShutdownTimeout`` in the file (``graceful_set``:
+    the Close 1001 of a graceful stop). A follower must read a stream from its first
+    byte, so nothing decided later (``tunnel ctl close``, a graceful stop of a file
+    without the directive) can turn it on for a tunnel already open.
+    """
+    mode = scope.websocket_frame_tracking
+    if mode == "auto":
+        return scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0 or graceful_set
+    return mode == "on"
 
 
 def _broken(pump: Pump) -> bool:
