@@ -235,6 +235,7 @@ class Pump:
         "_stall_since",
         "ctl",
         "close_at",
+        "hold",
     )
 
     def __init__(
@@ -273,6 +274,9 @@ class Pump:
         #: when set (a monotonic time, from any thread), the driver starts a graceful
         #: close of the tunnel then (Close 1001 to both sides: ``wscontrol``).
         self.close_at = 0.0
+        #: set (from the loop thread) when a binary upgrade is to move the tunnel: its
+        #: sync thread returns it between two events (``handover.Parker``).
+        self.hold = False
         if websocket:
             self.c2b.frames = FrameFollower(masked=True)  # a client masks every frame
             self.b2c.frames = FrameFollower(masked=False)

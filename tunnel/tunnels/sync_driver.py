@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..io.streams import EVENT_READ, EVENT_WRITE
+from .handover import Parker
 from .pump import Pump, new_scratch
 from .wscontrol import NEVER, attach
 
@@ -31,6 +32,8 @@ log = logging.getLogger("tunnel.sync")
 THREAD_IDLE_EXIT = 30.0
 #: Poll cap while the global buffer cap pauses every flow of a tunnel.
 BUDGET_RECHECK = 0.05
+#: Poll cap of a sync thread while a binary upgrade's hand-over is under way.
+PARK_RECHECK = 0.05
 
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
@@ -58,6 +61,8 @@ def run_sync(
     stopping: Optional[threading.Event] = None,
     send_timeout: float = 0.0,
     wake_fd: Optional[int] = None,
+    parker: Optional[Parker] = None,
+    restored: bool = False,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -72,27 +77,45 @@ def run_sync(
             is aborted ("send timeout", R37); 0 for none.
         wake_fd: a descriptor the engine makes readable when it has set
             ``pump.close_at`` on its tunnels (a graceful stop); watched until then.
+        parker: a binary upgrade's `Parker`: when it wakes the thread and ``pump.hold``
+            is set, the pump is returned as it is, between two events (R157).
+        restored: the pump was rebuilt from another process's state: its activity
+            stamp and timers are kept, not started again.
 
     Returns:
-        True when the tunnel ended (the caller closes it), False at the hand-over time.
+        True when the tunnel ended (the caller closes it), False at the hand-over time
+        or when held (``pump.hold``).
     """
     scratch = thread_scratch()
     cfd, bfd = pump.client.fileno(), pump.backend.fileno()
     poller = select.poll()
     registered = {cfd: -1, bfd: -1}
     now = time.monotonic()
-    pump.last_activity = now
+    if not restored:
+        pump.last_activity = now
     next_stall_check = now
     if pump.close_at:
         attach(pump)
     ctl = pump.ctl
-    if ctl is not None:
+    if ctl is not None and not restored:
         ctl.start(now)
     if wake_fd is not None:
         poller.register(wake_fd, select.POLLIN)
+    park_fd = parker.fileno() if parker is not None else None
+    parking = False  # the parker's pipe is in the poll set
     if fresh:
         pump.start()
     while not pump.done:
+        if pump.hold:
+            return False  # a binary upgrade moves it: stopped between two events
+        if parker is not None and park_fd is not None and parking == parker.active:
+            # Watch the pipe while no hand-over is under way; during one, poll briefly
+            # instead (the pipe stays readable until it ends).
+            if parking:
+                poller.unregister(park_fd)
+            else:
+                poller.register(park_fd, select.POLLIN)
+            parking = not parking
         if stopping is not None and stopping.is_set():
             pump.abort("shutdown")
             break
@@ -120,6 +143,8 @@ def run_sync(
         if ctl is not None and ctl.next_due is not NEVER:
             left = ctl.next_due - now
             wait = left if wait is None else min(wait, left)
+        if parker is not None and parker.active:
+            wait = PARK_RECHECK if wait is None else min(wait, PARK_RECHECK)
         if pump.more:
             wait = 0.0
         elif not (cmask or bmask):
@@ -137,6 +162,8 @@ def run_sync(
             break
         if events:
             for fd, ev in events:
+                if fd == park_fd:
+                    continue  # the loop's top looks at pump.hold and the parker
                 if fd == wake_fd:
                     # A graceful stop: the engine set pump.close_at. Watched once.
                     poller.unregister(fd)
