@@ -168,7 +168,23 @@ class Upgrader:
         try:
             self.channel.send(message, blobs or [], fds or [])
         except (ChannelClosed, OSError) as exc:
-            raise UpgradeFailed(f"{exc}; {self._exit_reason()}") from None
+            said = self._last_words()
+            raise UpgradeFailed(said or f"{exc}; {self._exit_reason()}") from None
+
+    def _last_words(self) -> str:
+        """What a new process that closed the channel said before ("failed": why)."""
+        assert self.channel is not None
+        try:
+            self.channel.settimeout(1.0)
+            message, _, fds = self.channel.recv()
+        except (ChannelClosed, OSError, ValueError):
+            return ""
+        for fd in fds:
+            os.close(fd)
+        if message.get("op") == "failed":
+            self._reap(5.0)
+            return str(message.get("error") or "")
+        return ""
 
     def _exit_reason(self) -> str:
         code = self._reap(5.0)
