@@ -117,7 +117,11 @@ def serve_with_signals(
                     report("upgrade-failed", "the process is stopping" if stopping else "an upgrade already took place")
                 else:
                     log.info("%s: binary upgrade", name)
-                    upgraded = Upgrader(engine, pid_file, report).run()
+                    try:
+                        upgraded = Upgrader(engine, pid_file, report).run()
+                    except Exception as exc:  # noqa: BLE001 - reported; this process serves on
+                        log.exception("binary upgrade failed")
+                        report("upgrade-failed", f"internal error: {exc!r}")
             elif not stopping:
                 _restart(engine, name, action, loader, report, on_reload)
 

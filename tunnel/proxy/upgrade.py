@@ -31,7 +31,9 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, Optional, TypeVar
 
@@ -193,7 +195,13 @@ class Upgrade:
 
         loop.call_soon_threadsafe(run)
         loop.wakeup()
-        return done.result(timeout)
+        try:
+            return done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            frame = sys._current_frames().get(loop.thread_id or 0)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            log.error("binary upgrade: the loop did not answer in %gs; it is at:\n%s", timeout, where)
+            raise RuntimeError(f"the loop did not answer within {timeout:g}s") from None
 
     # -- old process ---------------------------------------------------------------------
     def upgrade_listeners(self) -> list[tuple[ListenerKey, socket.socket]]:
