@@ -45,6 +45,7 @@ from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
 from .proxy.lifecycle import Drain, Lifecycle, bound_address, listener_key
+from .proxy.probes import Probes
 from .proxy.records import Exchange, H2Start, Inner, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
@@ -102,6 +103,8 @@ class Engine(Lifecycle, Upgrade):
         #: requests, handshakes, tunnels and bytes for server-status, metrics, tunnel ctl.
         self.recorder = Recorder(worker=self.cluster.slot)
         self._controls: list[ControlServer] = []
+        #: ready/live state and ``tunnel ctl drain`` (R150-R152).
+        self.probes = Probes(config.loop_lag_limit)
         self.reuse_port = reuse_port
         self.server_name = server_name or socket.gethostname()
         self.pool = ThreadPool(config.max_tunnel_threads)
@@ -236,6 +239,7 @@ class Engine(Lifecycle, Upgrade):
             raise
         self._loop = loop
         loop.call_soon(self._ready.set)
+        self.probes.watch(loop)
         self.close_inherited()
         if self.on_ready is not None:
             loop.call_soon(self.on_ready)
@@ -306,6 +310,7 @@ class Engine(Lifecycle, Upgrade):
     def request_stop(self) -> None:
         """Ask the loop to stop: safe from any thread and from a signal handler."""
         self._stopping.set()
+        self.probes.stopping.set()
         loop = self._loop
         if loop is not None and loop.running:
             loop.call_soon_threadsafe(self._shutdown_in_loop)
@@ -355,6 +360,8 @@ class Engine(Lifecycle, Upgrade):
                     pass
 
     def _teardown(self, loop: Loop) -> None:
+        self.probes.stopping.set()
+        self.probes.unwatch()
         for control in self._controls:
             control.close()
         self._controls.clear()
@@ -623,7 +630,7 @@ class Engine(Lifecycle, Upgrade):
         """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
         return process_snapshot(
             self.recorder, self.config, self.balancers, self.cluster.secret, self.pool, self.budget,
-            connections=len(self._tasks), server_name=self.server_name,
+            connections=len(self._tasks), server_name=self.server_name, drained=self.probes.drained.is_set(),
         )
 
     def __repr__(self) -> str:
@@ -714,6 +721,10 @@ class _Services(Services):
     @property
     def cluster(self) -> Cluster:
         return self._engine.cluster
+
+    @property
+    def probes(self) -> Probes:
+        return self._engine.probes
 
     def nonce(self, balancer: str) -> str:
         return nonce_for(self._engine.cluster.secret, self._engine.config.balancers[balancer])

@@ -1,4 +1,5 @@
-"""SetHandler, ExtendedStatus, TunnelControlSocket, ProxySet nonce= (R110-R117)."""
+"""SetHandler, ExtendedStatus, TunnelControlSocket, ProxySet nonce= (R110-R117),
+TunnelLoopLagLimit (R151)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_sethandler_by_location_and_none_turns_it_off():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("SetHandler cgi-script", 'test.conf:1: SetHandler: expected one of server-status, balancer-manager, metrics or none, got "cgi-script"'),
+        ("SetHandler cgi-script", 'test.conf:1: SetHandler: expected one of server-status, balancer-manager, metrics, ready, live or none, got "cgi-script"'),
         ("SetHandler proxy:unix:/run/x|fcgi://l", "use ProxyPass"),
         ("SetHandler a b", "expected one argument, got 2"),
         ("ExtendedStatus maybe", 'ExtendedStatus: expected On or Off, got "maybe"'),
@@ -36,12 +37,27 @@ def test_sethandler_by_location_and_none_turns_it_off():
         ("TunnelControlSocket", "TunnelControlSocket: expected a socket path or none, got 0 arguments"),
         ("TunnelControlSocket /" + "x" * 120, "shorter than 100 bytes"),
         ("<Proxy balancer://b>\nBalancerMember ws://a/\nProxySet nonce=a/b\n</Proxy>", "nonce= expected None or a nonce"),
+        ("TunnelLoopLagLimit", "test.conf:1: TunnelLoopLagLimit: expected a number of seconds, got 0 arguments"),
+        ("TunnelLoopLagLimit 1 2", "expected a number of seconds, got 2 arguments"),
+        ("TunnelLoopLagLimit soon", 'TunnelLoopLagLimit: expected a number of seconds from 0.1 to 3600, got "soon"'),
+        ("TunnelLoopLagLimit 0.01", 'from 0.1 to 3600, got "0.01"'),
+        ("TunnelLoopLagLimit nan", 'from 0.1 to 3600, got "nan"'),
+        ("TunnelLoopLagLimit inf", 'from 0.1 to 3600, got "inf"'),
+        ("<VirtualHost *:80>\nTunnelLoopLagLimit 2\n</VirtualHost>", "test.conf:2: TunnelLoopLagLimit: not allowed in <VirtualHost>"),
     ],
 )
 def test_bad_lines_are_errors_naming_file_and_line(text, message):
     with pytest.raises(ConfigError) as info:
         Config.from_text(text + "\n", filename="test.conf")
     assert message in str(info.value)
+
+
+def test_ready_and_live_handlers_and_the_lag_limit():
+    config = Config.from_text("<Location /ready>\nSetHandler Ready\n</Location>\n<Location /live>\nSetHandler live\n</Location>\nTunnelLoopLagLimit 2.5\n")
+    assert effective_scope(config.scope, "/ready").handler == "ready"
+    assert effective_scope(config.scope, "/live").handler == "live"
+    assert config.loop_lag_limit == 2.5
+    assert Config.from_text("").loop_lag_limit == 5.0
 
 
 def test_values():

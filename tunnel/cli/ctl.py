@@ -1,6 +1,6 @@
 """``tunnel ctl``: talk to a running instance over its control socket (R117).
 
-``tunnel ctl --config FILE status|tunnels|member ...`` finds the socket the way ``serve``
+``tunnel ctl --config FILE status|tunnels|member|drain|undrain ...`` finds the socket the way ``serve``
 made it (the file's ``TunnelControlSocket``, else the default under the run directory),
 checks it is a socket of this user with mode 0600, sends one request and prints the
 answer: a table by default, JSON with ``--json``. Any problem (no instance, a socket
@@ -170,6 +170,42 @@ def member(ctx: click.Context, balancer: str, url: str, statuses: tuple[str, ...
             click.echo(f"worker {row['worker']}: {'applied' if row['ok'] else 'NOT applied: ' + str(row.get('error'))}")
     if any(not row["ok"] for row in answer["workers"]):
         raise click.exceptions.Exit(1)
+
+
+def _drain(ctx: click.Context, on: bool, as_json: bool) -> None:
+    answer = _request(ctx, {"op": "drain", "drained": on})
+    rows = answer["workers"]
+    if as_json:
+        click.echo(json.dumps({"drained": on, "workers": rows}, indent=2, sort_keys=True))
+    else:
+        state = "drained (ready answers 503)" if on else "undrained (ready answers 200)"
+        for row in rows:
+            if row["ok"]:
+                click.echo(f"worker {row['worker']}: {state}{'' if row.get('changed') else ', as it already was'}")
+            else:
+                click.echo(f"worker {row['worker']}: NOT {'drained' if on else 'undrained'}: {row.get('error')}")
+    if any(not row["ok"] for row in rows):
+        raise click.exceptions.Exit(1)
+
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="JSON instead of lines.")
+
+
+@ctl.command()
+@_JSON
+@click.pass_context
+def drain(ctx: click.Context, as_json: bool) -> None:
+    """Tell balancers to send new clients elsewhere: SetHandler ready answers 503 in
+    every worker; the instance keeps serving (R152)."""
+    _drain(ctx, True, as_json)
+
+
+@ctl.command()
+@_JSON
+@click.pass_context
+def undrain(ctx: click.Context, as_json: bool) -> None:
+    """Take a drain back: SetHandler ready answers 200 again in every worker."""
+    _drain(ctx, False, as_json)
 
 
 for _command in LIFECYCLE_COMMANDS:

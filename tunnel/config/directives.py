@@ -168,6 +168,7 @@ HANDLERS: dict[str, tuple[str, str, frozenset[Ctx]]] = {
         ("RedirectTemp", "_redirect_temp", _SVL),
         ("ExtendedStatus", "_extended_status", _S),
         ("TunnelControlSocket", "_tunnel_control_socket", _S),
+        ("TunnelLoopLagLimit", "_tunnel_loop_lag_limit", _S),
     )
 }
 

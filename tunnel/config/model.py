@@ -502,6 +502,9 @@ class Config:
     #: TunnelControlSocket: the unix socket `tunnel ctl` talks to; None: the default
     #: path under the run directory (R117).
     control_socket: Optional[str] = None
+    #: TunnelLoopLagLimit: the loop lag (seconds) above which ``SetHandler live``
+    #: answers 503 (R151).
+    loop_lag_limit: float = 5.0
 
     @classmethod
     def from_text(cls, text: str, *, filename: str = "<config>", defines: Sequence[str] = ()) -> Config:

@@ -6,9 +6,13 @@ status page, a scrape or a ``tunnel ctl`` request asks its siblings for their sn
 sent to each sibling (`push`). Each sibling gets `PEER_TIMEOUT` seconds; one that does
 not answer is listed as unreachable (``down``) instead of holding the answer up.
 
-`OPS` is the table of control-socket operations (``snapshot`` for siblings; ``status``,
-``tunnels``, ``member``, ``balancer`` for ``tunnel ctl``). A new command (``close``, the
-lifecycle ones) is one more entry.
+`OPS` is the table of control-socket operations (``snapshot``, ``apply`` and
+``set-drain`` for siblings; ``status``, ``tunnels``, ``member``, ``balancer``, ``drain``
+for ``tunnel ctl``). A new command is one more entry.
+
+``drain`` (``tunnel ctl drain|undrain``) sets the ready handler's state in this worker
+and then in each sibling, since a balancer's health check may reach any of them (R152);
+a worker that restarts takes the state of a sibling (`adopt`).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def adopt(engine: Services, timeout: float = 1.0) -> Optional[int]:
             answer = run_blocking(ask(cluster.peer_path(slot), {"op": "snapshot"}, time.monotonic() + timeout))
         except ControlError:
             continue
+        if (answer.get("snapshot") or {}).get("drained"):
+            engine.probes.drain(True)  # drained before this worker (re)started (R152)
         views = (answer.get("snapshot") or {}).get("balancers") or {}
         for name, view in views.items():
             if name not in engine.config.balancers:
@@ -165,6 +171,30 @@ def _op_member(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
     return _change(engine, request.get("change") or {}, spread=True)
 
 
+def _op_drain(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
+    """``tunnel ctl drain|undrain``: here, then in every sibling (R152)."""
+    on = request.get("drained")
+    if not isinstance(on, bool):
+        return {"ok": False, "error": f"drained must be true or false, got {on!r}"}
+    rows: list[dict[str, Any]] = [{"worker": engine.cluster.slot, "ok": True, "changed": engine.probes.drain(on)}]
+    for slot in engine.cluster.siblings():
+        try:
+            answer = run_blocking(ask(engine.cluster.peer_path(slot), {"op": "set-drain", "drained": on}, time.monotonic() + PEER_TIMEOUT))
+        except ControlError as exc:
+            rows.append({"worker": slot, "ok": False, "error": str(exc)})
+            continue
+        rows.append({"worker": slot, "ok": bool(answer.get("ok")), "changed": bool(answer.get("changed")), "error": answer.get("error")})
+    return {"ok": True, "drained": on, "workers": rows}
+
+
+def _op_set_drain(engine: Services, request: Mapping[str, Any]) -> dict[str, Any]:
+    """A sibling passes on a drain or undrain (not passed further)."""
+    on = request.get("drained")
+    if not isinstance(on, bool):
+        return {"ok": False, "error": f"drained must be true or false, got {on!r}"}
+    return {"ok": True, "changed": engine.probes.drain(on)}
+
+
 def _change(engine: Services, change: Mapping[str, Any], *, spread: bool) -> dict[str, Any]:
     try:
         done = apply_change(engine, change)
@@ -184,6 +214,8 @@ OPS: dict[str, Callable[[Services, Mapping[str, Any]], dict[str, Any]]] = {
     "tunnels": _op_tunnels,
     "member": _op_member,
     "balancer": _op_member,
+    "drain": _op_drain,
+    "set-drain": _op_set_drain,
 }
 
 

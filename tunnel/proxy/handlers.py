@@ -38,7 +38,7 @@ from .handler_types import Answer, Request
 from .records import Exchange
 from .services import Services
 
-__all__ = ["HANDLERS", "Handler", "Request", "Answer", "wanted", "serve"]
+__all__ = ["HANDLERS", "Handler", "Request", "Answer", "wanted", "serve", "serve_ready", "serve_live"]
 
 #: The largest form body a handler reads (balancer-manager's POST).
 MAX_FORM = 64 * 1024
@@ -54,14 +54,33 @@ class Handler:
     serve: HandlerFn
 
 
-#: SetHandler name -> handler. New handlers (ready, live, ...) are one line here and
-#: their name in config.statushooks.LOCAL_HANDLERS.
+def _probe(status: int, why: str) -> Answer:
+    return Answer(status, "text/plain; charset=utf-8", f"{why}\n".encode())
+
+
+def serve_ready(req: Request) -> Generator[Wait, None, Answer]:
+    """``SetHandler ready``: 200 ``ready``, or 503 ``draining`` (``tunnel ctl drain``)
+    or ``stopping`` (R150)."""
+    yield from ()  # a generator task, as every handler; it never waits
+    return _probe(*req.engine.probes.readiness())
+
+
+def serve_live(req: Request) -> Generator[Wait, None, Answer]:
+    """``SetHandler live``: 200 while the loop turns within ``TunnelLoopLagLimit`` (R151)."""
+    yield from ()
+    return _probe(*req.engine.probes.liveness())
+
+
+#: SetHandler name -> handler. A new handler is one line here and its name in
+#: config.statushooks.LOCAL_HANDLERS.
 HANDLERS: dict[str, Handler] = {
     h.name: h
     for h in (
         Handler("server-status", ("GET", "HEAD"), status.serve),
         Handler("balancer-manager", ("GET", "HEAD", "POST"), balancer_manager.serve),
         Handler("metrics", ("GET", "HEAD"), metrics.serve),
+        Handler("ready", ("GET", "HEAD"), serve_ready),
+        Handler("live", ("GET", "HEAD"), serve_live),
     )
 }
 

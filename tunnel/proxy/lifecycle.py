@@ -36,6 +36,7 @@ from ..protocol.balancer import Balancers
 from ..tunnels.async_driver import AsyncTunnel
 from ..tunnels.pump import Budget, Pump
 from ..tunnels.sync_driver import ThreadPool
+from .probes import Probes
 from .records import TunnelStart
 
 __all__ = ["Lifecycle", "Drain", "DEFAULT_WINDOW", "listener_key", "bound_address"]
@@ -96,6 +97,7 @@ class Lifecycle:
     _wake_w: int
     _ssl_contexts: dict[ProxyTLS, ssl.SSLContext]
     _server_contexts: dict[Listener, ssl.SSLContext]
+    probes: Probes
 
     def request_stop(self) -> None:
         raise NotImplementedError
@@ -128,6 +130,7 @@ class Lifecycle:
         loop = self._loop
         if loop is None or self._drain is not None or self._stopping.is_set():
             return
+        self.probes.stopping.set()  # a probe on a kept-alive connection: 503 (R150)
         for acc in self._acceptors:
             acc.close()
         self._acceptors.clear()
@@ -236,6 +239,7 @@ class Lifecycle:
             self._ssl_contexts.clear()
             self._server_contexts.clear()
         self.pool.max_threads = config.max_tunnel_threads
+        self.probes.set_lag_limit(config.loop_lag_limit)
         if config.buffer_limit and self.budget is not None:
             self.budget.limit = config.buffer_limit
         elif config.buffer_limit:

@@ -16,6 +16,7 @@ from ..protocol.balancer import BalancerState
 from ..tunnels.pump import Pump
 from ..tunnels.strategy import Strategy
 from .control import Cluster
+from .probes import Probes
 from .records import Exchange
 
 __all__ = ["Services"]
@@ -88,6 +89,12 @@ class Services(Protocol):
     @property
     def cluster(self) -> Cluster:
         """Where this process's control sockets and its sibling workers' are."""
+        ...
+
+    @property
+    def probes(self) -> Probes:
+        """Readiness (drained, stopping) and liveness (the loop's watchdog) for the
+        ready and live handlers and ``tunnel ctl drain``."""
         ...
 
     def nonce(self, balancer: str) -> str:

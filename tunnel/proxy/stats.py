@@ -227,6 +227,7 @@ def process_snapshot(
     *,
     connections: int,
     server_name: str,
+    drained: bool = False,
 ) -> dict[str, Any]:
     """An engine's snapshot: the recorder's figures and tunnels, plus the pool, the
     buffer budget, the client connections and every balancer."""
@@ -238,6 +239,7 @@ def process_snapshot(
             "config": config.source,
             "extended": config.extended_status,
             "server_name": server_name,
+            "drained": drained,
             "pool": {"max": pool.max_threads, "busy": pool.busy, "threads": pool.threads},
             "buffer": {"used": budget.used if budget else sum(t.start.pump.buffered for t in live), "limit": config.buffer_limit},
             "connections": connections + len(live),
@@ -298,7 +300,9 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "connections": 0,
     }
     for snap in snapshots:
-        out["workers"].append({"worker": snap["worker"], "pid": snap.get("pid"), "uptime": snap["uptime"], "up": True})
+        out["workers"].append(
+            {"worker": snap["worker"], "pid": snap.get("pid"), "uptime": snap["uptime"], "up": True, "drained": bool(snap.get("drained"))}
+        )
         for key in ("requests", "handshakes", "closes", "totals", "pool", "buffer"):
             out[key].update(snap.get(key, {}))
         for *labels, n in snap.get("opened", []):
