@@ -100,16 +100,25 @@ class Upgrader:
         try:
             self._round(first=True)
         except UpgradeFailed as exc:
-            # Nothing moved (or the batch that failed came back): serve on here.
-            engine.in_loop(engine.upgrade_unhold)
-            engine.in_loop(engine.upgrade_resume)
-            if self.pid_file is not None:
-                self.pid_file.released = False
-                self.pid_file.write()
-            self._failed(f"the new process failed while taking over tunnels: {exc}")
-            return False
+            engine.in_loop(engine.upgrade_unhold)  # the batch that failed came back: it runs here
+            if not self.moved:
+                # Nothing moved: the new process goes, this one serves on as before.
+                self._kill()
+                engine.in_loop(engine.upgrade_resume)
+                if self.pid_file is not None:
+                    self.pid_file.released = False
+                    self.pid_file.write()
+                self._failed(f"the new process failed while taking over tunnels: {exc}")
+                return False
+            # Some moved and are the new process's now: it serves; what is left here drains.
+            log.error("binary upgrade: %d tunnel(s) moved, then: %s; the rest stay here and drain", self.moved, exc)
+            engine.upgrade_wake = None
         engine.in_loop(lambda: engine.upgrade_release(engine.config.graceful_shutdown_timeout))
-        self._send({"op": "released", "moved": self.moved, "pending": self.pending})
+        try:
+            self._send({"op": "released", "moved": self.moved, "pending": self.pending})
+        except UpgradeFailed as exc:
+            log.error("binary upgrade: the new process did not hear that everything moved: %s", exc)
+            return True
         log.info("binary upgrade: pid %d serves now; %d tunnel(s) moved to it (%d bytes pending carried)", self.pid, self.moved, self.pending)
         threading.Thread(target=self._rest, name="tunnel-upgrade", daemon=True).start()
         return True
