@@ -190,7 +190,7 @@ def test_1000_plain_tunnels_move_mid_stream_with_pending_bytes_and_no_client_ref
 
 
 async def _talk(port: int, n: int, backend: WsBackend):
-    clients = [await websockets.connect(f"ws://127.0.0.1:{port}/ws/{i}", ping_interval=None, max_size=None) for i in range(n)]
+    clients = [await websockets.connect(f"ws://127.0.0.1:{port}/ws/{i}", ping_interval=None, max_size=None, compression=None) for i in range(n)]
     for i, ws in enumerate(clients):
         await ws.send(f"before {i}")
         assert await ws.recv() == f"before {i}"
@@ -204,7 +204,8 @@ def test_websocket_tunnels_keep_their_frames_and_close_properly_in_the_new_proce
     conf = write_conf(
         tmp_path,
         f"Listen 127.0.0.1:0\nProxyWebsocketAsync {'On' if strategy == 'async' else 'Off'}\n"
-        f"GracefulShutdownTimeout 2\nProxyPass /ws/ ws://127.0.0.1:{ws_backend.port}/\n",
+        f"GracefulShutdownTimeout 2\nProxyPass /ws/ ws://127.0.0.1:{ws_backend.port}/\n"
+        f'CustomLog {tmp_path}/access.log "%U %>s %I %O %{{close_reason}}n"\n',
     )
     proc, port = start(conf)
     drain_stderr(proc)
@@ -212,7 +213,7 @@ def test_websocket_tunnels_keep_their_frames_and_close_properly_in_the_new_proce
 
     async def scenario():
         clients = await _talk(port, 10, ws_backend)
-        big = "x" * 1_000_000  # a long frame: the hand-over lands inside it
+        big = "x" * 1_000_000  # a long frame (not compressed): the hand-over lands inside it
         sends = [asyncio.ensure_future(ws.send(big)) for ws in clients]
         await asyncio.sleep(0)
         result = await asyncio.get_running_loop().run_in_executor(None, ctl, conf, "upgrade")
@@ -238,6 +239,14 @@ def test_websocket_tunnels_keep_their_frames_and_close_properly_in_the_new_proce
         assert ws_backend.errors == []
         assert set(ws_backend.close_codes) == {1001}
         assert _wait_exit(proc, 20) == 0
+        # One access-log line per tunnel, written by the new process, with the whole
+        # tunnel's bytes (the million-byte message each way crossed the hand-over).
+        wait_for(lambda: not alive(new), timeout=20, what="the new process's exit")
+        lines = [line.split() for line in (tmp_path / "access.log").read_text().splitlines()]
+        assert sorted(line[0] for line in lines) == sorted(f"/ws/{i}" for i in range(10))
+        for path, status, received, sent, *reason in lines:
+            assert status == "101" and int(received) > 1_000_000 and int(sent) > 1_000_000, (path, received, sent)
+            assert " ".join(reason).startswith("graceful stop"), reason
     finally:
         stop(proc)
         if new is not None and alive(new):
