@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from h2.errors import ErrorCodes
@@ -46,13 +46,15 @@ from .proxy.closing import is_websocket as _is_websocket
 from .proxy.control import Cluster, ControlServer
 from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
-from .proxy.lifecycle import Drain, Lifecycle, bound_address
+from .proxy.lifecycle import Drain, Lifecycle, bound_address, listener_key
 from .proxy.probes import Probes
 from .proxy.records import Exchange, H2Start, Inner, TunnelStart
 from .proxy.services import Services
 from .proxy.session import serve_client
 from .proxy.stats import Recorder, nonce_for, process_snapshot
+from .proxy.upgrade import ListenerKey, Upgrade
 from .tunnels.async_driver import AsyncTunnel
+from .tunnels.handover import Parker
 from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
 from .tunnels.sync_driver import HOLD_GIL_FROM, PoolFull, ThreadPool, run_sync
@@ -70,7 +72,7 @@ errlog = logging.getLogger("tunnel.error")
 STOP_TIMEOUT = 5.0
 
 
-class Engine(Lifecycle, Closing):
+class Engine(Lifecycle, Closing, Upgrade):
     """A WebSocket tunnel engine for one `Config`.
 
     Args:
@@ -140,6 +142,17 @@ class Engine(Lifecycle, Closing):
         # tunnels' threads watch it in their poll (they never poll on a timer for it).
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # A binary upgrade (R155-R159, proxy/upgrade.py): listening sockets passed by an
+        # old process, the sync threads' parker, the old side's hand-over state.
+        self.inherited: dict[ListenerKey, socket.socket] = {}
+        self.taking_over = False  # this is a binary upgrade's new process
+        self.parker = Parker()
+        self.upgrade_wake: Optional[Callable[[], None]] = None
+        self._moving: dict[Pump, tuple[TunnelStart, bool]] = {}
+        self._parked: list[TunnelStart] = []
+        self._paused: list[Acceptor] = []
+        #: called on the loop thread once it serves (the listeners are bound).
+        self.on_ready: Optional[Callable[[], None]] = None
 
     # -- capabilities and strategy -------------------------------------------------------
     @property
@@ -229,13 +242,18 @@ class Engine(Lifecycle, Closing):
         self._loop = loop
         loop.call_soon(self._ready.set)
         self.probes.watch(loop)
+        self.close_inherited()
+        if self.on_ready is not None:
+            loop.call_soon(self.on_ready)
         try:
             loop.run()
         finally:
             self._teardown(loop)
 
     def _open(self, loop: Loop, listener: Listener) -> Acceptor:
-        sock = open_listener(listener, reuse_port=self.reuse_port)
+        sock = self.inherited.pop(listener_key(listener), None)  # a binary upgrade's (R155)
+        if sock is None:
+            sock = open_listener(listener, reuse_port=self.reuse_port)
         try:
             port = sock.getsockname()[1]
             bound = dataclasses.replace(listener, port=port)
@@ -258,7 +276,7 @@ class Engine(Lifecycle, Closing):
         if cluster.peers:
             paths.append(cluster.peer_path(cluster.slot))
         for path in paths:
-            self._controls.append(ControlServer(path, handler))
+            self._controls.append(ControlServer(path, handler, take_over=self.taking_over))
             log.info("control socket %s", path)
         if cluster.siblings():
             source = cluster_ops.adopt(self._services)
@@ -308,6 +326,7 @@ class Engine(Lifecycle, Closing):
             self._thread.join(timeout)
         self.pool.shutdown(timeout)
         self.access_log.close()
+        self.parker.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -457,7 +476,9 @@ class Engine(Lifecycle, Closing):
             pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
         if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
             attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)
-        if self._drain is not None:
+        if self.upgrade_wake is not None:
+            self.upgrade_wake()  # a binary upgrade under way: this one may move too
+        elif self._drain is not None:
             pump.close_at = time.monotonic()  # opened while stopping: going away at once
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -481,8 +502,11 @@ class Engine(Lifecycle, Closing):
             handover_at = time.monotonic() + scope.websocket_async_delay
         self.pool.run(lambda: self._run_sync(ts, handover_at))
 
-    def _start_async(self, ts: TunnelStart, *, fresh: bool) -> None:
+    def _start_async(self, ts: TunnelStart, *, fresh: bool, restored: bool = False) -> None:
         loop = self._loop
+        if ts.pump.hold and loop is not None and not self._stopping.is_set():
+            self._park(ts)  # held for a binary upgrade between a sync thread and the loop
+            return
         if loop is None or self._stopping.is_set():
             ts.pump.abort("shutdown")
             ts.pump.close()
@@ -497,13 +521,13 @@ class Engine(Lifecycle, Closing):
             on_close=lambda pump: self._async_closed(tunnel, ts),
         )
         self._tunnels.add(tunnel)
-        tunnel.start(fresh=fresh)
+        tunnel.start(fresh=fresh, restored=restored)
 
     def _async_closed(self, tunnel: AsyncTunnel, ts: TunnelStart) -> None:
         self._tunnels.discard(tunnel)
         self._tunnel_closed(ts)
 
-    def _run_sync(self, ts: TunnelStart, handover_at: Optional[float]) -> None:
+    def _run_sync(self, ts: TunnelStart, handover_at: Optional[float], restored: bool = False) -> None:
         try:
             done = run_sync(
                 ts.pump,
@@ -513,6 +537,9 @@ class Engine(Lifecycle, Closing):
                 stopping=self._stopping,
                 wake_fd=self._wake_r,
                 hold_gil=self.pool.busy >= HOLD_GIL_FROM,
+                fresh=not restored,
+                parker=self.parker if ts.pump.c2b.src_tls is None and ts.pump.b2c.src_tls is None else None,
+                restored=restored,
             )
         except BaseException:
             ts.pump.abort("error: internal")
@@ -523,6 +550,9 @@ class Engine(Lifecycle, Closing):
             self._tunnel_closed(ts)
             return
         loop = self._loop
+        if ts.pump.hold and loop is not None and loop.running:
+            loop.call_soon_threadsafe(self._park, ts)  # a binary upgrade moves it (R157)
+            return
         with self._lock:
             self.stats["tunnels.handed_over"] += 1
         ts.exchange.notes["strategy"] = "sync->async"

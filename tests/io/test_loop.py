@@ -432,3 +432,31 @@ def test_a_hang_up_is_reported_within_the_interest():
     assert masks == [EVENT_READ]
     loop.close()
     a.close()
+
+
+def test_wakeups_from_several_threads_are_never_lost_while_the_loop_is_idle():
+    """Callbacks queued from other threads while nothing else happens each run at once:
+    a wake that raced the loop's draining of its wake-up pair must not leave the loop
+    asleep (it was: the flag stayed set with nothing left to read)."""
+    loop = Loop()
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    stuck: list[int] = []
+
+    def worker() -> None:
+        for i in range(500):
+            ran = threading.Event()
+            loop.call_soon_threadsafe(ran.set)
+            if not ran.wait(5):
+                stuck.append(i)
+                return
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+    assert stuck == []

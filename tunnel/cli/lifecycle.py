@@ -10,6 +10,7 @@ Signals (R120), as httpd's:
   error it is logged (file, line), the old configuration keeps serving and the status
   file says why; otherwise new connections get the new one and live tunnels go on.
 * ``SIGHUP``: restart: the same, but live tunnels are closed.
+* ``SIGUSR2`` (tunnel's own, not httpd's): a binary upgrade (`tunnel.cli.upgrade`).
 
 The signals are taken by a thread of their own with ``sigwait`` (blocked in every other
 thread), so that what they start never runs inside an interrupted frame of the loop.
@@ -35,6 +36,7 @@ from ..config import Config, ConfigError
 from ..config.lexer import logical_lines, split_words
 from ..engine import Engine
 from .pidfile import PidFile, alive, default_pid_file, read_pid, read_status
+from .upgrade import Inheritance, Upgrader
 
 __all__ = ["serve_with_signals", "LIFECYCLE_COMMANDS", "pid_file_of", "SIGNALS", "action_for"]
 
@@ -47,6 +49,7 @@ SIGNALS: dict[int, str] = {
     signal.SIGWINCH: "graceful-stop",
     signal.SIGUSR1: "graceful",
     signal.SIGHUP: "restart",
+    signal.SIGUSR2: "upgrade",  # tunnel's own: a binary upgrade (R155, cli/upgrade.py)
 }
 
 #: Loads the configuration again (the file plus the command line's overrides).
@@ -67,6 +70,7 @@ def serve_with_signals(
     graceful_term: bool = False,
     pid_file: Optional[PidFile] = None,
     on_reload: Optional[Callable[[Config], None]] = None,
+    inheritance: Optional[Inheritance] = None,
 ) -> None:
     """Serve until stopped by a signal; handle httpd's signals meanwhile (see above).
 
@@ -78,6 +82,8 @@ def serve_with_signals(
         pid_file: written once the signals are taken, removed at exit; outcomes go to its
             status file.
         on_reload: called with a new configuration once it serves (logging set-up).
+        inheritance: this is a binary upgrade's new process: the PidFile is written
+            once it serves on the sockets passed (a failure must not take it).
     """
     wanted = set(SIGNALS)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
@@ -88,7 +94,7 @@ def serve_with_signals(
             pid_file.report(state, error)
 
     def take_signals() -> None:
-        stopping = False
+        stopping = upgraded = False
         while True:
             signum = signal.sigwait(wanted)
             if done.is_set():
@@ -105,12 +111,26 @@ def serve_with_signals(
                 report("stopping")
                 engine.graceful_stop()
                 stopping = True
+            elif action == "upgrade":
+                if stopping or upgraded:
+                    log.error("%s: binary upgrade asked, but this process is %s; ignored", name, "stopping" if stopping else "upgraded already")
+                    report("upgrade-failed", "the process is stopping" if stopping else "an upgrade already took place")
+                else:
+                    log.info("%s: binary upgrade", name)
+                    try:
+                        upgraded = Upgrader(engine, pid_file, report).run()
+                    except Exception as exc:  # noqa: BLE001 - reported; this process serves on
+                        log.exception("binary upgrade failed")
+                        report("upgrade-failed", f"internal error: {exc!r}")
             elif not stopping:
                 _restart(engine, name, action, loader, report, on_reload)
 
     thread = threading.Thread(target=take_signals, name="tunnel-signals", daemon=True)
     thread.start()
-    if pid_file is not None:
+    if inheritance is not None:
+        inheritance.pid_file = pid_file
+        engine.on_ready = inheritance.ready
+    elif pid_file is not None:
         pid_file.write()
     try:
         engine.serve_forever()
@@ -302,5 +322,30 @@ def stop(ctx: click.Context, wait: Optional[float]) -> None:
     _wait_exit(pid, 15.0 if wait is None else wait)
 
 
+@click.command()
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS", help="How long to wait for the outcome (default 60).")
+@click.pass_context
+def upgrade(ctx: click.Context, wait: Optional[float]) -> None:
+    """Binary upgrade (SIGUSR2): a new process of the installed version takes over the
+    listeners and every plain tunnel; TLS tunnels drain in the old one."""
+    pid_file, pid = _instance(_config_file(ctx))
+    before = read_status(pid_file)
+    seq = before.seq if before is not None and before.pid == pid else -1
+    _signal(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + (60.0 if wait is None else wait)
+    while time.monotonic() < deadline:
+        status = read_status(pid_file)
+        if status is not None and status.pid == pid and status.seq > seq and status.state == "upgrade-failed":
+            raise click.ClickException(f"upgrade failed; pid {pid} still serves: {status.error}")
+        new = read_pid(pid_file)
+        if new is not None and new != pid and status is not None and status.pid == new and status.state == "upgraded":
+            click.echo(f"tunnel: upgraded: {status.detail}; pid {pid} exits once its TLS tunnels end" if alive(pid) else f"tunnel: upgraded: {status.detail}")
+            return
+        if not alive(pid) and (new is None or new == pid):
+            raise click.ClickException(f"process {pid} exited during the upgrade")
+        time.sleep(0.02)  # a command line tool polling a file: short and bounded
+    raise click.ClickException(f"no outcome of the upgrade of pid {pid} within {60.0 if wait is None else wait:g}s")
+
+
 #: The lifecycle subcommands of ``tunnel ctl``.
-LIFECYCLE_COMMANDS = (graceful, graceful_stop, stop, restart)
+LIFECYCLE_COMMANDS = (graceful, graceful_stop, stop, restart, upgrade)

@@ -103,6 +103,33 @@ def serve(
     graceful_term: bool,
 ) -> None:
     """Run the proxy from a configuration file or from --listen/--pass."""
+    from .upgrade import Inheritance
+
+    inheritance = Inheritance.from_env()  # a binary upgrade's new process (R155)
+    try:
+        _serve(config_file, listen, passes, use_async, max_threads, workers, log_level, defines, graceful_term, inheritance)
+    except click.ClickException as exc:
+        if inheritance is not None:
+            inheritance.fail(exc.format_message())  # the old process goes on serving and says why
+        raise
+    except BaseException as exc:
+        if inheritance is not None and not isinstance(exc, SystemExit):
+            inheritance.fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _serve(
+    config_file: Optional[str],
+    listen: tuple[str, ...],
+    passes: tuple[str, ...],
+    use_async: Optional[bool],
+    max_threads: Optional[int],
+    workers: str,
+    log_level: Optional[str],
+    defines: tuple[str, ...],
+    graceful_term: bool,
+    inheritance: Any,
+) -> None:
     from .workers import resolve_workers, run_workers
 
     try:
@@ -145,6 +172,8 @@ def serve(
     def relog(new: Config) -> None:
         setup_logging(new, log_level)
 
+    if inheritance is not None and n_workers > 1:
+        raise click.ClickException("a binary upgrade needs --workers 1")
     try:
         clusters = _clusters(config, config_file, n_workers)
         if n_workers > 1:
@@ -161,8 +190,11 @@ def serve(
                 if not clusters[0].control:  # a directory of our own for the workers' sockets
                     shutil.rmtree(clusters[0].peers, ignore_errors=True)
             sys.exit(status)
+        engine = Engine(config, cluster=clusters[0])
+        if inheritance is not None:
+            inheritance.take_listeners(engine)
         run_engine(
-            Engine(config, cluster=clusters[0]), loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog
+            engine, loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog, inheritance=inheritance
         )
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None

@@ -9,7 +9,9 @@
   the newest instance is the one ``ctl`` reaches.
 * **The status file** (``<PidFile>.status``, JSON) says what became of the last signal:
   ``{"pid", "seq", "state", "error", "time"}`` with ``state`` one of ``running``,
-  ``reloaded``, ``reload-failed``, ``restarted``, ``stopping``. ``seq`` grows by one per
+  ``reloaded``, ``reload-failed``, ``restarted``, ``stopping``, ``upgrade-failed`` (the old
+  process of a binary upgrade, still serving) and ``upgraded`` (the new one, with a
+  ``detail``). ``seq`` grows by one per
   event, so ``ctl`` reads it, signals, and waits for a higher one. Written whole to a
   temporary file and renamed over, so a reader never sees half of one.
 """
@@ -93,6 +95,7 @@ class Status:
     state: str
     error: str = ""
     time: float = 0.0
+    detail: str = ""
 
 
 def read_status(pid_file: str) -> Optional[Status]:
@@ -100,7 +103,10 @@ def read_status(pid_file: str) -> Optional[Status]:
     try:
         with open(status_path(pid_file), encoding="utf-8") as fh:
             data = json.load(fh)
-        return Status(int(data["pid"]), int(data["seq"]), str(data["state"]), str(data.get("error", "")), float(data.get("time", 0)))
+        return Status(
+            int(data["pid"]), int(data["seq"]), str(data["state"]), str(data.get("error", "")), float(data.get("time", 0)),
+            str(data.get("detail", "")),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -112,13 +118,18 @@ class PidFile:
         self.path = path
         self.pid = os.getpid()
         self.seq = 0
+        #: a binary upgrade's new process owns the files now: this one leaves them be.
+        self.released = False
 
-    def write(self) -> None:
-        """Write our pid (over a stale or a live other one, with a warning)."""
+    def write(self, *, taking_over: int = 0) -> None:
+        """Write our pid (over a stale or a live other one, with a warning; over
+        ``taking_over``'s, a binary upgrade's old process, without one)."""
         folder = os.path.dirname(self.path) or "."
         os.makedirs(folder, exist_ok=True)
         other = read_pid(self.path)
-        if other is not None and other != self.pid:
+        if other is not None and other == taking_over:
+            log.info("PidFile %s: pid %d takes over from pid %d (binary upgrade)", self.path, self.pid, other)
+        elif other is not None and other != self.pid:
             if alive(other):
                 log.warning("PidFile %s named running process %d; overwritten (tunnel ctl now reaches this one)", self.path, other)
             else:
@@ -128,10 +139,12 @@ class PidFile:
         self.seq = previous.seq if previous is not None else 0
         self.report("running")
 
-    def report(self, state: str, error: str = "") -> None:
+    def report(self, state: str, error: str = "", detail: str = "") -> None:
         """Record the outcome of a signal (``ctl`` waits for it)."""
+        if self.released:
+            return
         self.seq += 1
-        record = {"pid": self.pid, "seq": self.seq, "state": state, "error": error, "time": time.time()}
+        record = {"pid": self.pid, "seq": self.seq, "state": state, "error": error, "time": time.time(), "detail": detail}
         try:
             self._atomic(status_path(self.path), json.dumps(record) + "\n")
         except OSError as exc:
@@ -139,7 +152,7 @@ class PidFile:
 
     def remove(self) -> None:
         """At exit: remove both files if they are still ours."""
-        if read_pid(self.path) != self.pid:
+        if self.released or read_pid(self.path) != self.pid:
             return
         for path in (self.path, status_path(self.path)):
             try:

@@ -167,6 +167,9 @@ def run_workers(
                     timeout = config.graceful_shutdown_timeout
                     grace = STOP_GRACE if now_stop else (timeout + STOP_GRACE if timeout > 0 else None)
                     deadline = None if grace is None else time.monotonic() + grace
+                elif action == "upgrade":
+                    log.error("SIGUSR2: a binary upgrade needs --workers 1 (this instance runs %d workers); refused", n)
+                    report("upgrade-failed", f"a binary upgrade needs --workers 1; this instance runs {n} workers (use a rolling restart)")
                 elif not stopping:
                     config = _check_reload(signum, action, reload, config, report, tell_all)
     finally:

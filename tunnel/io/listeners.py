@@ -85,6 +85,18 @@ class Acceptor:
         if self.loop.is_registered(self.sock):
             self.loop.modify(self.sock, EVENT_READ)
 
+    def pause(self) -> None:
+        """Stop accepting, the socket kept open (a binary upgrade: another process
+        accepts on it meanwhile, so no client is refused)."""
+        if self.loop.is_registered(self.sock):
+            self.loop.unregister(self.sock)
+
+    def resume(self) -> None:
+        """Accept again after `pause`."""
+        if not self.loop.is_registered(self.sock):
+            self.loop.register(self.sock, EVENT_READ, self._on_ready)
+
     def close(self) -> None:
-        self.loop.unregister(self.sock)
+        if self.loop.is_registered(self.sock):
+            self.loop.unregister(self.sock)
         self.sock.close()

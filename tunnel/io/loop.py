@@ -288,13 +288,18 @@ class Loop:
             pass  # closed during shutdown
 
     def _on_wake(self, mask: int) -> None:
-        with self._lock:
-            self._wake_pending = False
+        # Drain first, then clear the flag: cleared first, a wake from another thread in
+        # between would set it again and have its byte drained here, leaving the flag set
+        # with nothing to read, and every later wake would be skipped (the loop then
+        # sleeps until some other event, however long). A wake that sees the flag still
+        # set has queued its callback already: this iteration runs it.
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        with self._lock:
+            self._wake_pending = False
 
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self.thread_id

@@ -291,6 +291,46 @@ class FrameFollower:
         finally:
             self.frames += frames
 
+    def state(self) -> dict[str, object]:
+        """What the follower knows, as JSON-able data (a binary upgrade carries it to the
+        new process: `restore` makes the same follower there, R156)."""
+        return {
+            "mask": next(m for m, table in _BAD_SECOND.items() if table is self._bad_second),
+            "frames": self.frames,
+            "close_seen": self.close_seen,
+            "lost": self.lost,
+            "skip": self._skip,
+            "head": self._head.hex() if self._head is not None else None,
+            "in_close": self._in_close,
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, object]) -> FrameFollower:
+        """The follower `state` describes, ready for the stream's next byte.
+
+        Raises:
+            ValueError: ``state`` is not one `state` made.
+        """
+        try:
+            mask = state["mask"]
+            head = state["head"]
+            follower = cls()
+            if mask not in _BAD_SECOND:
+                raise ValueError(f"bad mask mode {mask!r}")
+            follower._bad_second = _BAD_SECOND[mask]
+            follower._fast_step = _FAST_STEP[mask]
+            follower.frames = int(state["frames"])  # type: ignore[call-overload]
+            follower.close_seen = bool(state["close_seen"])
+            follower.lost = bool(state["lost"])
+            follower._skip = int(state["skip"])  # type: ignore[call-overload]
+            follower._head = bytearray.fromhex(head) if isinstance(head, str) else None
+            follower._in_close = bool(state["in_close"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a frame follower's state: {exc}") from None
+        if follower._skip < 0 or (follower._head is not None and not 0 < len(follower._head) < MAX_HEADER):
+            raise ValueError("not a frame follower's state: bad skip or header")
+        return follower
+
     def _lose(self) -> None:
         self.lost = True
         self._head = None

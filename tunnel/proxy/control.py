@@ -149,15 +149,23 @@ class ControlServer:
         ControlError: the path is in use by a live server, or cannot be bound.
     """
 
-    def __init__(self, path: str, handler: Handler, *, name: str = "tunnel-control") -> None:
+    def __init__(self, path: str, handler: Handler, *, name: str = "tunnel-control", take_over: bool = False) -> None:
         self.path = path
         self._handler = handler
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._closed = False
-        self._sock = _bind(path)
+        self._sock = _bind(path, take_over=take_over)
         self._inode = os.stat(path).st_ino
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """Its path names another socket now (or none): a failed binary upgrade's."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return True
 
     def close(self) -> None:
         """Stop serving and remove the socket file (only if it is still ours)."""
@@ -228,7 +236,14 @@ def _peer_uid(conn: socket.socket) -> Optional[int]:
     return int(struct.unpack("3i", creds)[1])
 
 
-def _bind(path: str) -> socket.socket:
+def _bind(path: str, *, take_over: bool = False) -> socket.socket:
+    """Bind and listen at ``path``. ``take_over``: a binary upgrade's new process
+    replaces the old process's socket (the old one keeps serving on its own, unnamed)."""
+    if take_over and os.path.lexists(path):
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise ControlError(f"cannot take over the control socket {path}: {exc.strerror}") from None
     if os.path.lexists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)

@@ -149,6 +149,22 @@ class Recorder:
             if live is not None:
                 self.histograms["lifetime"].observe(time.monotonic() - live.opened)
 
+    def tunnel_adopted(self, ts: TunnelStart, ident: str, opened: float) -> None:
+        """A tunnel moved in from the old process of a binary upgrade: live again under
+        its id, not counted as opened a second time (R158)."""
+        worker, _, number = ident.partition(".")
+        with self._lock:
+            if worker == str(self.worker) and number.isdigit():
+                self._next_id = max(self._next_id, int(number))  # our new ids come after its
+            self._live[ts.pump] = LiveTunnel(ident or f"{self.worker}.moved", ts, opened)
+
+    def tunnel_moved(self, ts: TunnelStart) -> None:
+        """A tunnel went to the new process of a binary upgrade: out of the live set,
+        not counted as closed (the new process counts its end)."""
+        with self._lock:
+            self._live.pop(ts.pump, None)
+            self.closes["moved"] += 1
+
     def live(self) -> list[LiveTunnel]:
         with self._lock:
             return list(self._live.values())

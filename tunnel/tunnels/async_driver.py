@@ -33,7 +33,7 @@ class AsyncTunnel:
         on_close: called once with the pump when the tunnel has ended.
     """
 
-    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd", "_ctl_timer")
+    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd", "_ctl_timer", "_detached")
 
     def __init__(
         self,
@@ -54,13 +54,17 @@ class AsyncTunnel:
         self._timer: Optional[Timer] = None
         self._stall_timer: Optional[Timer] = None
         self._ctl_timer: Optional[Timer] = None  # the pump's Control's next due time
+        self._detached = False  # a binary upgrade took the pump: callbacks still queued do nothing
         self._cfd = pump.client.fileno()
         self._bfd = pump.backend.fileno()
 
-    def start(self, *, fresh: bool = True) -> None:
-        """Register both ends. ``fresh`` False: a handed-over pump (no early data to send)."""
+    def start(self, *, fresh: bool = True, restored: bool = False) -> None:
+        """Register both ends. ``fresh`` False: a handed-over pump (no early data to send).
+        ``restored``: rebuilt from another process's state (R156): its activity stamp
+        and its Control's timers are kept as they came."""
         loop, pump = self.loop, self.pump
-        pump.last_activity = loop.time()
+        if not restored:
+            pump.last_activity = loop.time()
         if fresh:
             pump.start()
         cmask, bmask = pump.interest()
@@ -72,7 +76,7 @@ class AsyncTunnel:
             self._stall_timer = loop.call_later(self.send_timeout / 2, self._check_stall)
         if pump.close_at:
             attach(pump)
-        if pump.ctl is not None:
+        if pump.ctl is not None and not restored:
             pump.ctl.start(pump.last_activity)
         asked = pump.asked_close
         if asked is not None:  # asked while the sync driver handed it over (R161)
@@ -107,19 +111,37 @@ class AsyncTunnel:
         self.pump.abort(reason)
         self._after()
 
+    def detach(self) -> None:
+        """Stop driving the pump without ending it (a binary upgrade moves it): both
+        ends leave the loop, the timers are cancelled, nothing is closed. Loop thread."""
+        self.on_close = None
+        self._detached = True
+        # The sockets live on in another process (SCM_RIGHTS shares the file
+        # description), so closing ours would not take them out of this epoll set: they
+        # leave it explicitly, or their events would keep waking this loop.
+        self.loop.unregister(self._cfd)
+        self.loop.unregister(self._bfd)
+        self._stop_driving()
+
     def _on_client(self, mask: int) -> None:
+        if self._detached:
+            return  # an event of the same wake-up as the detach
         pump = self.pump
         pump.on_event(True, mask, self.scratch)
         pump.last_activity = self.loop.now
         self._after()
 
     def _on_backend(self, mask: int) -> None:
+        if self._detached:
+            return  # an event of the same wake-up as the detach
         pump = self.pump
         pump.on_event(False, mask, self.scratch)
         pump.last_activity = self.loop.now
         self._after()
 
     def _after(self) -> None:
+        if self._detached:
+            return
         pump = self.pump
         ctl = pump.ctl
         if ctl is not None and not pump.done:
@@ -143,7 +165,7 @@ class AsyncTunnel:
             loop.call_later(0.05, self._after)  # paused by the global cap: look again soon
 
     def _poke(self) -> None:
-        if not self.pump.done:
+        if not self.pump.done and not self._detached:
             self.pump.on_event(True, 1, self.scratch)
             self.pump.on_event(False, 1, self.scratch)
             self._after()
@@ -178,6 +200,13 @@ class AsyncTunnel:
             self._stall_timer = self.loop.call_later(self.send_timeout / 2, self._check_stall)
 
     def _finish(self) -> None:
+        self._stop_driving()
+        self.pump.close()
+        if self.on_close is not None:
+            cb, self.on_close = self.on_close, None
+            cb(self.pump)
+
+    def _stop_driving(self) -> None:
         loop = self.loop
         loop.forget(self._cfd)  # both are closed below: no epoll_ctl needed
         loop.forget(self._bfd)
@@ -190,10 +219,6 @@ class AsyncTunnel:
         if self._ctl_timer is not None:
             self._ctl_timer.cancel()
             self._ctl_timer = None
-        self.pump.close()
-        if self.on_close is not None:
-            cb, self.on_close = self.on_close, None
-            cb(self.pump)
 
     def __repr__(self) -> str:
         return f"<AsyncTunnel fds={self._cfd},{self._bfd} {self.pump!r}>"

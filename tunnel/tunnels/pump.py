@@ -237,6 +237,7 @@ class Pump:
         "close_at",
         "asked_close",
         "waker",
+        "hold",
     )
 
     def __init__(
@@ -282,6 +283,9 @@ class Pump:
         #: the sync driver's `tunnel.tunnels.sync_driver.Waker` while it polls a tunnel
         #: whose frames are followed (so another thread can wake it), else None.
         self.waker: Optional[Any] = None
+        #: set (from the loop thread) when a binary upgrade is to move the tunnel: its
+        #: sync thread returns it between two events (``handover.Parker``).
+        self.hold = False
         if websocket:
             self.c2b.frames = FrameFollower(masked=True)  # a client masks every frame
             self.b2c.frames = FrameFollower(masked=False)

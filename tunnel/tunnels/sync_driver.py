@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..io.heldio import held_socket
 from ..io.streams import EVENT_READ, EVENT_WRITE
+from .handover import Parker
 from .pump import Pump, new_scratch
 from .wscontrol import NEVER, attach
 
@@ -47,6 +48,8 @@ SWITCH_INTERVAL = 0.05
 #: GIL has few takers and a ctypes call costs more than the hand-off it saves (about 1 us
 #: a call; docs/performance.md).
 HOLD_GIL_FROM = 8
+#: Poll cap of a sync thread while a binary upgrade's hand-over is under way.
+PARK_RECHECK = 0.05
 
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
@@ -122,6 +125,8 @@ def run_sync(
     send_timeout: float = 0.0,
     wake_fd: Optional[int] = None,
     hold_gil: bool = True,
+    parker: Optional[Parker] = None,
+    restored: bool = False,
 ) -> bool:
     """Relay until the pump is done (True) or ``handover_at`` passes (False).
 
@@ -138,21 +143,26 @@ def run_sync(
             ``pump.close_at`` on its tunnels (a graceful stop); watched until then.
         hold_gil: read and send with the GIL held (`tunnel.io.heldio`), for a thread
             among many (`HOLD_GIL_FROM`).
+        parker: a binary upgrade's `Parker`: when it wakes the thread and ``pump.hold``
+            is set, the pump is returned as it is, between two events (R157).
+        restored: the pump was rebuilt from another process's state: its activity
+            stamp and timers are kept, not started again.
 
     Returns:
-        True when the tunnel ended (the caller closes it), False at the hand-over time.
+        True when the tunnel ended (the caller closes it), False at the hand-over time
+        or when held (``pump.hold``).
     """
     # The flows read and send through ends that keep the GIL (tunnel.io.heldio): only
     # the poll that waits lets it go. The pump's own ends are put back on return (a
     # hand-over gives the pump to the loop as it came).
     if not hold_gil:
-        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd)
+        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd, parker, restored)
     c2b, b2c = pump.c2b, pump.b2c
     client, backend = held_socket(pump.client), held_socket(pump.backend)
     c2b.src = b2c.dst = client
     c2b.dst = b2c.src = backend
     try:
-        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd)
+        return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd, parker, restored)
     finally:
         c2b.src = b2c.dst = pump.client
         c2b.dst = b2c.src = pump.backend
@@ -166,18 +176,21 @@ def _relay(
     stopping: Optional[threading.Event],
     send_timeout: float,
     wake_fd: Optional[int],
+    parker: Optional[Parker],
+    restored: bool,
 ) -> bool:
     scratch = thread_scratch()
     cfd, bfd = pump.client.fileno(), pump.backend.fileno()
     poller = select.poll()
     registered = {cfd: -1, bfd: -1}
     now = time.monotonic()
-    pump.last_activity = now
+    if not restored:
+        pump.last_activity = now
     next_stall_check = now
     if pump.close_at:
         attach(pump)
     ctl = pump.ctl
-    if ctl is not None:
+    if ctl is not None and not restored:
         ctl.start(now)
     if wake_fd is not None:
         poller.register(wake_fd, select.POLLIN)
@@ -186,6 +199,8 @@ def _relay(
         waker = Waker()
         poller.register(waker.fd, select.POLLIN)
         pump.waker = waker
+    park_fd = parker.fileno() if parker is not None else None
+    parking = False  # the parker's pipe is in the poll set
     if fresh:
         pump.start()
     try:
@@ -193,6 +208,16 @@ def _relay(
             take_asked_close(pump, now)
             ctl = pump.ctl
         while not pump.done:
+            if pump.hold:
+                return False  # a binary upgrade moves it: stopped between two events
+            if parker is not None and park_fd is not None and parking == parker.active:
+                # Watch the pipe while no hand-over is under way; during one, poll briefly
+                # instead (the pipe stays readable until it ends).
+                if parking:
+                    poller.unregister(park_fd)
+                else:
+                    poller.register(park_fd, select.POLLIN)
+                parking = not parking
             if stopping is not None and stopping.is_set():
                 pump.abort("shutdown")
                 break
@@ -220,6 +245,8 @@ def _relay(
             if ctl is not None and ctl.next_due is not NEVER:
                 left = ctl.next_due - now
                 wait = left if wait is None else min(wait, left)
+            if parker is not None and parker.active:
+                wait = PARK_RECHECK if wait is None else min(wait, PARK_RECHECK)
             if pump.more:
                 wait = 0.0
             elif not (cmask or bmask):
@@ -237,6 +264,8 @@ def _relay(
                 break
             if events:
                 for fd, ev in events:
+                    if fd == park_fd:
+                        continue  # the loop's top looks at pump.hold and the parker
                     if waker is not None and fd == waker.fd:
                         waker.drain()
                         take_asked_close(pump, now)  # tunnel ctl close (R161)
