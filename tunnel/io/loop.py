@@ -242,13 +242,18 @@ class Loop:
             pass  # closed during shutdown
 
     def _on_wake(self, mask: int) -> None:
-        with self._lock:
-            self._wake_pending = False
+        # Drain first, then clear the flag: cleared first, a waker could set it again
+        # and send its byte in between, the drain would take that byte, and the flag
+        # would stay set with nothing to read, so every later wake-up would be skipped.
+        # In this order a waker that finds the flag set queued its callback before this
+        # iteration runs the ready callbacks, and any later one sends a byte again.
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        with self._lock:
+            self._wake_pending = False
 
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self.thread_id
