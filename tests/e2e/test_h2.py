@@ -21,7 +21,7 @@ from wsproto.events import CloseConnection, Pong
 from tests.support.backends import HTTPBackend, Server
 from tests.support.clients import read_head
 from tests.support.h2client import H2Client, H2WebSocket
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -300,7 +300,7 @@ def test_stream_fds_are_released(make_proxy, cert, ca, ws_backend):
     engine = h2_proxy(make_proxy, cert, f"ProxyPass /ws/ ws://{ws_backend[0]}:{ws_backend[1]}/")
     with H2Client(engine.addresses[0], client_ctx(ca)) as client:
         client.wait(lambda: 3 in client.remote_settings, what="server SETTINGS")
-        before = open_fds()
+        before = fd_table()
         for _ in range(5):
             sid = client.connect_ws("/ws/again")
             assert client.response(sid).status == 200
@@ -310,5 +310,5 @@ def test_stream_fds_are_released(make_proxy, cert, ca, ws_backend):
             client.complete(sid)
         (conn,) = engine._h2
         wait_for(lambda: not conn.streams and engine.stats["tunnels.closed"] == 5, what="streams forgotten")
-        wait_for(lambda: open_fds() <= before, what="fds back to where they were")
+        wait_fds_back(before)
     wait_for(lambda: not engine._h2, what="connection gone")

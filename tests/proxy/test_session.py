@@ -24,7 +24,7 @@ from tests.support.clients import (
     status_of,
     upgrade_request,
 )
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -198,14 +198,14 @@ def test_client_leaving_during_backend_handshake_closes_the_backend_at_once(make
 
 def test_nothing_left_behind_after_many_hostile_connections(proxied):
     engine, _, _ = proxied
-    baseline = open_fds()
+    baseline = fd_table()
     for i in range(50):
         name, data, status = CASES[i % len(CASES)]
         with socket.create_connection(engine.addresses[0], timeout=5) as sock:
             sock.sendall(data)
             head, _ = read_head(sock)
         assert status_of(head) == status, (name, head)
-    wait_for(lambda: open_fds() <= baseline, timeout=10, what=f"fds back to {baseline}")
+    wait_fds_back(baseline, timeout=10)
 
 
 def test_backend_dripping_its_head_gets_504_by_the_total_deadline(make_proxy):
