@@ -253,8 +253,10 @@ def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog)
                 # What came before the reset, then an orderly end: the proxy closes the
                 # client with a FIN (nothing of the client's is left unread), not a reset.
                 assert recv_until_eof(sock, initial=rest) == b"hello"
-            wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
+            # Counted closed after its log line is written: wait for the count first.
+            wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="the tunnel counted closed")
             assert engine.stats["tunnels.open"] == 0
+            assert "closed: error" in caplog.text, "the tunnel's end logged with its error"
         finally:
             ready.set()
 
