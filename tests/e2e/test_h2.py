@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import socket
 import ssl
 import threading
@@ -21,7 +22,7 @@ from wsproto.events import CloseConnection, Pong
 from tests.support.backends import HTTPBackend, Server
 from tests.support.clients import read_head
 from tests.support.h2client import H2Client, H2WebSocket
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,14 +60,34 @@ def _ws_handler(ws: ServerConnection) -> None:
         ws.send(message)
 
 
+class _Listening(logging.Handler):
+    """Set when websockets' serve_forever says it listens: its selector exists then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("server listening"):
+            self.event.set()
+
+
 @pytest.fixture(scope="module")
 def ws_backend() -> Iterator[tuple[str, int]]:
-    server = serve(_ws_handler, "127.0.0.1", 0, max_size=None, subprotocols=["chat", "superchat"], compression=None, select_subprotocol=lambda conn, offered: offered[0] if offered else None)
+    logger = logging.getLogger("tests.e2e.test_h2.ws_backend")
+    logger.setLevel(logging.INFO)
+    listening = _Listening()
+    logger.addHandler(listening)
+    server = serve(_ws_handler, "127.0.0.1", 0, max_size=None, subprotocols=["chat", "superchat"], compression=None, select_subprotocol=lambda conn, offered: offered[0] if offered else None, logger=logger)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    # serve_forever makes its selector in that thread: wait for it, so that an fd
+    # baseline a test takes (test_stream_fds_are_released) already counts it.
+    assert listening.event.wait(10), "the websockets backend never started listening"
     yield server.socket.getsockname()[:2]
     server.shutdown()
     thread.join(5)
+    logger.removeHandler(listening)
 
 
 def h2_proxy(make_proxy, cert: str, body: str, *, websockets: bool = True, protocols: str = "h2 http/1.1", log: str = ""):
@@ -300,7 +321,7 @@ def test_stream_fds_are_released(make_proxy, cert, ca, ws_backend):
     engine = h2_proxy(make_proxy, cert, f"ProxyPass /ws/ ws://{ws_backend[0]}:{ws_backend[1]}/")
     with H2Client(engine.addresses[0], client_ctx(ca)) as client:
         client.wait(lambda: 3 in client.remote_settings, what="server SETTINGS")
-        before = open_fds()
+        before = fd_table()
         for _ in range(5):
             sid = client.connect_ws("/ws/again")
             assert client.response(sid).status == 200
@@ -310,5 +331,5 @@ def test_stream_fds_are_released(make_proxy, cert, ca, ws_backend):
             client.complete(sid)
         (conn,) = engine._h2
         wait_for(lambda: not conn.streams and engine.stats["tunnels.closed"] == 5, what="streams forgotten")
-        wait_for(lambda: open_fds() <= before, what="fds back to where they were")
+        wait_fds_back(before)
     wait_for(lambda: not engine._h2, what="connection gone")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.test_h2 import ca, cert, client_ctx, h2_proxy  # noqa: F401 - fixtures
 from tests.support.h2client import H2Client, RawH2, frame_bytes
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,13 +29,13 @@ def proxy(make_proxy, cert):  # noqa: F811 - the module fixture
     return h2_proxy(make_proxy, cert, "ProxyPass /ws/ ws://127.0.0.1:9/\nLimitRequestFieldSize 1000")
 
 
-def _gone(engine, before: int) -> None:
+def _gone(engine, before: dict[int, str]) -> None:
     wait_for(lambda: not engine._h2, what="the connection's state dropped")
-    wait_for(lambda: open_fds() <= before, what="fds released")
+    wait_fds_back(before, what="fds released")
 
 
 def test_rapid_reset_ends_with_enhance_your_calm(proxy, ca, caplog):  # noqa: F811
-    before = open_fds()
+    before = fd_table()
     raw = RawH2(proxy.addresses[0], client_ctx(ca))
     block = _block("/ws/x")
     burst = b"".join(
@@ -50,7 +50,7 @@ def test_rapid_reset_ends_with_enhance_your_calm(proxy, ca, caplog):  # noqa: F8
 
 
 def test_continuation_flood_ends_with_enhance_your_calm(proxy, ca, caplog):  # noqa: F811
-    before = open_fds()
+    before = fd_table()
     raw = RawH2(proxy.addresses[0], client_ctx(ca))
     raw.send(frame_bytes(HEADERS, 0, 1, _block()))
     filler = b"\x00" * 16000
@@ -81,7 +81,7 @@ def test_empty_continuation_frames_are_a_flood(proxy, ca, caplog):  # noqa: F811
     ids=["settings", "ping", "empty-data"],
 )
 def test_control_frame_floods_end_with_enhance_your_calm(proxy, ca, caplog, frame, what):  # noqa: F811
-    before = open_fds()
+    before = fd_table()
     raw = RawH2(proxy.addresses[0], client_ctx(ca))
     prefix = frame_bytes(HEADERS, END_HEADERS, 1, _block("/ws/x")) if frame[3] == 0 else b""
     raw.send(prefix + frame * 1000)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.backends import Recorder
 from tests.support.clients import read_head, status_of, upgrade_request
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -273,10 +273,10 @@ def test_hostile_requests_leave_no_fd_behind(make_proxy, caplog):
         exchange(engine, get("/warm-up"))
         wait_for(lambda: len(backend.heads) == 1, what="the warm-up at the backend")
         for _ in range(2):  # the second round must end with the fds the first ended with
-            settled = open_fds()
+            settled = fd_table()
             statuses = [exchange(engine, request)[0] for request in HOSTILE]
             assert statuses[2] == 302 and all(400 <= s < 600 for s in statuses[:2] + statuses[3:]), statuses
-            wait_for(lambda limit=settled + 1: open_fds() <= limit, what="the hostile connections' fds closed")
+            wait_fds_back(settled, extra=1, what="the hostile connections' fds closed")
         assert len(backend.heads) == 1  # only the warm-up reached the backend
     no_internal_error(caplog)
 

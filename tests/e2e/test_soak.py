@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.support.clients import raw_upgrade, status_of
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 TUNNELS = int(os.environ.get("SOAK_TUNNELS", "150"))
@@ -106,7 +106,7 @@ def run_batch(addr, rng: random.Random, n: int, deadline: float) -> tuple[int, i
 def test_soak(make_proxy, raw_echo, mode):
     engine = make_proxy(f"ProxyWebsocketAsync {'On' if mode == 'async' else 'Off'}\nProxyPass / ws://127.0.0.1:{raw_echo.address[1]}/\n")
     addr = engine.addresses[0]
-    baseline_fds = open_fds()
+    baseline_fds = fd_table()
     rng = random.Random(f"soak-{mode}")
     deadline = time.monotonic() + SECONDS * 2 + 20
     done = intact = aborted = 0
@@ -119,7 +119,7 @@ def test_soak(make_proxy, raw_echo, mode):
         done += n
     assert intact + aborted == done and intact > 0
     wait_for(lambda: engine.stats["tunnels.closed"] == done, timeout=20, what=f"{done} tunnels closed")
-    wait_for(lambda: open_fds() <= baseline_fds, timeout=10, what=f"fds back to {baseline_fds}")
+    wait_fds_back(baseline_fds, timeout=10)
     assert engine.live_tunnels() == []
     # A sync pool thread frees itself just after its tunnel is counted closed.
     wait_for(lambda: engine.pool.busy == 0, what="pool threads free")

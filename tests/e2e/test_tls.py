@@ -15,7 +15,7 @@ import trustme
 
 from tests.support.backends import Firehose
 from tests.support.clients import read_head, recv_until_eof, status_of, upgrade_request
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 from tests.support.wss import wss_connect
 from tunnel.echo import EchoServer
@@ -276,7 +276,7 @@ def test_tls_client_reset_with_ciphertext_unsent_ends_the_tunnel(make_proxy, ca,
     caplog.set_level(logging.INFO)
     with Firehose() as hose:
         engine = make_proxy(config_for(certs, client_tls=True, backend_tls=False, strategy=strategy, backend_port=hose.port))
-        baseline = open_fds()
+        baseline = fd_table()
         raw = socket.create_connection(engine.addresses[0], timeout=5)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock = client_ctx(ca).wrap_socket(raw, server_hostname="localhost")
@@ -288,6 +288,6 @@ def test_tls_client_reset_with_ciphertext_unsent_ends_the_tunnel(make_proxy, ca,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()  # RST (the SSLSocket owns the fd now)
         wait_for(lambda: engine.stats["tunnels.closed"] == 1, timeout=10, what="the tunnel to end")
-        wait_for(lambda: open_fds() <= baseline, timeout=10, what="fds back to the baseline")
+        wait_fds_back(baseline, timeout=10)
         assert engine.live_tunnels() == []
         assert " closed: error: " in caplog.text and "Traceback" not in caplog.text, caplog.text

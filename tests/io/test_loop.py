@@ -83,6 +83,34 @@ def test_call_soon_threadsafe_wakes_the_loop(loop):
     assert not thread.is_alive()
 
 
+def test_no_wake_up_is_lost_when_wakers_race_the_loop(loop):
+    """Threads scheduling callbacks while the loop drains its wake-up socket: every
+    callback runs promptly. (A waker whose byte the loop drained after it cleared its
+    pending flag left the flag set with nothing to read: every later wake-up was
+    skipped and the loop slept with work queued, e.g. through an engine's stop.)"""
+    t = run_in_thread(loop)
+    wait_for(lambda: loop.running, what="the loop running in its thread")
+    failures: list[str] = []
+
+    def waker(name: str) -> None:
+        for i in range(3000):
+            done = threading.Event()
+            loop.call_soon_threadsafe(done.set)
+            if not done.wait(2):
+                failures.append(f"{name}: callback {i} never ran")
+                return
+
+    wakers = [threading.Thread(target=waker, args=(f"waker {n}",)) for n in range(4)]
+    for w in wakers:
+        w.start()
+    for w in wakers:
+        w.join(15)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(5)
+    assert failures == []
+    assert not t.is_alive()
+
+
 def test_callback_exception_does_not_kill_loop(loop, caplog):
     seen = []
     loop.call_soon(lambda: 1 / 0)

@@ -24,7 +24,7 @@ from tests.support.clients import (
     status_of,
     upgrade_request,
 )
-from tests.support.resources import open_fds
+from tests.support.resources import fd_table, wait_fds_back
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -198,14 +198,14 @@ def test_client_leaving_during_backend_handshake_closes_the_backend_at_once(make
 
 def test_nothing_left_behind_after_many_hostile_connections(proxied):
     engine, _, _ = proxied
-    baseline = open_fds()
+    baseline = fd_table()
     for i in range(50):
         name, data, status = CASES[i % len(CASES)]
         with socket.create_connection(engine.addresses[0], timeout=5) as sock:
             sock.sendall(data)
             head, _ = read_head(sock)
         assert status_of(head) == status, (name, head)
-    wait_for(lambda: open_fds() <= baseline, timeout=10, what=f"fds back to {baseline}")
+    wait_fds_back(baseline, timeout=10)
 
 
 def test_backend_dripping_its_head_gets_504_by_the_total_deadline(make_proxy):
@@ -253,8 +253,10 @@ def test_backend_reset_mid_tunnel_closes_the_client_and_logs(make_proxy, caplog)
                 # What came before the reset, then an orderly end: the proxy closes the
                 # client with a FIN (nothing of the client's is left unread), not a reset.
                 assert recv_until_eof(sock, initial=rest) == b"hello"
-            wait_for(lambda: "closed: error" in caplog.text, what="the tunnel's end logged with its error")
+            # Counted closed after its log line is written: wait for the count first.
+            wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="the tunnel counted closed")
             assert engine.stats["tunnels.open"] == 0
+            assert "closed: error" in caplog.text, "the tunnel's end logged with its error"
         finally:
             ready.set()
 

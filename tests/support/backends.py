@@ -69,6 +69,11 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
+        # Made here, not in the accept thread: a test that counts fds after building a
+        # backend must not see the thread's selector appear later (under load it did).
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"{self!r} accept", daemon=True)
         self._acceptor.start()
 
@@ -93,9 +98,7 @@ class Server:
             self._handler(conn)
 
     def _accept_loop(self) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sock, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
+        with self._selector as sel:
             while True:
                 for key, _ in sel.select():
                     if key.fileobj is self._wake_r:
