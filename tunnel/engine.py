@@ -704,10 +704,23 @@ class _Services(Services):
             errlog.error("worker %s in error state for %.0fs (retry=)", target, seconds)
 
     def new_pump(
-        self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes, websocket: bool = False
+        self,
+        client: Endpoint,
+        backend: Endpoint,
+        *,
+        to_backend: bytes,
+        to_client: bytes,
+        websocket: bool = False,
+        close_watch: bool = False,
     ) -> Pump:
         return Pump(
-            client, backend, to_backend=to_backend, to_client=to_client, budget=self._engine.budget, websocket=websocket
+            client,
+            backend,
+            to_backend=to_backend,
+            to_client=to_client,
+            budget=self._engine.budget,
+            websocket=websocket,
+            close_watch=close_watch,
         )
 
     def log_exchange(self, ex: Exchange) -> None:

@@ -72,10 +72,18 @@ class Services(Protocol):
         ...
 
     def new_pump(
-        self, client: Endpoint, backend: Endpoint, *, to_backend: bytes, to_client: bytes, websocket: bool = False
+        self,
+        client: Endpoint,
+        backend: Endpoint,
+        *,
+        to_backend: bytes,
+        to_client: bytes,
+        websocket: bool = False,
+        close_watch: bool = False,
     ) -> Pump:
         """The pump for a tunnel whose 101 went out (with the shared buffer budget);
-        ``websocket``: its frames are followed (`tunnel.protocol.frames`)."""
+        ``websocket``: its frames are followed (`tunnel.protocol.frames`);
+        ``close_watch``: a websocket tunnel whose frames are not followed (R98)."""
         ...
 
     def log_exchange(self, ex: Exchange) -> None:

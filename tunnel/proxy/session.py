@@ -376,10 +376,11 @@ def _handle(
             # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
             # Frame headers followed or not (R160): a websocket tunnel's, as configured.
-            websocket = (token or "websocket").lower() == "websocket" and tracks_frames(
-                scope, graceful_set=engine.config.graceful_shutdown_set
+            is_ws = (token or "websocket").lower() == "websocket"
+            websocket = is_ws and tracks_frames(scope, graceful_set=engine.config.graceful_shutdown_set)
+            pump = engine.new_pump(
+                sock, backend_sock, to_backend=early, to_client=hs.trailing, websocket=websocket, close_watch=is_ws
             )
-            pump = engine.new_pump(sock, backend_sock, to_backend=early, to_client=hs.trailing, websocket=websocket)
             backend_sock = None  # the pump owns it now
             idle = tunnel_idle_timeout(server_scope, decision.local_path, rule, config_member)
             start = TunnelStart(pump, scope, strategy, ex, reserved, member, balancer, idle_timeout=idle)

@@ -87,6 +87,7 @@ def freeze(pump: Pump) -> tuple[dict[str, Any], list[bytes]]:
         "stall_mark": list(pump._stall_mark),
         "stall_since": pump._stall_since,
         "close_at": pump.close_at,
+        "close_watch": pump.close_watch,
         "ctl": None,
     }
     ctl = pump.ctl
@@ -144,6 +145,7 @@ def thaw(
         pump._stall_mark = tuple(int(v) for v in state["stall_mark"])
         pump._stall_since = float(state["stall_since"])
         pump.close_at = float(state["close_at"])
+        pump.close_watch = bool(state.get("close_watch", False))
         ctl_state = state["ctl"]
         if ctl_state is not None:
             ctl = Control(pump)

@@ -164,10 +164,31 @@ class Budget:
             return grant
 
 
+#: A Close frame's longest form: 2 header bytes, a 4-byte mask, 125 bytes of payload.
+_LONGEST_CLOSE = 131
+
+
+def _lone_close(data: Optional[bytes], masked: bool) -> bool:
+    """``data`` (the tail of a flow's last read) ends with one whole Close frame (RFC 6455
+    §5.5.1), masked or not as its direction must be: a final FIN Close header whose
+    length reaches exactly the end. A payload byte that looks like such a header is
+    possible but rare, and would only log a reset at info instead of error."""
+    if data is None:
+        return False
+    end = len(data)
+    extra = 6 if masked else 2
+    for start in range(max(0, end - _LONGEST_CLOSE), end - 1):
+        if data[start] == 0x88:
+            b1 = data[start + 1]
+            if bool(b1 & 0x80) == masked and start + extra + (b1 & 0x7F) == end and b1 & 0x7F <= 125:
+                return True
+    return False
+
+
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames", "last")
 
     def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
@@ -181,6 +202,9 @@ class Flow:
         self.count = 0
         #: the frame follower of a websocket tunnel's flow, else None.
         self.frames: Optional[FrameFollower] = None
+        #: on a websocket tunnel whose frames are not followed (``Pump.close_watch``):
+        #: the last 131 bytes of the last read (room for a whole Close frame).
+        self.last: Optional[bytes] = None
         #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
         self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
             src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None
@@ -235,6 +259,7 @@ class Pump:
         "_stall_since",
         "ctl",
         "close_at",
+        "close_watch",
         "asked_close",
         "waker",
         "hold",
@@ -250,6 +275,7 @@ class Pump:
         to_client: bytes = b"",
         budget: Optional[Budget] = None,
         websocket: bool = False,
+        close_watch: bool = False,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -286,6 +312,10 @@ class Pump:
         #: set (from the loop thread) when a binary upgrade is to move the tunnel: its
         #: sync thread returns it between two events (``handover.Parker``).
         self.hold = False
+        #: a websocket tunnel relayed without following its frames (R160): the last
+        #: short read of each flow is kept, so that a reset right after a close
+        #: handshake is still seen as a normal end (R98).
+        self.close_watch = close_watch and not websocket
         if websocket:
             self.c2b.frames = FrameFollower(masked=True)  # a client masks every frame
             self.b2c.frames = FrameFollower(masked=False)
@@ -426,6 +456,7 @@ class Pump:
             return
         src_recv = flow.src.recv_into
         frames = flow.frames
+        watch = self.close_watch
         for _ in range(READ_BUDGET):
             view = scratch
             grant = kept = 0
@@ -447,6 +478,8 @@ class Pump:
                 chunk = view[:n]
                 if frames is not None:
                     frames.feed(chunk)
+                elif watch:
+                    flow.last = bytes(chunk[-_LONGEST_CLOSE:])  # the read's tail: a Close ends a stream
                 pending = flow.pending
                 if pending is not None:
                     pending += chunk
@@ -525,9 +558,14 @@ class Pump:
 
     @property
     def close_handshake_done(self) -> bool:
-        """A whole WebSocket Close frame has passed each way (websocket tunnels only)."""
+        """A whole WebSocket Close frame has passed each way (websocket tunnels only).
+
+        Without frame followers (``close_watch``) the tail of each flow's last read
+        tells: it ends with a Close frame, masked from the client, not from the backend."""
         c, b = self.c2b.frames, self.b2c.frames
-        return c is not None and b is not None and c.close_seen and b.close_seen
+        if c is not None and b is not None:
+            return c.close_seen and b.close_seen
+        return self.close_watch and _lone_close(self.c2b.last, True) and _lone_close(self.b2c.last, False)
 
     def _fail(self, peer: str, what: str, exc: BaseException) -> None:
         """An I/O error with ``peer`` ("client" or "backend"): the end of the tunnel.
