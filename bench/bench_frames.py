@@ -103,7 +103,11 @@ def bench_frame_tracking_cost(benchmark: Any, request: Any) -> None:
         cells = []
         for s in strategies:
             on, off = medians[f"{s} On"][key], medians[f"{s} Off"][key]
-            cost = (on / off - 1) if better == "lower" else (off / on - 1) if on else float("nan")
+            # A figure too small to measure in a short run (CPU time rounds to 0) has no ratio.
+            if better == "lower":
+                cost = on / off - 1 if off else float("nan")
+            else:
+                cost = off / on - 1 if on else float("nan")
             cells.append(f"{on:,.1f} | {off:,.1f} | {cost * 100:+.1f}%")
         lines.append(f"| {key} ({unit}) | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
