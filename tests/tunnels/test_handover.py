@@ -153,3 +153,35 @@ def test_the_channel_says_when_the_other_side_is_gone():
     with pytest.raises(ChannelClosed):
         Channel(b).recv()
     b.close()
+
+
+def test_a_detached_tunnel_leaves_the_kernels_epoll_set():
+    """A tunnel a binary upgrade moves: its sockets live on in the new process (SCM_RIGHTS
+    shares the file description), so closing this process's copies would not take them
+    out of this loop's epoll set; detach must, or their events keep waking the old loop."""
+    import select as select_module
+    import socket as socket_module
+
+    from tunnel.io.loop import Loop
+    from tunnel.tunnels.async_driver import AsyncTunnel
+    from tunnel.tunnels.pump import Pump, new_scratch
+
+    epoll = select_module.epoll()
+    loop = Loop(epoll)
+    a, a_peer = socket_module.socketpair()
+    b, b_peer = socket_module.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+    tunnel = AsyncTunnel(loop, Pump(a, b), new_scratch())
+    tunnel.start()
+    kept = [socket_module.socket(fileno=os.dup(s.fileno())) for s in (a, b)]  # the other process's copies
+    tunnel.detach()
+    for s in (a, b):
+        with pytest.raises(FileNotFoundError):  # ENOENT: not in the set any more
+            epoll.modify(s.fileno(), select_module.EPOLLIN)
+        s.close()
+    a_peer.send(b"after the hand-over")
+    assert epoll.poll(0.05) == []  # nothing wakes this loop for the moved sockets
+    loop.close()
+    for s in (*kept, a_peer, b_peer):
+        s.close()
