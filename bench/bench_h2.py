@@ -55,10 +55,14 @@ def h2_bulk(addr, ctx, total: int) -> float:
         chunk = b"\xa5" * (1 << 16)
         sent = 0
         started = time.monotonic()
-        deadline = started + 120
+        deadline = started + 60
         while state.received < total:
             if time.monotonic() > deadline:
-                raise TimeoutError("h2 bulk stalled")
+                raise TimeoutError(
+                    f"h2 bulk stalled: {sent} sent, {state.received} echoed, stream window "
+                    f"{client.conn.local_flow_control_window(sid)}, connection window "
+                    f"{client.conn.outbound_flow_control_window}"
+                )
             window = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size)
             # At most IN_FLIGHT bytes not yet echoed (see there).
             if sent < total and window > 0 and sent - state.received < IN_FLIGHT:
@@ -217,6 +221,7 @@ def bench_ws_over_h2(benchmark, request):
         proxies["HAProxy"] = ("127.0.0.1", haproxy_port)
     else:
         skipped = "HAProxy is not installed (make bench-peers): its rows are left out."
+    stalls: list[str] = []
     results: dict[str, dict[str, list[float]]] = {
         f"{name}: {path}": {} for name in proxies for path in ("wss over HTTP/1.1", "ws over HTTP/2")
     }
@@ -228,7 +233,15 @@ def bench_ws_over_h2(benchmark, request):
             for name, addr in proxies.items():
                 h1, h2r = results[f"{name}: wss over HTTP/1.1"], results[f"{name}: ws over HTTP/2"]
                 h1.setdefault("bulk MB/s", []).append(bulk(addr, ctx("http/1.1"), "ws/", total))
-                h2r.setdefault("bulk MB/s", []).append(h2_bulk(addr, ctx("h2"), total))
+                try:
+                    h2r.setdefault("bulk MB/s", []).append(h2_bulk(addr, ctx("h2"), total))
+                except TimeoutError as exc:
+                    if name == "tunnel":
+                        raise  # our own stall is a failure
+                    # A peer's (HAProxy 2.6 sometimes stops echoing an h2 WebSocket in
+                    # bulk): reported, not a failure of tunnel's benchmark.
+                    h2r.setdefault("bulk MB/s", []).append(float("nan"))
+                    stalls.append(f"{name}: {exc}")
                 h1.setdefault("1-tunnel RTT µs", []).append(h1_latency(addr, ctx("http/1.1"), pings))
                 h2r.setdefault("1-tunnel RTT µs", []).append(h2_latency(addr, ctx("h2"), pings))
                 h1.setdefault("WebSockets opened/s", []).append(h1_opens(addr, ctx("http/1.1"), seconds))
@@ -240,7 +253,11 @@ def bench_ws_over_h2(benchmark, request):
         if haproxy is not None:
             haproxy.stop()
         backend.stop()
-    medians = {path: {k: statistics.median(v) for k, v in r.items()} for path, r in results.items()}
+    def median(values: list[float]) -> float:
+        kept = [v for v in values if v == v]  # NaN: a peer's stalled round
+        return statistics.median(kept) if kept else float("nan")
+
+    medians = {path: {k: median(v) for k, v in r.items()} for path, r in results.items()}
     keys = ("bulk MB/s", "1-tunnel RTT µs", "WebSockets opened/s")
     lines = [
         "# WebSockets over HTTP/2 (RFC 8441) and over TLS HTTP/1.1, tunnel async, Python clients",
@@ -248,6 +265,7 @@ def bench_ws_over_h2(benchmark, request):
         f"{rounds} round(s), medians; H2WindowSize 1048576 (HAProxy: tune.h2.initial-window-size 1048576, nbthread {PEER_WORKERS}).",
         "HTTP/1.1 opens a TLS connection per WebSocket, HTTP/2 a stream on one connection.",
         f"HAProxy: {peer_version('haproxy') or '-'}. {skipped}".rstrip(),
+        *(f"Stalled (not counted): {stall}" for stall in stalls),
         "",
         "| path | " + " | ".join(keys) + " |",
         "|---|---|---|---|",
