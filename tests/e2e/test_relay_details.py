@@ -15,14 +15,12 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
-from wsproto.utilities import generate_accept_token
 
-from tests.support.backends import Answering, Server, switching_protocols
+from tests.support.backends import Answering, Server, read_upgrade, switching_protocols
 from tests.support.clients import raw_upgrade, read_head, recv_exactly, recv_until_eof, status_of, upgrade_request
 from tests.support.strategies import STRATEGY_CONFIGS
 from tests.support.waiting import wait_for
 from tunnel.protocol.frames import build_frame, close_frame
-from tunnel.protocol.request import FrontEnd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,17 +217,11 @@ class ResettingWebSocket(Server):
         super().__init__()
 
     def handle(self, conn: socket.socket) -> None:
-        front = FrontEnd()
-        head = None
-        while head is None:
-            data = conn.recv(65536)
-            if not data:
-                return
-            front.feed(data)
-            head = front.next_head()
-        accept = generate_accept_token(head.get("sec-websocket-key").encode()).decode()
+        upgrade = read_upgrade(conn)
+        if upgrade is None:
+            return
+        accept, buf = upgrade
         conn.sendall(switching_protocols(accept=accept))
-        buf = bytearray(front.take_buffer())
         if self.initiate or self.reset_early:
             self._frame(conn, buf)  # one message first
             conn.sendall(close_frame(1000, "server done"))
@@ -373,14 +365,11 @@ def test_a_client_reset_after_a_real_close_handshake(make_proxy, caplog):
 
     class Closer(ResettingWebSocket):
         def handle(self, conn: socket.socket) -> None:
-            front = FrontEnd()
-            head = None
-            while head is None:
-                front.feed(conn.recv(65536))
-                head = front.next_head()
-            accept = generate_accept_token(head.get("sec-websocket-key").encode()).decode()
+            upgrade = read_upgrade(conn)
+            if upgrade is None:
+                return
+            accept, buf = upgrade
             conn.sendall(switching_protocols(accept=accept) + close_frame(1001, "bye"))
-            buf = bytearray(front.take_buffer())
             self._frame(conn, buf)
             got_answer.set()
             conn.recv(1)  # until the proxy closes

@@ -39,6 +39,21 @@ from tunnel.protocol.request import FrontEnd
 Handler = Callable[[socket.socket], None]
 
 
+def read_upgrade(conn: socket.socket) -> Optional[tuple[str, bytearray]]:
+    """Read a WebSocket upgrade request's head from ``conn``: the Sec-WebSocket-Accept
+    for its key, and the bytes that came after the head; None when the peer leaves first."""
+    front = FrontEnd()
+    head = None
+    while head is None:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        front.feed(data)
+        head = front.next_head()
+    key = head.get("sec-websocket-key") or ""
+    return generate_accept_token(key.encode()).decode(), bytearray(front.take_buffer())
+
+
 def switching_protocols(token: str = "websocket", accept: Optional[str] = ACCEPT) -> bytes:
     """A backend's 101 head for ``token`` (with ``Sec-WebSocket-Accept`` when given)."""
     extra = f"Sec-WebSocket-Accept: {accept}\r\n" if accept else ""
@@ -408,16 +423,10 @@ class Firehose(Server):
 
     def handle(self, conn: socket.socket) -> None:
         with conn:
-            front = FrontEnd()
-            head = None
-            while head is None:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                front.feed(data)
-                head = front.next_head()
-            accept = generate_accept_token(head.get("sec-websocket-key").encode()).decode()
-            conn.sendall(switching_protocols(accept=accept))
+            upgrade = read_upgrade(conn)
+            if upgrade is None:
+                return
+            conn.sendall(switching_protocols(accept=upgrade[0]))
             chunk = os.urandom(1 << 16)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not self.closing.is_set():

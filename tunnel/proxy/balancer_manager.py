@@ -73,6 +73,17 @@ def _atoi(text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _ranged(params: Mapping[str, str], field: str, key: str, top: int, change: dict[str, Any], notes: list[str]) -> None:
+    """An integer field httpd takes from 0 to ``top`` (atoi), dropped with a note when out of range."""
+    if field not in params:
+        return
+    value = _atoi(params[field])
+    if 0 <= value <= top:
+        change[key] = value
+    else:
+        notes.append(f"{field}={params[field]!r} ignored: expected 0..{top}")
+
+
 def form_change(params: Mapping[str, str], balancer: str, member: Optional[str], current_lbmethod: str) -> tuple[dict[str, Any], list[str]]:
     """The change the form asks for, read as httpd reads it, and the notes on what was
     ignored. Out-of-range values are dropped, as httpd drops them."""
@@ -96,30 +107,15 @@ def form_change(params: Mapping[str, str], balancer: str, member: Optional[str],
         flags = {flag: _atoi(params[f"w_status_{flag}"]) != 0 for flag in "INDHRS" if f"w_status_{flag}" in params}
         if flags:
             change["flags"] = flags
-        if "w_ls" in params:
-            lbset = _atoi(params["w_ls"])
-            if 0 <= lbset <= 99:
-                change["lbset"] = lbset
-            else:
-                notes.append(f"w_ls={params['w_ls']!r} ignored: expected 0..99")
+        _ranged(params, "w_ls", "lbset", 99, change, notes)
     if "b_lbm" in params:
         if params["b_lbm"] in LBMETHODS:
             if params["b_lbm"] != current_lbmethod:
                 change["lbmethod"] = params["b_lbm"]
         else:
             notes.append(f"b_lbm={params['b_lbm']!r} ignored: expected one of {', '.join(LBMETHODS)}")
-    if "b_tmo" in params:
-        timeout = _atoi(params["b_tmo"])
-        if 0 <= timeout <= 7200:
-            change["timeout"] = timeout
-        else:
-            notes.append(f"b_tmo={params['b_tmo']!r} ignored: expected 0..7200")
-    if "b_max" in params:
-        attempts = _atoi(params["b_max"])
-        if 0 <= attempts <= 99:
-            change["maxattempts"] = attempts
-        else:
-            notes.append(f"b_max={params['b_max']!r} ignored: expected 0..99")
+    _ranged(params, "b_tmo", "timeout", 7200, change, notes)
+    _ranged(params, "b_max", "maxattempts", 99, change, notes)
     if "b_sforce" in params:
         change["nofailover"] = _atoi(params["b_sforce"]) != 0
     if params.get("b_ss"):
