@@ -15,6 +15,7 @@ system-deps`` installs it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -110,6 +112,18 @@ def _evaluate(cdp: ClientConnection, ident: int, expression: str, deadline: floa
             return value if isinstance(value, str) else None
 
 
+@contextlib.contextmanager
+def chromium_env() -> Iterator[dict[str, str]]:
+    """Chromium's environment, with a temp dir of its own that is removed afterwards: a
+    killed Chromium leaves its singleton-socket directory behind in $TMPDIR. (Not under the
+    test's tmp_path: the socket's path would pass the 108-byte limit.)"""
+    tmp = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        yield dict(os.environ, TMPDIR=tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeout: float = 45) -> str:
     """Open ``url`` in headless Chromium and wait until its DOM holds every ``expected``
     text; returns the DOM. Fails with the last DOM and Chromium's stderr after ``timeout``."""
@@ -135,8 +149,9 @@ def page_shows(url: str, workdir: Path, expected: list[str], *extra: str, timeou
     deadline = time.monotonic() + timeout
     dom, problem = "", f"{expected!r} not in the page's DOM after {timeout:.0f}s"
     # stderr to a file, not a pipe: a helper process Chromium leaves behind cannot block us.
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(err_path, "wb") as err, chromium_env() as env:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
         try:
             port = _devtools_port(profile, err_path, proc, deadline)
             with ws_connect(_page_socket_url(port, deadline), max_size=None, open_timeout=10) as cdp:

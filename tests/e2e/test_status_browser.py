@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.e2e.test_browser import CHROMIUM, _devtools_port, _page_socket_url, needs_chromium
+from tests.e2e.test_browser import CHROMIUM, _devtools_port, _page_socket_url, chromium_env, needs_chromium
 from tests.support.backends import Recorder
 from tests.support.clients import raw_upgrade, recv_exactly, status_of
 from tests.support.waiting import wait_for
@@ -62,7 +62,10 @@ class Browser:
             "--remote-debugging-port=0", "--remote-allow-origins=*", url,
         ]
         self._err = open(self.err_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._err, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._tmp = contextlib.ExitStack()
+        env = self._tmp.enter_context(chromium_env())
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env)
         deadline = time.monotonic() + 45
         port = _devtools_port(profile, self.err_path, self.proc, deadline)
         self._stack = contextlib.ExitStack()
@@ -104,6 +107,7 @@ class Browser:
             pass
         self.proc.wait(timeout=10)
         self._err.close()
+        self._tmp.close()
 
 
 @pytest.fixture
