@@ -75,6 +75,13 @@ def _specs(config: pytest.Config) -> tuple[list[TargetSpec], dict[str, str]]:
             name = f"tunnel-{strategy}" + (f"-w{workers}" if workers > 1 else "")
             label = f"tunnel {strategy}" + (f" --workers {workers}" if workers > 1 else "")
             specs.append(TargetSpec(name, "tunnel", strategy=strategy, workers=workers, label=label))
+    only = [n for n in config.getoption("--bench-targets").split(",") if n]
+    # the pure-Python floor (bench/floor.py): in every full run, in a quick one when named
+    if config.getoption("--bench-mode") == "full" or any(n.startswith("pyfloor-") for n in only):
+        specs.append(TargetSpec("pyfloor-async", "pyfloor", strategy="async",
+                                label="pure-Python floor, one epoll thread (bench/floor.py)"))
+        specs.append(TargetSpec("pyfloor-sync", "pyfloor", strategy="sync",
+                                label="pure-Python floor, a thread per tunnel (bench/floor.py)"))
     skipped: dict[str, str] = {}
     for kind in ("nginx", "haproxy", "httpd"):
         if config.getoption("--bench-peers") == "none":
@@ -83,7 +90,6 @@ def _specs(config: pytest.Config) -> tuple[list[TargetSpec], dict[str, str]]:
             skipped[kind] = "not installed (run `make bench-peers`)"
         else:
             specs.append(TargetSpec(kind, kind, label=peer_version(kind) or kind))
-    only = [n for n in config.getoption("--bench-targets").split(",") if n]
     if only:
         specs = [s for s in specs if s.name in only or s.name == "direct"]
     return specs, skipped

@@ -7,8 +7,10 @@ when a benchmark fails.
 * `build()` compiles the C load generator and backend into ``bench/build/`` with ``cc``.
 * `Backend` is the C echo backend (one process, one port per proxy under test).
 * `Target` is one thing the load generator talks to: ``direct`` (the backend itself),
-  ``tunnel`` (``tunnel serve --config FILE [--workers N]`` as a separate process), or a
-  peer (nginx, HAProxy, Apache httpd) with a configuration written into a temp dir.
+  ``tunnel`` (``tunnel serve --config FILE [--workers N]`` as a separate process),
+  ``pyfloor`` (``bench/floor.py``, the cheapest relay pure Python can be, async or
+  threads), or a peer (nginx, HAProxy, Apache httpd) with a configuration written into a
+  temp dir.
 * `Holder` drives ``loadgen hold`` (many idle tunnels, a probe tunnel) through stdin.
 """
 
@@ -307,7 +309,8 @@ class Holder:
 
 @dataclass
 class TargetSpec:
-    """What to run: ``direct``, ``tunnel`` (strategy, workers) or a peer (nginx, haproxy, httpd)."""
+    """What to run: ``direct``, ``tunnel`` (strategy, workers), ``pyfloor`` (strategy) or a
+    peer (nginx, haproxy, httpd)."""
 
     name: str
     kind: str
@@ -437,6 +440,12 @@ class Target:
         exe = Path(sys.executable).with_name("tunnel")
         argv = [str(exe), "serve", "--config", str(conf), "--workers", str(self.spec.workers)]
         return argv, self.spec.workers
+
+    def _argv_pyfloor(self) -> tuple[list[str], int]:
+        """The pure-Python floor (bench/floor.py): async is one epoll thread, sync a thread per tunnel."""
+        mode = "async" if self.spec.strategy == "async" else "threads"
+        return [sys.executable, str(BENCH / "floor.py"), "--listen", f"127.0.0.1:{self.port}",
+                "--backend", f"127.0.0.1:{self.spec.backend_port}", "--mode", mode], 1
 
     def _argv_nginx(self) -> tuple[list[str], int]:
         assert self.tmp is not None
