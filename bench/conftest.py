@@ -9,6 +9,7 @@ a quick one. Run through ``make bench`` / ``make bench-quick`` (or ``python -m p
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 import pytest
 
-from . import report
+from . import compare, report
 from .harness import BUILD, Backend, BenchError, Target, TargetSpec, build, find_peer, peer_version
 from .scenarios import FULL, QUICK, Mode, Scenario
 
@@ -106,6 +107,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     _RUN.update(
         mode=mode.name,
         rounds=rounds,
+        sizes={k: v for k, v in mode.__dict__.items() if k not in ("name", "rounds")},
         started=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         machine={"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         targets=[{"name": s.name, "kind": s.kind, "label": s.label, "strategy": s.strategy, "workers": s.workers}
@@ -189,3 +191,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         tr.write_line("")
         tr.write_line(paths["md"].read_text())
         tr.write_line("reports: " + ", ".join(str(p) for p in paths.values()))
+    if not full:
+        for line in _against_full_run(_RUN):
+            if tr is not None:
+                tr.write_line(line, yellow=line.startswith("warning:"))
+            else:
+                print(line)
+
+
+def _against_full_run(run: dict[str, Any]) -> list[str]:
+    """A quick run's ratios against the last full run committed (warnings, never a failure)."""
+    latest = RESULTS_DIR / "latest.json"
+    try:
+        full = json.loads(latest.read_text())
+    except FileNotFoundError:
+        return [f"no full run in {latest}: nothing to compare this quick run with"]
+    except (OSError, ValueError) as exc:
+        return [f"warning: {latest} could not be read ({exc}): nothing compared"]
+    return compare.report(run, full, "bench/results/latest.json")

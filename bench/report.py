@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 PEERS = ("nginx", "haproxy", "httpd")
+#: (tunnel target, the pure-Python floor of the same strategy) compared in their own table.
+FLOOR_PAIRS = (("tunnel-async", "pyfloor-async"), ("tunnel-sync", "pyfloor-sync"))
 
 #: (scenario, metric) pairs drawn in the chart as ratios to the direct connection.
 CHART = (
@@ -50,6 +52,16 @@ def ratio(a: Any, b: Any) -> Optional[float]:
 
 def _r(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}×"
+
+
+def _versus(r: Optional[float], better: str) -> str:
+    """A ratio ``ours ÷ theirs`` and which side it favours, by the measure's direction."""
+    if r is None:
+        return "–"
+    if abs(r - 1.0) < 0.005:
+        return f"{r:.2f}× (even)"
+    ours = r > 1.0 if better == "higher" else r < 1.0
+    return f"{r:.2f}× ({'better' if ours else 'worse'})"
 
 
 def _present(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -133,6 +145,26 @@ def markdown(run: dict[str, Any]) -> str:
                 k = metric["key"]
                 pv = med.get(peer, {}).get(k)
                 out.append(f"| {metric['label']} | " + " | ".join(_r(ratio(med.get(t, {}).get(k), pv)) for t in tunnels) + " |")
+        out.append("")
+
+    # 3b. tunnel vs the pure-Python floor (bench/floor.py) of the same strategy
+    pairs = [(t, f) for t, f in FLOOR_PAIRS if t in names and f in names]
+    if pairs:
+        out.append("## tunnel ÷ pure-Python floor (tunnel's figure ÷ the floor's; each cell says which is better)")
+        out.append("")
+        out.append("The floor (`bench/floor.py`) is the cheapest relay Python can be: no configuration, no "
+                   "checks, no logs. \"better\"/\"worse\" is tunnel's side, by the measure's direction.")
+        out.append("")
+        out.append("| measure | better is | " + " | ".join(f"{t} ÷ {f}" for t, f in pairs) + " |")
+        out.append("|---|---|" + "---|" * len(pairs))
+        for sc in run["scenarios"].values():
+            med = sc["median"]
+            for metric in sc["metrics"]:
+                if metric["better"] == "none":
+                    continue
+                k = metric["key"]
+                cells = [_versus(ratio(med.get(t, {}).get(k), med.get(f, {}).get(k)), metric["better"]) for t, f in pairs]
+                out.append(f"| {metric['label']} | {metric['better']} | " + " | ".join(cells) + " |")
         out.append("")
 
     # 4. milestones
@@ -221,7 +253,10 @@ def chart(run: dict[str, Any], path: Path) -> Optional[Path]:
             med = sc[key]["median"]
             vals.append(ratio(med.get(t, {}).get(metric), med.get("direct", {}).get(metric)) or 0.0)
         xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(measures))]
-        ax.bar(xs, vals, width, label=t, color=colors(i % 10))
+        if t.startswith("pyfloor"):  # the floor: white bars with a hatch, apart from the proxies
+            ax.bar(xs, vals, width, label=t, color="white", edgecolor=colors(i % 10), hatch="///")
+        else:
+            ax.bar(xs, vals, width, label=t, color=colors(i % 10))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(measures)))
     ax.set_xticklabels([label for _, _, label in measures], fontsize=8)
@@ -231,7 +266,12 @@ def chart(run: dict[str, Any], path: Path) -> Optional[Path]:
     if "e_idle_memory" in sc:
         med = sc["e_idle_memory"]["median"]
         vals = [med.get(t, {}).get("kib_per_tunnel") or 0.0 for t in targets]
-        ax2.bar(range(len(targets)), vals, color=[colors(i % 10) for i in range(len(targets))])
+        floor = [t.startswith("pyfloor") for t in targets]
+        ax2.bar(range(len(targets)), vals, color=["white" if f else colors(i % 10) for i, f in enumerate(floor)],
+                edgecolor=[colors(i % 10) for i in range(len(targets))], hatch=None)
+        for i, f in enumerate(floor):
+            if f:
+                ax2.patches[i].set_hatch("///")
         ax2.axhline(8.0, color="red", linestyle="--", linewidth=0.8, label="goal 8 KiB")
         ax2.set_xticks(range(len(targets)))
         ax2.set_xticklabels(targets, rotation=60, ha="right", fontsize=7)
