@@ -299,24 +299,26 @@ def relay(c: socket.socket, b: socket.socket, scratch: memoryview) -> None:
             del other[fd]
 
 
-def read_head(sock: socket.socket, scratch: memoryview) -> bytes:
+def read_head(sock: socket.socket) -> bytes:
+    """Up to the blank line and any bytes after it. Not into the thread's scratch buffer:
+    an idle tunnel's thread then never touches it (one page less per idle tunnel)."""
     head = b""
     while END not in head:
-        n = sock.recv_into(scratch)
-        if not n:
+        chunk = sock.recv(65536)
+        if not chunk:
             raise ConnectionError("end of file before the end of the head")
-        head += scratch[:n]
+        head += chunk
     return head
 
 
 def serve(client: socket.socket, backend: Address, scratch: memoryview) -> None:
     b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        head = read_head(client, scratch)  # with any bytes after it: they go along
+        head = read_head(client)  # with any bytes after it: they go along
         b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         b.connect(backend)
         b.sendall(head)
-        answer = read_head(b, scratch)
+        answer = read_head(b)
         client.sendall(answer)
         if is_101(answer):
             relay(client, b, scratch)
