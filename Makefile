@@ -56,8 +56,8 @@ test: $(STAMP) system-deps test-apps
 
 # Benchmarks (bench/): C load generator and backend built with cc into bench/build/,
 # the proxy run as separate processes. `bench` is the full run (3 interleaved rounds) and
-# writes bench/results/latest.{json,md,png}; `bench-quick` is a short run of every scenario
-# (bench/results/quick.*) that prints the table; `bench-peers` installs nginx, HAProxy and
+# writes bench/results/latest.{json,md,png} (commit latest.json); `bench-quick` is a short run of every scenario
+# (bench/build/quick.*) that prints the table and warns about ratios 25% worse than latest.json; `bench-peers` installs nginx, HAProxy and
 # Apache httpd from Debian, then runs `bench` with them. Numbers are reported, never asserted.
 BENCH_PYTEST := $(PY) -m pytest -c bench/pytest.ini --rootdir bench -p no:cacheprovider bench/
 BENCH_ARGS ?=
