@@ -1,25 +1,15 @@
 """The pure-Python floor: the cheapest WebSocket relay Python can be, to measure tunnel against.
 
-Standard library only, run as its own process by the benchmark harness::
-
-    python bench/floor.py --listen 127.0.0.1:0 --backend 127.0.0.1:PORT --mode async|threads
-
-It prints ``port N`` on stdout once it listens. It does what every WebSocket reverse proxy
-must do and nothing else: read the request head up to its blank line, connect to the
-backend, send the head there in one send, read the answer's head, check it is a ``101``,
-send it to the client in one send, then relay bytes both ways, half-closing each way at
-its end of file, and close. No configuration, no logging, no header checks, no timeouts:
-this is a floor for ``tunnel``, not a proxy to use.
-
-* ``async``: one thread, level-triggered ``select.epoll``, an fd-to-callback table, one
-  scratch buffer, ``recv_into`` and ``send`` with ``MSG_DONTWAIT`` (so accepted sockets
-  need no ``FIONBIO``); a short send keeps the rest pending, waits for ``EPOLLOUT`` and
-  stops reading the other side meanwhile.
-* ``threads``: the sync model. The main thread accepts (blocking) and hands each
-  connection to a pool thread (an idle one when there is one, as tunnel's pool does),
-  which serves the handshake and then the tunnel with blocking ``poll`` on its two sockets.
-  Thread stacks are 256 KiB and the switch interval is raised to 50 ms, as tunnel does
-  for its sync threads.
+``python bench/floor.py --listen 127.0.0.1:0 --backend HOST:PORT --mode async|threads``
+(standard library only) prints ``port N`` once it listens, then does what every WebSocket
+reverse proxy must and nothing more: the request head up to its blank line, the backend
+connected, the head sent in one send, the answer checked for ``101`` and sent in one send,
+bytes relayed both ways with a half-close at each end of file. No configuration, checks,
+logs or timeouts. ``async``: one thread, level-triggered epoll, an fd-to-callback table,
+one scratch buffer, ``recv_into``/``send`` with ``MSG_DONTWAIT`` (no ``FIONBIO`` per
+socket), ``EPOLLOUT`` only after a short send. ``threads``: the main thread accepts and
+hands each connection to a pool thread (a thread per tunnel, reused, as tunnel's pool) that
+serves it with blocking ``poll``; 256 KiB stacks and a 50 ms switch interval, as tunnel's.
 """
 
 from __future__ import annotations
@@ -49,93 +39,71 @@ def is_101(head: bytes | bytearray) -> bool:
 # ----------------------------------------------------------------------- async (epoll)
 
 
+def shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 class Side:
-    """One socket of a relayed tunnel: what it reads goes to ``peer``."""
+    """One socket of a relayed tunnel: what it reads goes to ``peer``; ``pending`` holds
+    what this socket did not take yet (its peer is not read meanwhile)."""
 
     __slots__ = ("loop", "sock", "fd", "peer", "pending", "reading", "shut_after", "mask")
 
     def __init__(self, loop: Loop, sock: socket.socket) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer: Side = self
-        self.pending: bytes | None = None  # bytes read from peer that this socket has not taken yet
-        self.reading = True
-        self.shut_after = False  # the peer ended: shut this socket's write side once pending is out
-        self.mask = IN
+        self.loop, self.sock, self.fd, self.peer = loop, sock, sock.fileno(), self
+        self.pending: bytes | None = None
+        self.reading, self.shut_after, self.mask = True, False, IN
 
     def on_event(self, ev: int) -> None:
         if ev & ERR:
-            self.loop.close_pair(self)
-            return
+            return self.loop.close_pair(self)
         if self.pending is not None and ev & OUT:
-            self.flush()
+            self.send(self.pending)
         if self.reading and self.peer.pending is None and ev & (IN | HUP):
             self.read()
         elif ev & HUP and not self.reading and self.pending is None:
             self.loop.close_pair(self)
 
     def read(self) -> None:
-        scratch = self.loop.scratch
         try:
-            n = self.sock.recv_into(scratch, SCRATCH_SIZE, DONTWAIT)
+            n = self.sock.recv_into(self.loop.scratch, SCRATCH_SIZE, DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
-            self.loop.close_pair(self)
-            return
+            return self.loop.close_pair(self)
         if n:
-            self.peer.write(scratch[:n])
-            return
-        self.reading = False  # end of file: half-close the other way
+            return self.peer.send(self.loop.scratch[:n])
+        self.reading = False  # end of file: half-close the other way (once its bytes are out)
         peer = self.peer
         if peer.pending is not None:
             peer.shut_after = True
-        else:
-            try:
-                peer.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        if not peer.reading and peer.pending is None and self.pending is None:
-            self.loop.close_pair(self)
-        else:
             self.update()
+        else:
+            shut(peer.sock)
+            if peer.reading or self.pending is not None:
+                self.update()
+            else:
+                self.loop.close_pair(self)
 
-    def write(self, data: memoryview | bytes) -> None:
-        """Send ``data`` now; keep what the socket did not take and wait for EPOLLOUT."""
+    def send(self, data: memoryview | bytes) -> None:
+        """Send ``data`` (new bytes, or what was pending); keep the rest for EPOLLOUT."""
+        was = self.pending
         try:
             sent = self.sock.send(data, DONTWAIT)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.loop.close_pair(self)
-            return
-        if sent < len(data):
-            self.pending = bytes(data[sent:])
-            self.update()
-            self.peer.update()  # stop reading the source while this is pending
-
-    def flush(self) -> None:
-        assert self.pending is not None
-        try:
-            sent = self.sock.send(self.pending, DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.loop.close_pair(self)
-            return
-        if sent < len(self.pending):
-            self.pending = self.pending[sent:]
-            return
-        self.pending = None
-        if self.shut_after:
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            return self.loop.close_pair(self)
+        self.pending = bytes(data[sent:]) if sent < len(data) else None
+        if (was is None) == (self.pending is None):
+            return  # no change of interest: the common case
+        if self.pending is None and self.shut_after:
+            shut(self.sock)
             if not self.reading and self.peer.pending is None:
-                self.loop.close_pair(self)
-                return
+                return self.loop.close_pair(self)
         self.update()
         self.peer.update()
 
@@ -149,68 +117,58 @@ class Side:
 class Handshake:
     """A client from accept to the 101: its head, the backend's connect and its answer."""
 
-    __slots__ = ("loop", "client", "cfd", "head", "backend", "answer")
+    __slots__ = ("loop", "client", "head", "backend", "answer")
 
     def __init__(self, loop: Loop, client: socket.socket) -> None:
-        self.loop = loop
-        self.client = client
-        self.cfd = client.fileno()
-        self.head = bytearray()
+        self.loop, self.client, self.head, self.answer = loop, client, bytearray(), bytearray()
         self.backend: socket.socket | None = None
-        self.answer = bytearray()
 
     def fail(self) -> None:
-        handlers = self.loop.handlers
         for s in (self.client, self.backend):
             if s is not None:
-                handlers.pop(s.fileno(), None)
+                self.loop.handlers.pop(s.fileno(), None)
                 s.close()
+        self.backend = None
 
     def _recv(self, sock: socket.socket, into: bytearray) -> bool:
-        """One read appended to ``into``; False (connection failed) at an error or EOF."""
-        scratch = self.loop.scratch
+        """One read appended to ``into``; False (and both closed) at an error or EOF."""
         try:
-            n = sock.recv_into(scratch, SCRATCH_SIZE, DONTWAIT)
+            n = sock.recv_into(self.loop.scratch, SCRATCH_SIZE, DONTWAIT)
         except BlockingIOError:
             return True
         except OSError:
             n = 0
+        into += self.loop.scratch[:n]
         if not n:
             self.fail()
-            return False
-        into += scratch[:n]
-        return True
+        return bool(n)
 
-    def client_head(self, ev: int) -> None:
-        # also reads bytes sent after the head before the 101: they go to the backend with it
-        if not self._recv(self.client, self.head) or self.backend is not None or END not in self.head:
-            return
-        loop = self.loop
-        b = self.backend = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        b.connect_ex(loop.backend)
+    def _send_head(self, b: socket.socket) -> bool:
+        """Send what is left of the head (bytes after it included); True once all is out."""
         try:
-            sent = b.send(self.head)  # done already on loopback, mostly
+            del self.head[: b.send(self.head)]
         except BlockingIOError:
-            sent = 0
+            pass  # not connected yet
         except OSError:
             self.fail()
+            return False
+        return not self.head
+
+    def client_head(self, ev: int) -> None:
+        # also takes bytes sent after the head before the 101: they follow it to the backend
+        if not self._recv(self.client, self.head) or self.backend is not None or END not in self.head:
             return
-        del self.head[:sent]
-        loop.handlers[b.fileno()] = self.backend_ready if self.head else self.backend_answer
-        loop.ep.register(b.fileno(), OUT if self.head else IN)
+        b = self.backend = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        b.connect_ex(self.loop.backend)
+        done = self._send_head(b)  # on loopback the connect is mostly done already
+        if self.backend is not None:  # not failed
+            self.loop.handlers[b.fileno()] = self.backend_answer if done else self.backend_ready
+            self.loop.ep.register(b.fileno(), IN if done else OUT)
 
     def backend_ready(self, ev: int) -> None:
         assert self.backend is not None
-        try:
-            sent = self.backend.send(self.head)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.fail()
-            return
-        del self.head[:sent]
-        if not self.head:
+        if self._send_head(self.backend):
             self.loop.handlers[self.backend.fileno()] = self.backend_answer
             self.loop.ep.modify(self.backend.fileno(), IN)
 
@@ -219,55 +177,42 @@ class Handshake:
         if not self._recv(self.backend, self.answer) or END not in self.answer:
             return
         if not is_101(self.answer):
-            try:
-                self.client.send(self.answer, DONTWAIT)
-            except OSError:
-                pass
-            self.fail()
-            return
+            return self.fail()
         loop = self.loop
         c, b = Side(loop, self.client), Side(loop, self.backend)
         c.peer, b.peer = b, c
-        loop.handlers[c.fd] = c.on_event
-        loop.handlers[b.fd] = b.on_event
-        early = bytes(self.head)  # bytes the client sent after its head
-        c.write(bytes(self.answer))
-        if early and c.fd in loop.handlers:
-            b.write(early)
+        loop.handlers[c.fd], loop.handlers[b.fd] = c.on_event, b.on_event
+        c.send(bytes(self.answer))
+        if self.head and c.fd in loop.handlers:  # bytes the client sent after its head
+            b.send(bytes(self.head))
 
 
 class Loop:
     """One epoll set, one fd-to-callback table, one scratch buffer."""
 
     def __init__(self, listener: socket.socket, backend: Address) -> None:
-        self.listener = listener
-        self.backend = backend
-        self.ep = select.epoll()
+        self.listener, self.backend, self.ep = listener, backend, select.epoll()
         self.scratch = memoryview(mmap.mmap(-1, SCRATCH_SIZE))
         self.handlers: dict[int, Callable[[int], None]] = {listener.fileno(): self.accept}
         listener.setblocking(False)
         self.ep.register(listener.fileno(), IN)
 
     def accept(self, ev: int) -> None:
-        while True:  # a batch, until EAGAIN
+        while True:  # a batch, until EAGAIN (or out of descriptors: the next readiness retries)
             try:
                 client, _ = self.listener.accept()
-            except BlockingIOError:
+            except OSError:
                 return
-            except OSError:  # e.g. out of descriptors: the next readiness tries again
-                return
-            h = Handshake(self, client)
-            self.handlers[h.cfd] = h.client_head
-            self.ep.register(h.cfd, IN)
+            self.handlers[client.fileno()] = Handshake(self, client).client_head
+            self.ep.register(client.fileno(), IN)
 
     def close_pair(self, side: Side) -> None:
         for s in (side, side.peer):
             if self.handlers.pop(s.fd, None) is not None:
-                s.sock.close()  # closing the descriptor removes it from the epoll set
+                s.sock.close()  # closing the descriptor takes it out of the epoll set
 
     def run(self) -> None:
-        poll = self.ep.poll
-        handlers = self.handlers
+        poll, handlers = self.ep.poll, self.handlers
         while True:
             for fd, ev in poll():
                 handler = handlers.get(fd)
@@ -333,22 +278,18 @@ class Pool:
     """A thread per tunnel; a thread whose tunnel ended waits for the next one."""
 
     def __init__(self, backend: Address) -> None:
-        self.backend = backend
+        self.backend, self.lock, self.idle = backend, threading.Lock(), 0
         self.work: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.idle = 0
 
     def submit(self, client: socket.socket) -> None:
         with self.lock:
-            spawn = self.idle == 0
-            if not spawn:
-                self.idle -= 1
+            spawn, self.idle = self.idle == 0, max(0, self.idle - 1)
         if spawn:
             threading.Thread(target=self.worker, daemon=True).start()
         self.work.put(client)
 
     def worker(self) -> None:
-        scratch = memoryview(mmap.mmap(-1, SCRATCH_SIZE))  # pages exist once written
+        scratch = memoryview(mmap.mmap(-1, SCRATCH_SIZE))  # its pages exist once written
         while True:
             serve(self.work.get(), self.backend, scratch)
             with self.lock:
@@ -371,8 +312,7 @@ def run_threads(listener: socket.socket, backend: Address) -> None:
 
 
 def address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+    return text.rpartition(":")[0], int(text.rpartition(":")[2])
 
 
 def main(argv: list[str]) -> int:
@@ -389,13 +329,7 @@ def main(argv: list[str]) -> int:
     listener.bind(args.listen)
     listener.listen(4096)
     print(f"port {listener.getsockname()[1]}", flush=True)
-    try:
-        if args.mode == "async":
-            Loop(listener, args.backend).run()
-        else:
-            run_threads(listener, args.backend)
-    except KeyboardInterrupt:
-        pass
+    Loop(listener, args.backend).run() if args.mode == "async" else run_threads(listener, args.backend)
     return 0
 
 
