@@ -176,7 +176,11 @@ class Handshake:
         assert self.backend is not None
         if not self._recv(self.backend, self.answer) or END not in self.answer:
             return
-        if not is_101(self.answer):
+        if not is_101(self.answer):  # the client gets the answer, then the connection closes
+            try:
+                self.client.send(self.answer, DONTWAIT)
+            except OSError:
+                pass
             return self.fail()
         loop = self.loop
         c, b = Side(loop, self.client), Side(loop, self.backend)
