@@ -28,6 +28,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 #: Everything the session measured, written by pytest_sessionfinish.
 _RUN: dict[str, Any] = {}
+#: A quick run's lines against the last full run (bench/compare.py), printed last.
+_COMPARED: list[str] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -192,11 +194,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         tr.write_line(paths["md"].read_text())
         tr.write_line("reports: " + ", ".join(str(p) for p in paths.values()))
     if not full:
-        for line in _against_full_run(_RUN):
-            if tr is not None:
-                tr.write_line(line, yellow=line.startswith("warning:"))
-            else:
-                print(line)
+        _COMPARED.extend(_against_full_run(_RUN))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The quick run's comparison with the last full run, last (after pytest-benchmark's table)."""
+    if _COMPARED:
+        terminalreporter.write_sep("-", "against the last full run (bench/compare.py)")
+    for line in _COMPARED:
+        terminalreporter.write_line(line, yellow=line.startswith("warning:"))
 
 
 def _against_full_run(run: dict[str, Any]) -> list[str]:
