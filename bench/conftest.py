@@ -2,7 +2,8 @@
 run each scenario in interleaved rounds, and write the reports at the end.
 
 Reports: ``bench/results/latest.{json,md,png}`` for a full run, ``bench/build/quick.*`` for
-a quick one. Run through ``make bench`` / ``make bench-quick`` (or ``python -m pytest -c bench/pytest.ini
+a quick one, which then compares its ratios with the last full run committed
+(``bench/compare.py``: warning lines, never a failure). Run through ``make bench`` / ``make bench-quick`` (or ``python -m pytest -c bench/pytest.ini
 --rootdir bench -p no:cacheprovider bench/ --bench-mode quick``).
 """
 
