@@ -74,6 +74,7 @@ SCRATCH_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024
 #: Most reads per readiness event (fairness on a shared loop, R28).
 READ_BUDGET = 8
+_ROUNDS = range(READ_BUDGET)
 #: Largest read of a flow with nothing buffered while the global cap (``Budget``) is
 #: exhausted: such a flow still moves (no tunnel starves), and N tunnels add at most
 #: N of these over the cap, plus one scratch for the read that crossed it.
@@ -442,9 +443,66 @@ class Pump:
         except KeyError:
             raise RelayStateError(f"no transition from {state.value} on {event.value}") from None
 
-    def _read(self, flow: Flow, scratch: memoryview) -> None:
-        if flow.pending is not None and len(flow.pending) >= self.high_water:
+    def read(self, flow: Flow, scratch: memoryview) -> None:
+        """Read ``flow``'s source (it is ready) and pass what comes to its destination:
+        ``on_event``'s read half, for a driver that knows the flow is OPEN and the pump
+        not done (the async driver's steady path)."""
+        pending = flow.pending
+        if pending is not None and len(pending) >= self.high_water:
             return  # paused (a poke after a hand-over, or a stale event): keep the bound
+        if self.budget is not None or self.ctl is not None:
+            self._read_counted(flow, scratch)
+            return
+        # The plain path (no global cap, no frames of the proxy's own): what every busy
+        # tunnel runs per event, with its lookups bound once.
+        src_recv = flow.src.recv_into
+        dst_send = flow.dst.send
+        frames = flow.frames
+        watch = self.close_watch
+        size = len(scratch)
+        high = self.high_water
+        for _ in _ROUNDS:
+            try:
+                n = src_recv(scratch)
+            except WOULD_BLOCK:
+                return
+            except (OSError, ValueError) as exc:
+                self._fail(flow.name.split("->")[0], "read from", exc)
+                return
+            if not n:
+                self._eof(flow)
+                return
+            flow.count += n
+            chunk = scratch[:n] if n < size else scratch
+            if frames is not None:
+                frames.feed(chunk)
+            elif watch:  # the read's tail: a Close ends a stream
+                flow.last = bytes(chunk) if n <= _LONGEST_CLOSE else bytes(chunk[-_LONGEST_CLOSE:])
+            if pending is not None:
+                pending += chunk
+                if len(pending) >= high:
+                    return
+            else:
+                try:
+                    sent = dst_send(chunk)
+                except WOULD_BLOCK:
+                    sent = 0
+                except (OSError, ValueError) as exc:
+                    self._fail(flow.name.split("->")[1], "send to", exc)
+                    return
+                if sent < n:
+                    flow.pending = pending = bytearray(chunk[sent:])
+                    if n - sent >= high:
+                        return
+            if n < size and flow.src_tls is None:
+                return  # a short read: the kernel buffer is most likely empty
+        if flow.src_tls is not None:
+            self.more = True
+
+    _read = read
+
+    def _read_counted(self, flow: Flow, scratch: memoryview) -> None:
+        """`read` with a global cap (``Budget``) or a `Control` that may hold reads."""
         budget = self.budget
         if budget is not None and budget.exhausted:
             if flow.pending is not None:
@@ -457,7 +515,7 @@ class Pump:
         src_recv = flow.src.recv_into
         frames = flow.frames
         watch = self.close_watch
-        for _ in range(READ_BUDGET):
+        for _ in _ROUNDS:
             view = scratch
             grant = kept = 0
             if budget is not None:
