@@ -200,7 +200,13 @@ class AsyncTunnel:
         elif pump.budget is not None:
             if pump.budget.exhausted and not (cmask or bmask):
                 loop.call_later(0.05, self._after)  # paused by the global cap: look again soon
-        elif cmask == EVENT_READ and bmask == EVENT_READ and ctl is None and pump.c2b.src_tls is None and pump.b2c.src_tls is None:
+        elif (
+            cmask == EVENT_READ
+            and bmask == EVENT_READ
+            and ctl is None
+            and pump.c2b.src_tls is None
+            and pump.b2c.src_tls is None
+        ):
             # Both flows OPEN with nothing pending (else a mask would differ), plain sockets.
             self._steady = True
 
