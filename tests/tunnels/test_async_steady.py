@@ -68,10 +68,10 @@ def test_a_busy_plain_tunnel_makes_no_epoll_calls_per_message(tunnel):
     for i in range(50):
         msg = b"m%03d" % i * 16
         client.sendall(msg)
-        run_until(loop, lambda: t.pump.c2b.count == 64 * (i + 1))
+        run_until(loop, lambda n=64 * (i + 1): t.pump.c2b.count == n)
         assert recv_exactly(backend, 64) == msg
         backend.sendall(msg[::-1])
-        run_until(loop, lambda: t.pump.b2c.count == 64 * (i + 1))
+        run_until(loop, lambda n=64 * (i + 1): t.pump.b2c.count == n)
         assert recv_exactly(client, 64) == msg[::-1]
     assert poller.calls == [] and t._steady
 

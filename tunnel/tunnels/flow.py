@@ -49,7 +49,7 @@ class RelayStateError(RuntimeError):
 class Flow:
     """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
 
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames", "last")
+    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames", "last", "pipe")
 
     def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
         self.name = name
@@ -66,6 +66,9 @@ class Flow:
         #: on a websocket tunnel whose frames are not followed (``Pump.close_watch``):
         #: the last 131 bytes of the last read (room for a whole Close frame).
         self.last: Optional[bytes] = None
+        #: a bulk flow's pipe (read end, write end) while it splices, else None
+        #: (``tunnel.tunnels.splicing``); empty between events.
+        self.pipe: Optional[tuple[int, int]] = None
         #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
         self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
             src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None

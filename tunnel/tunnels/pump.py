@@ -16,6 +16,12 @@ Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
 * Reads go into a scratch buffer the driver owns and shares among all its tunnels; a
   chunk is sent at once from a memoryview of it, and only what the peer did not accept
   is copied into the flow's ``pending`` bytearray. An idle flow holds no buffer.
+* A bulk flow between two plain sockets that needs no look at its bytes (no TLS, no
+  frame follower, no global cap, no Control) moves through a pipe with ``splice``
+  instead (``splicing.py``): entered when a read fills the scratch buffer, left when
+  little is queued; the pipe is empty between events (what the destination did not
+  take becomes ``pending``), and a WebSocket stream's last 131 bytes are still read
+  by copy, so the tail check below sees them.
 * While a flow's pending bytes are at or above ``high_water`` its source is not read:
   memory per tunnel is bounded whatever the peers do. The same holds for a shared
   ``Budget`` across all tunnels (``TunnelBufferLimit``).
@@ -53,6 +59,7 @@ from ..protocol.frames import FrameFollower
 from .budget import CAPPED_CHUNK, Budget
 from .flow import TRANSITIONS, Flow, FlowState, RelayStateError
 from .flow import Event as _Event
+from .splicing import close_pipe, open_pipe, splice_round, spliceable
 
 __all__ = [
     "Pump",
@@ -263,6 +270,7 @@ class Pump:
 
     def close(self) -> None:
         """Close both endpoints (idempotent). Call once the pump is done."""
+        self.release_pipes()
         for end in (self.client, self.backend):
             try:
                 end.close()
@@ -340,7 +348,19 @@ class Pump:
         watch = self.close_watch
         size = len(scratch)
         high = self.high_water
+        pipe = flow.pipe
+        spliced = False
         for _ in _ROUNDS:
+            if pipe is not None and pending is None:  # a bulk flow: splice while enough is queued
+                moved = splice_round(self._fail, flow, pipe, watch)
+                if moved < 0:
+                    return
+                if moved:
+                    spliced = True
+                    continue
+                if not spliced:  # too little queued from the start: not bulk any more
+                    self._unsplice(flow)
+                    pipe = None
             try:
                 n = src_recv(scratch)
             except WOULD_BLOCK:
@@ -374,12 +394,28 @@ class Pump:
                     flow.pending = pending = bytearray(chunk[sent:])
                     if n - sent >= high:
                         return
-            if n < size and flow.src_tls is None:
-                return  # a short read: the kernel buffer is most likely empty
+            if n < size:
+                if flow.src_tls is None:
+                    return  # a short read: the kernel buffer is most likely empty
+            elif pipe is None and pending is None and frames is None and spliceable(flow):
+                pipe = flow.pipe = open_pipe()  # the read filled the scratch: a bulk flow
         if flow.src_tls is not None:
             self.more = True
 
     _read = read
+
+    @staticmethod
+    def _unsplice(flow: Flow) -> None:
+        pipe = flow.pipe
+        if pipe is not None:
+            flow.pipe = None
+            close_pipe(pipe)
+
+    def release_pipes(self) -> None:
+        """Close the flows' pipes (they are empty between events): a pump about to be
+        handed over or dropped. Idempotent."""
+        self._unsplice(self.c2b)
+        self._unsplice(self.b2c)
 
     def _read_counted(self, flow: Flow, scratch: memoryview) -> None:
         """`read` with a global cap (``Budget``) or a `Control` that may hold reads."""
@@ -468,6 +504,7 @@ class Pump:
             self.more = True
 
     def _eof(self, flow: Flow) -> None:
+        self._unsplice(flow)
         if flow.pending is not None:
             flow.state = self._move(flow.state, _Event.EOF)
         else:
@@ -532,6 +569,7 @@ class Pump:
             self.reason = self.reason or ("eof" if self.ctl is None else self.ctl.end_reason())
 
     def _drop(self, flow: Flow) -> None:
+        self._unsplice(flow)
         if flow.pending is not None and self.budget is not None:
             self.budget.give(len(flow.pending))
         flow.pending = None
