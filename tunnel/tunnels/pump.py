@@ -20,8 +20,8 @@ Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
   frame follower, no global cap, no Control) moves through a pipe with ``splice``
   instead (``splicing.py``): entered when a read fills the scratch buffer, left when
   little is queued; the pipe is empty between events (what the destination did not
-  take becomes ``pending``), and a WebSocket stream's last 131 bytes are still read
-  by copy, so the tail check below sees them.
+  take becomes ``pending``: up to one pipe-full, a bulk flow's chunk), and a WebSocket
+  stream's last 131 bytes are still read by copy, so the tail check below sees them.
 * While a flow's pending bytes are at or above ``high_water`` its source is not read:
   memory per tunnel is bounded whatever the peers do. The same holds for a shared
   ``Budget`` across all tunnels (``TunnelBufferLimit``).
