@@ -20,7 +20,7 @@ Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
   frame follower, no global cap, no Control) moves through a pipe with ``splice``
   instead (``splicing.py``): entered when a read fills the scratch buffer, left when
   little is queued; the pipe is empty between events (what the destination did not
-  take becomes ``pending``: up to one pipe-full, a bulk flow's chunk), and a WebSocket
+  take becomes ``pending``: at most one chunk, as from a copying read), and a WebSocket
   stream's last 131 bytes are still read by copy, so the tail check below sees them.
 * While a flow's pending bytes are at or above ``high_water`` its source is not read:
   memory per tunnel is bounded whatever the peers do. The same holds for a shared
@@ -59,7 +59,7 @@ from ..protocol.frames import FrameFollower
 from .budget import CAPPED_CHUNK, Budget
 from .flow import TRANSITIONS, Flow, FlowState, RelayStateError
 from .flow import Event as _Event
-from .splicing import close_pipe, open_pipe, splice_round, spliceable
+from .splicing import close_pipe, open_pipe, splice_burst, spliceable
 
 __all__ = [
     "Pump",
@@ -342,27 +342,28 @@ class Pump:
             return
         # The plain path (no global cap, no frames of the proxy's own): what every busy
         # tunnel runs per event, with its lookups bound once.
-        src_recv = flow.src.recv_into
-        dst_send = flow.dst.send
+        src = flow.src  # methods called on it, not bound ahead: one call is the common case
+        dst = flow.dst
         frames = flow.frames
         watch = self.close_watch
         size = len(scratch)
         high = self.high_water
         pipe = flow.pipe
-        spliced = False
-        for _ in _ROUNDS:
-            if pipe is not None and pending is None:  # a bulk flow: splice while enough is queued
-                moved = splice_round(self._fail, flow, pipe, watch)
-                if moved < 0:
-                    return
-                if moved:
-                    spliced = True
-                    continue
-                if not spliced:  # too little queued from the start: not bulk any more
-                    self._unsplice(flow)
-                    pipe = None
+        if pipe is not None and pending is None:  # a bulk flow: splice while enough is queued
+            moved = splice_burst(self._fail, flow, pipe, watch, size, READ_BUDGET)
+            if moved < 0:
+                return
+            if not moved:  # too little queued: not bulk any more
+                self._unsplice(flow)
+                pipe = None
+            elif not watch:
+                return  # more queued later is reported again (level-triggered readiness)
+            # else: the stream's last bytes, left queued, are copied by one read below
+        rounds = READ_BUDGET if pipe is None else 1
+        while rounds:
+            rounds -= 1
             try:
-                n = src_recv(scratch)
+                n = src.recv_into(scratch)
             except WOULD_BLOCK:
                 return
             except (OSError, ValueError) as exc:
@@ -384,7 +385,7 @@ class Pump:
                     return
             else:
                 try:
-                    sent = dst_send(chunk)
+                    sent = dst.send(chunk)
                 except WOULD_BLOCK:
                     sent = 0
                 except (OSError, ValueError) as exc:

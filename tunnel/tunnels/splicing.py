@@ -40,8 +40,10 @@ __all__ = [
 
 #: Queued bytes from which a bulk flow's read is spliced (below: copied, as always).
 SPLICE_MIN = 64 * 1024
-#: Most bytes one splice moves: one pipe-full.
-SPLICE_CHUNK = 1024 * 1024
+#: Most bytes one splice moves, and the pipe's size: a scratch-full (the pump's
+#: ``SCRATCH_SIZE``), so what a stalled destination leaves pending is bounded as for a
+#: copying read (R26: the high-water mark plus one chunk).
+SPLICE_CHUNK = 256 * 1024
 #: Most pipes in a process (two descriptors each): bounds what bulk flows add to the
 #: descriptor count, whatever the number of tunnels.
 MAX_PIPES = 64
@@ -116,15 +118,24 @@ def spliceable(flow: Flow) -> bool:
     return type(flow.src) is socket.socket and type(flow.dst) is socket.socket
 
 
-def splice_round(
-    fail: Callable[[str, str, BaseException], None], flow: Flow, pipe: tuple[int, int], watch: bool
+def splice_burst(
+    fail: Callable[[str, str, BaseException], None],
+    flow: Flow,
+    pipe: tuple[int, int],
+    watch: bool,
+    limit: int,
+    rounds: int,
 ) -> int:
-    """One round of a bulk flow through its pipe (the pump's ``read``). Returns the bytes
-    moved (all handed to the destination); 0 when fewer than ``SPLICE_MIN`` are
-    queued (the caller copies them: a WebSocket stream's last bytes are copied, so
-    its tail is seen as on any read, R98); -1 when the read is over (nothing more
-    now, an error, or the destination took only part: the rest is ``pending``).
-    ``fail(peer, what, exc)`` ends the tunnel on an I/O error (the pump's ``_fail``)."""
+    """A bulk flow's read event through its pipe (the pump's ``read``): up to ``rounds``
+    chunks of at most ``limit`` bytes (the scratch's size: the same chunks as copying
+    reads, so the same bound on what is left pending), from one look at the queue.
+
+    Returns the bytes moved (all handed to the destination); 0 when fewer than
+    ``SPLICE_MIN`` are queued (the caller copies them); -1 when the read is over (an
+    error, or the destination took only part: the rest is ``pending``). On a WebSocket
+    stream (``watch``) the last 131 queued bytes are left for a copying read, so its
+    tail is seen as on any read (R98). ``fail(peer, what, exc)`` ends the tunnel on an
+    I/O error (the pump's ``_fail``)."""
     src = flow.src
     try:
         avail = queued(src)  # type: ignore[arg-type]
@@ -132,31 +143,34 @@ def splice_round(
         return 0  # the copying read reports it
     if avail < SPLICE_MIN:
         return 0
-    want = avail - LONGEST_CLOSE if watch else avail
-    if want > SPLICE_CHUNK:
-        want = SPLICE_CHUNK
+    todo = avail - LONGEST_CLOSE if watch else avail
+    sfd, dfd = src.fileno(), flow.dst.fileno()
     r, w = pipe
-    try:
-        n = os.splice(src.fileno(), w, want, flags=FLAGS)
-    except WOULD_BLOCK:
-        return -1
-    except OSError as exc:
-        fail(flow.name.split("->")[0], "read from", exc)
-        return -1
-    if not n:
-        return 0  # EOF: the copying read sees it
-    flow.count += n
-    left = n
-    dst = flow.dst.fileno()
-    try:
-        while left:
-            left -= os.splice(r, dst, left, flags=FLAGS)
-    except WOULD_BLOCK:
-        pass
-    except OSError as exc:
-        fail(flow.name.split("->")[1], "send to", exc)
-        return -1
-    if left:
-        flow.pending = drain(pipe, left)  # at most one pipe-full, as a scratch-full would be
-        return -1
-    return n
+    moved = 0
+    while rounds and todo > 0:
+        rounds -= 1
+        try:
+            n = os.splice(sfd, w, todo if todo < limit else limit, flags=FLAGS)
+        except WOULD_BLOCK:
+            break
+        except OSError as exc:
+            fail(flow.name.split("->")[0], "read from", exc)
+            return -1
+        if not n:
+            break  # EOF: the copying read sees it
+        flow.count += n
+        todo -= n
+        moved += n
+        left = n
+        try:
+            while left:
+                left -= os.splice(r, dfd, left, flags=FLAGS)
+        except WOULD_BLOCK:
+            pass
+        except OSError as exc:
+            fail(flow.name.split("->")[1], "send to", exc)
+            return -1
+        if left:
+            flow.pending = drain(pipe, left)  # at most one chunk, as from a copying read
+            return -1
+    return moved
