@@ -1,6 +1,6 @@
 """Bulk flows through a pipe with ``splice``: the kernel moves the bytes from one socket
-to the other without copying them into the process (measured: about half the proxy's
-CPU per MB on loopback, docs/performance.md).
+to the other without copying them into the process (less of the proxy's CPU per MB on
+loopback; the figures are in docs/performance.md).
 
 Only a flow that needs no look at its bytes may splice: both ends plain sockets (no
 TLS), no frame follower, no global cap, no `Control`; and only while it is a bulk flow
