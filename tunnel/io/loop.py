@@ -333,14 +333,22 @@ class Loop:
         callbacks = self._callbacks
         masks = self._masks
         ready = self._ready
+        popleft = ready.popleft
         timers = self._timers
+        heappop = heapq.heappop
         monotonic = time.monotonic
+        pollin, pollout = _POLLIN, _POLLOUT
+        read, write = EVENT_READ, EVENT_WRITE
         try:
             while not self._stopping:
                 if ready:
                     timeout = 0.0
                 elif timers:
-                    timeout = min(max(0.0, timers[0].when - monotonic()), MAX_WAIT)
+                    timeout = timers[0].when - monotonic()
+                    if timeout < 0.0:
+                        timeout = 0.0
+                    elif timeout > MAX_WAIT:
+                        timeout = MAX_WAIT
                 else:
                     timeout = MAX_WAIT
                 try:
@@ -348,39 +356,42 @@ class Loop:
                 except InterruptedError:
                     events = []
                 self.now = now = monotonic()
+                # The whole batch with the names above bound once: per event, one table
+                # look-up and one call.
                 for fd, ev in events:
-                    cb = callbacks.get(fd)
-                    if cb is None:
-                        continue
-                    if ev == _POLLIN:
-                        mask = EVENT_READ
-                    elif ev == _POLLOUT:
-                        mask = EVENT_WRITE
+                    try:
+                        cb = callbacks[fd]
+                    except KeyError:
+                        continue  # forgotten by an earlier callback of this batch
+                    if ev == pollin:
+                        mask = read
+                    elif ev == pollout:
+                        mask = write
                     else:  # errors, hang-ups, both: what selectors reports, within the interest
-                        mask = (
-                            (EVENT_READ if ev & ~_POLLOUT else 0) | (EVENT_WRITE if ev & ~_POLLIN else 0)
-                        ) & masks.get(fd, 0)
+                        mask = ((read if ev & ~pollout else 0) | (write if ev & ~pollin else 0)) & masks.get(fd, 0)
                     try:
                         cb(mask)
                     except Exception:
                         log.exception("callback for fd %d failed", fd)
-                while timers and timers[0].when <= now:
-                    timer = heapq.heappop(timers)
-                    if timer.cancelled:
-                        self._cancelled_timers -= 1
-                        continue
-                    timer.cancelled = True  # a fired timer can no longer be cancelled
-                    ready.append((timer.callback, timer.args))
+                if timers and timers[0].when <= now:
+                    while timers and timers[0].when <= now:
+                        timer = heappop(timers)
+                        if timer.cancelled:
+                            self._cancelled_timers -= 1
+                            continue
+                        timer.cancelled = True  # a fired timer can no longer be cancelled
+                        ready.append((timer.callback, timer.args))
                 if self._cancelled_timers > 64 and self._cancelled_timers > len(timers) * CANCELLED_COMPACT_RATIO:
-                    self._timers[:] = [t for t in timers if not t.cancelled]
-                    heapq.heapify(self._timers)
+                    timers[:] = [t for t in timers if not t.cancelled]
+                    heapq.heapify(timers)
                     self._cancelled_timers = 0
-                for _ in range(len(ready)):
-                    cb, args = ready.popleft()
-                    try:
-                        cb(*args)
-                    except Exception:
-                        log.exception("scheduled callback %r failed", cb)
+                if ready:
+                    for _ in range(len(ready)):
+                        cb, args = popleft()
+                        try:
+                            cb(*args)
+                        except Exception:
+                            log.exception("scheduled callback %r failed", cb)
         finally:
             self._running = False
 

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..io.loop import Loop, Timer
-from .pump import Pump
+from ..io.streams import EVENT_READ
+from .pump import FlowState, Pump
 from .wscontrol import NEVER, attach
 
 __all__ = ["AsyncTunnel"]
+
+_OPEN = FlowState.OPEN
 
 
 class AsyncTunnel:
@@ -33,7 +36,21 @@ class AsyncTunnel:
         on_close: called once with the pump when the tunnel has ended.
     """
 
-    __slots__ = ("loop", "pump", "scratch", "idle_timeout", "send_timeout", "on_close", "_timer", "_stall_timer", "_cfd", "_bfd", "_ctl_timer", "_detached")
+    __slots__ = (
+        "loop",
+        "pump",
+        "scratch",
+        "idle_timeout",
+        "send_timeout",
+        "on_close",
+        "_timer",
+        "_stall_timer",
+        "_cfd",
+        "_bfd",
+        "_ctl_timer",
+        "_detached",
+        "_steady",
+    )
 
     def __init__(
         self,
@@ -55,6 +72,10 @@ class AsyncTunnel:
         self._stall_timer: Optional[Timer] = None
         self._ctl_timer: Optional[Timer] = None  # the pump's Control's next due time
         self._detached = False  # a binary upgrade took the pump: callbacks still queued do nothing
+        #: both ends watched for reading only, both flows OPEN with nothing buffered, no
+        #: TLS, no global cap, no Control: a read event needs only the pump's ``read``,
+        #: and leaves the interest as it was unless that read buffered, ended or failed.
+        self._steady = False
         self._cfd = pump.client.fileno()
         self._bfd = pump.backend.fileno()
 
@@ -124,22 +145,37 @@ class AsyncTunnel:
         self._stop_driving()
 
     def _on_client(self, mask: int) -> None:
-        if self._detached:
-            return  # an event of the same wake-up as the detach
         pump = self.pump
-        pump.on_event(True, mask, self.scratch)
-        pump.last_activity = self.loop.now
+        if self._steady:  # the mask is EVENT_READ: nothing else is watched
+            flow = pump.c2b
+            pump.read(flow, self.scratch)
+            pump.last_activity = self.loop.now
+            if flow.pending is None and flow.state is _OPEN and not pump.done:
+                return  # still steady: the interest is what it was
+        else:
+            if self._detached:
+                return  # an event of the same wake-up as the detach
+            pump.on_event(True, mask, self.scratch)
+            pump.last_activity = self.loop.now
         self._after()
 
     def _on_backend(self, mask: int) -> None:
-        if self._detached:
-            return  # an event of the same wake-up as the detach
         pump = self.pump
-        pump.on_event(False, mask, self.scratch)
-        pump.last_activity = self.loop.now
+        if self._steady:
+            flow = pump.b2c
+            pump.read(flow, self.scratch)
+            pump.last_activity = self.loop.now
+            if flow.pending is None and flow.state is _OPEN and not pump.done:
+                return
+        else:
+            if self._detached:
+                return  # an event of the same wake-up as the detach
+            pump.on_event(False, mask, self.scratch)
+            pump.last_activity = self.loop.now
         self._after()
 
     def _after(self) -> None:
+        self._steady = False
         if self._detached:
             return
         pump = self.pump
@@ -161,8 +197,18 @@ class AsyncTunnel:
         if pump.more:  # a TLS source may hold decrypted bytes no poll reports
             pump.more = False
             loop.call_soon(self._poke)
-        elif pump.budget is not None and pump.budget.exhausted and not (cmask or bmask):
-            loop.call_later(0.05, self._after)  # paused by the global cap: look again soon
+        elif pump.budget is not None:
+            if pump.budget.exhausted and not (cmask or bmask):
+                loop.call_later(0.05, self._after)  # paused by the global cap: look again soon
+        elif (
+            cmask == EVENT_READ
+            and bmask == EVENT_READ
+            and ctl is None
+            and pump.c2b.src_tls is None
+            and pump.b2c.src_tls is None
+        ):
+            # Both flows OPEN with nothing pending (else a mask would differ), plain sockets.
+            self._steady = True
 
     def _poke(self) -> None:
         if not self.pump.done and not self._detached:
@@ -207,6 +253,7 @@ class AsyncTunnel:
             cb(self.pump)
 
     def _stop_driving(self) -> None:
+        self._steady = False
         loop = self.loop
         loop.forget(self._cfd)  # both are closed below: no epoll_ctl needed
         loop.forget(self._bfd)

@@ -77,6 +77,7 @@ def _flow_state(flow: Flow, blobs: list[bytes]) -> dict[str, Any]:
 
 def freeze(pump: Pump) -> tuple[dict[str, Any], list[bytes]]:
     """The state of a stopped pump and its byte blobs (see the module docstring)."""
+    pump.release_pipes()  # a bulk flow's pipe is empty between events: nothing to carry
     blobs: list[bytes] = []
     state: dict[str, Any] = {
         "c2b": _flow_state(pump.c2b, blobs),

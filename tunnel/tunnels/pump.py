@@ -16,6 +16,12 @@ Rules (docs/httpd-behaviour.md: R24-R30; docs/performance.md for the figures):
 * Reads go into a scratch buffer the driver owns and shares among all its tunnels; a
   chunk is sent at once from a memoryview of it, and only what the peer did not accept
   is copied into the flow's ``pending`` bytearray. An idle flow holds no buffer.
+* A bulk flow between two plain sockets that needs no look at its bytes (no TLS, no
+  frame follower, no global cap, no Control) moves through a pipe with ``splice``
+  instead (``splicing.py``): entered when a read fills the scratch buffer, left when
+  little is queued; the pipe is empty between events (what the destination did not
+  take becomes ``pending``: at most one chunk, as from a copying read), and a WebSocket
+  stream's last 131 bytes are still read by copy, so the tail check below sees them.
 * While a flow's pending bytes are at or above ``high_water`` its source is not read:
   memory per tunnel is bounded whatever the peers do. The same holds for a shared
   ``Budget`` across all tunnels (``TunnelBufferLimit``).
@@ -44,15 +50,16 @@ bug reported with both names::
 
 from __future__ import annotations
 
-import enum
 import mmap
-import ssl
-import threading
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from ..io.streams import EVENT_READ, EVENT_WRITE, NOT_CONNECTED, WOULD_BLOCK, Endpoint, shutdown_write
 from ..io.tls import TLSStream
 from ..protocol.frames import FrameFollower
+from .budget import CAPPED_CHUNK, Budget
+from .flow import TRANSITIONS, Flow, FlowState, RelayStateError
+from .flow import Event as _Event
+from .splicing import close_pipe, open_pipe, splice_burst, spliceable
 
 __all__ = [
     "Pump",
@@ -63,7 +70,7 @@ __all__ = [
     "HIGH_WATER",
     "READ_BUDGET",
     "new_scratch",
-
+    "CAPPED_CHUNK",
 ]
 
 #: Size of the scratch buffer each driver owns: 256 KiB measured best on loopback
@@ -74,41 +81,7 @@ SCRATCH_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024
 #: Most reads per readiness event (fairness on a shared loop, R28).
 READ_BUDGET = 8
-#: Largest read of a flow with nothing buffered while the global cap (``Budget``) is
-#: exhausted: such a flow still moves (no tunnel starves), and N tunnels add at most
-#: N of these over the cap, plus one scratch for the read that crossed it.
-CAPPED_CHUNK = 16 * 1024
-
-
-
-
-class FlowState(enum.Enum):
-    OPEN = "open"  # reading from the source, sending to the destination
-    EOF_READ = "eof-read"  # the source ended; pending bytes still to send
-    SHUT_WR = "shut-wr"  # everything sent, destination's write side shut
-    CLOSED = "closed"  # ended by an error
-
-
-class _Event(enum.Enum):
-    EOF = "eof"  # the source returned b"" with bytes still pending
-    EOF_FLUSHED = "eof-flushed"  # the source returned b"" with nothing pending
-    FLUSHED = "flushed"  # the last pending byte after EOF went out
-    ERROR = "error"
-
-
-TRANSITIONS: dict[tuple[FlowState, _Event], FlowState] = {
-    (FlowState.OPEN, _Event.EOF): FlowState.EOF_READ,
-    (FlowState.OPEN, _Event.EOF_FLUSHED): FlowState.SHUT_WR,
-    (FlowState.EOF_READ, _Event.FLUSHED): FlowState.SHUT_WR,
-    (FlowState.OPEN, _Event.ERROR): FlowState.CLOSED,
-    (FlowState.EOF_READ, _Event.ERROR): FlowState.CLOSED,
-    (FlowState.SHUT_WR, _Event.ERROR): FlowState.CLOSED,
-    (FlowState.CLOSED, _Event.ERROR): FlowState.CLOSED,
-}
-
-
-class RelayStateError(RuntimeError):
-    """A transition the table does not allow: a bug in the pump, never a peer's fault."""
+_ROUNDS = range(READ_BUDGET)
 
 
 def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
@@ -121,51 +94,11 @@ def new_scratch(size: int = SCRATCH_SIZE) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-class Budget:
-    """Bytes buffered across many tunnels, against one limit (``TunnelBufferLimit``).
-
-    Shared by the loop thread and every sync tunnel thread, so ``take`` and ``give`` are
-    locked: unlocked ``+=`` from two threads can lose an update, and the count would
-    drift away from the bytes really held. ``limit`` 0 means no limit.
-    """
-
-    __slots__ = ("limit", "used", "_lock")
-
-    def __init__(self, limit: int = 0) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    @property
-    def exhausted(self) -> bool:
-        return self.limit > 0 and self.used >= self.limit
-
-    def take(self, n: int) -> None:
-        """``n`` more bytes are buffered."""
-        with self._lock:
-            self.used += n
-
-    def give(self, n: int) -> None:
-        """``n`` buffered bytes are gone (sent, or dropped with their tunnel)."""
-        with self._lock:
-            self.used -= n
-
-    def reserve(self, size: int) -> int:
-        """Count up to ``size`` bytes before a read that may have to keep them.
-
-        Returns the bytes granted: what is left under the limit, but never less than
-        `CAPPED_CHUNK` nor more than ``size``; the caller gives back what it did not keep.
-        Counting before the read is what bounds the total when sync threads read at
-        once (each would otherwise see room and read a whole scratch buffer).
-        """
-        with self._lock:
-            grant = min(size, max(self.limit - self.used, CAPPED_CHUNK)) if self.limit > 0 else size
-            self.used += grant
-            return grant
-
-
 #: A Close frame's longest form: 2 header bytes, a 4-byte mask, 125 bytes of payload.
 _LONGEST_CLOSE = 131
+#: A final Close frame's first byte: a tail without it cannot end with a Close, so an
+#: idle flow whose last read had none keeps no tail (``_lone_close`` is False for both).
+_CLOSE_OPCODE = 0x88
 
 
 def _lone_close(data: Optional[bytes], masked: bool) -> bool:
@@ -183,50 +116,6 @@ def _lone_close(data: Optional[bytes], masked: bool) -> bool:
             if bool(b1 & 0x80) == masked and start + extra + (b1 & 0x7F) == end and b1 & 0x7F <= 125:
                 return True
     return False
-
-
-class Flow:
-    """One direction of a tunnel: bytes read from ``src`` and sent to ``dst``."""
-
-    __slots__ = ("name", "src", "dst", "pending", "state", "count", "src_tls", "dst_tls", "frames", "last")
-
-    def __init__(self, name: str, src: Endpoint, dst: Endpoint) -> None:
-        self.name = name
-        self.src = src
-        self.dst = dst
-        #: bytes read from src that dst has not accepted yet (None when none).
-        self.pending: Optional[bytearray] = None
-        self.state = FlowState.OPEN
-        #: bytes read from the source (all of them reach dst unless the tunnel aborts),
-        #: the early bytes handed to the pump with the heads included.
-        self.count = 0
-        #: the frame follower of a websocket tunnel's flow, else None.
-        self.frames: Optional[FrameFollower] = None
-        #: on a websocket tunnel whose frames are not followed (``Pump.close_watch``):
-        #: the last 131 bytes of the last read (room for a whole Close frame).
-        self.last: Optional[bytes] = None
-        #: src when it is TLS (its engine may hold decrypted bytes: ``pending()``), else None.
-        self.src_tls: Optional[Union[ssl.SSLSocket, TLSStream]] = (
-            src if isinstance(src, (ssl.SSLSocket, TLSStream)) else None
-        )
-        #: dst when it may hold encrypted bytes of its own (``TLSStream.unsent``) to
-        #: flush, else None.
-        self.dst_tls: Optional[TLSStream] = dst if isinstance(dst, TLSStream) else None
-
-    @property
-    def backlog(self) -> bool:
-        """Bytes of this flow not yet handed to the kernel (pending or TLS ciphertext);
-        never for a CLOSED flow, whose destination is gone."""
-        if self.state is FlowState.CLOSED:
-            return False
-        return self.pending is not None or (self.dst_tls is not None and self.dst_tls.unsent > 0)
-
-    @property
-    def pending_len(self) -> int:
-        return len(self.pending) if self.pending is not None else 0
-
-    def __repr__(self) -> str:
-        return f"<Flow {self.name} {self.state.value} read={self.count} pending={self.pending_len}>"
 
 
 class Pump:
@@ -381,6 +270,7 @@ class Pump:
 
     def close(self) -> None:
         """Close both endpoints (idempotent). Call once the pump is done."""
+        self.release_pipes()
         for end in (self.client, self.backend):
             try:
                 end.close()
@@ -423,9 +313,7 @@ class Pump:
     # -- internals ---------------------------------------------------------------------
     def _mask(self, outgoing: Flow, incoming: Flow) -> int:
         mask = 0
-        if outgoing.state is FlowState.OPEN and (
-            outgoing.pending is None or len(outgoing.pending) < self.high_water
-        ):
+        if outgoing.state is FlowState.OPEN and (outgoing.pending is None or len(outgoing.pending) < self.high_water):
             budget = self.budget
             if budget is None or not budget.exhausted or outgoing.pending is None:
                 mask = EVENT_READ
@@ -442,9 +330,96 @@ class Pump:
         except KeyError:
             raise RelayStateError(f"no transition from {state.value} on {event.value}") from None
 
-    def _read(self, flow: Flow, scratch: memoryview) -> None:
-        if flow.pending is not None and len(flow.pending) >= self.high_water:
+    def read(self, flow: Flow, scratch: memoryview) -> None:
+        """Read ``flow``'s source (it is ready) and pass what comes to its destination:
+        ``on_event``'s read half, for a driver that knows the flow is OPEN and the pump
+        not done (the async driver's steady path)."""
+        pending = flow.pending
+        if pending is not None and len(pending) >= self.high_water:
             return  # paused (a poke after a hand-over, or a stale event): keep the bound
+        if self.budget is not None or self.ctl is not None:
+            self._read_counted(flow, scratch)
+            return
+        # The plain path (no global cap, no frames of the proxy's own): what every busy
+        # tunnel runs per event, with its lookups bound once.
+        src = flow.src  # methods called on it, not bound ahead: one call is the common case
+        dst = flow.dst
+        frames = flow.frames
+        watch = self.close_watch
+        size = len(scratch)
+        high = self.high_water
+        pipe = flow.pipe
+        if pipe is not None and pending is None:  # a bulk flow: splice while enough is queued
+            moved = splice_burst(self._fail, flow, pipe, watch, size, READ_BUDGET)
+            if moved < 0:
+                return
+            if not moved:  # too little queued: not bulk any more
+                self._unsplice(flow)
+                pipe = None
+            elif not watch:
+                return  # more queued later is reported again (level-triggered readiness)
+            # else: the stream's last bytes, left queued, are copied by one read below
+        rounds = READ_BUDGET if pipe is None else 1
+        while rounds:
+            rounds -= 1
+            try:
+                n = src.recv_into(scratch)
+            except WOULD_BLOCK:
+                return
+            except (OSError, ValueError) as exc:
+                self._fail(flow.name.split("->")[0], "read from", exc)
+                return
+            if not n:
+                self._eof(flow)
+                return
+            flow.count += n
+            chunk = scratch[:n] if n < size else scratch
+            if frames is not None:
+                frames.feed(chunk)
+            elif watch:  # the read's tail: a Close ends a stream
+                tail = bytes(chunk) if n <= _LONGEST_CLOSE else bytes(chunk[-_LONGEST_CLOSE:])
+                flow.last = tail if _CLOSE_OPCODE in tail else None  # no 0x88, no Close: keep nothing
+            if pending is not None:
+                pending += chunk
+                if len(pending) >= high:
+                    return
+            else:
+                try:
+                    sent = dst.send(chunk)
+                except WOULD_BLOCK:
+                    sent = 0
+                except (OSError, ValueError) as exc:
+                    self._fail(flow.name.split("->")[1], "send to", exc)
+                    return
+                if sent < n:
+                    flow.pending = pending = bytearray(chunk[sent:])
+                    if n - sent >= high:
+                        return
+            if n < size:
+                if flow.src_tls is None:
+                    return  # a short read: the kernel buffer is most likely empty
+            elif pipe is None and pending is None and frames is None and spliceable(flow):
+                pipe = flow.pipe = open_pipe()  # the read filled the scratch: a bulk flow
+        if flow.src_tls is not None:
+            self.more = True
+
+    _read = read
+
+    @staticmethod
+    def _unsplice(flow: Flow) -> None:
+        pipe = flow.pipe
+        if pipe is not None:
+            flow.pipe = None
+            close_pipe(pipe)
+
+    def release_pipes(self) -> None:
+        """Close the flows' pipes (they are empty between events): a pump about to be
+        handed over or dropped. Idempotent."""
+        self._unsplice(self.c2b)
+        self._unsplice(self.b2c)
+
+    def _read_counted(self, flow: Flow, scratch: memoryview) -> None:
+        """`read` with a global cap (``Budget``) or a `Control` that may hold reads."""
         budget = self.budget
         if budget is not None and budget.exhausted:
             if flow.pending is not None:
@@ -457,7 +432,7 @@ class Pump:
         src_recv = flow.src.recv_into
         frames = flow.frames
         watch = self.close_watch
-        for _ in range(READ_BUDGET):
+        for _ in _ROUNDS:
             view = scratch
             grant = kept = 0
             if budget is not None:
@@ -478,8 +453,9 @@ class Pump:
                 chunk = view[:n]
                 if frames is not None:
                     frames.feed(chunk)
-                elif watch:
-                    flow.last = bytes(chunk[-_LONGEST_CLOSE:])  # the read's tail: a Close ends a stream
+                elif watch:  # the read's tail: a Close ends a stream
+                    tail = bytes(chunk[-_LONGEST_CLOSE:])
+                    flow.last = tail if _CLOSE_OPCODE in tail else None
                 pending = flow.pending
                 if pending is not None:
                     pending += chunk
@@ -498,9 +474,7 @@ class Pump:
             finally:
                 if budget is not None:
                     budget.give(grant - kept)  # what the read did not leave buffered
-            if pending is not None and (
-                len(pending) >= self.high_water or (budget is not None and budget.exhausted)
-            ):
+            if pending is not None and (len(pending) >= self.high_water or (budget is not None and budget.exhausted)):
                 return
             if n < len(view) and flow.src_tls is None:
                 return  # a short read: the kernel buffer is most likely empty
@@ -531,6 +505,7 @@ class Pump:
             self.more = True
 
     def _eof(self, flow: Flow) -> None:
+        self._unsplice(flow)
         if flow.pending is not None:
             flow.state = self._move(flow.state, _Event.EOF)
         else:
@@ -595,6 +570,7 @@ class Pump:
             self.reason = self.reason or ("eof" if self.ctl is None else self.ctl.end_reason())
 
     def _drop(self, flow: Flow) -> None:
+        self._unsplice(flow)
         if flow.pending is not None and self.budget is not None:
             self.budget.give(len(flow.pending))
         flow.pending = None
