@@ -62,36 +62,49 @@ def backend_headers(
     out: list[tuple[str, str]] = []
     client_host = head.get("host")
     out.append(("Host", client_host if preserve_host and client_host else host))
+    forwarded: Optional[dict[str, int]] = None  # X-Forwarded-* lines the client sent: where
     for name, value in head.headers:
         low = name.lower()
-        framing = keep_framing and low in ("content-length", "transfer-encoding")
-        if low == "host" or (low in named and not framing):
-            continue  # (a Connection naming the body's framing must not lose the body)
-        if low in HOP_BY_HOP and not (keep_framing and low == "transfer-encoding"):
-            continue
-        if low == "content-length" and not keep_framing:
-            continue
+        if keep_framing:
+            framing = low in ("content-length", "transfer-encoding")
+            if low == "host" or (low in named and not framing):
+                continue  # (a Connection naming the body's framing must not lose the body)
+            if low in HOP_BY_HOP and low != "transfer-encoding":
+                continue
+        elif low in _NOT_FORWARDED or low in named:
+            continue  # hop-by-hop, Host (set above), the framing, Expect (R14)
         if low == "expect":
             continue  # 100-continue is answered by the proxy's own h11 flow
+        if low in _FORWARDED_LOW:
+            if forwarded is None:
+                forwarded = {}
+            forwarded.setdefault(low, len(out))
         out.append((name, value))
     if add_headers:
-        for name, value in (
-            ("X-Forwarded-For", client_ip),
-            ("X-Forwarded-Host", client_host or ""),
-            ("X-Forwarded-Server", server_name),
+        for name, low, value in (
+            ("X-Forwarded-For", "x-forwarded-for", client_ip),
+            ("X-Forwarded-Host", "x-forwarded-host", client_host or ""),
+            ("X-Forwarded-Server", "x-forwarded-server", server_name),
         ):
             if not value:
                 continue
-            for i, (k, v) in enumerate(out):
-                if k.lower() == name.lower():
-                    out[i] = (k, f"{v}, {value}")
-                    break
-            else:
+            at = forwarded.get(low) if forwarded is not None else None
+            if at is None:
                 out.append((name, value))
+            else:
+                k, v = out[at]
+                out[at] = (k, f"{v}, {value}")
     if upgrade_token is not None:
         out.append(("Connection", "Upgrade"))
         out.append(("Upgrade", upgrade_token))
     return out
+
+
+#: Request headers never forwarded when the body's framing is not kept: hop-by-hop
+#: ones, Host (sent as the route says), Content-Length and Expect.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
+#: The X-Forwarded-* names a client's own lines are extended for (R51).
+_FORWARDED_LOW = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-server"})
 
 
 #: The one response head the tunnel path parses itself: a 101 with plain header lines.

@@ -85,12 +85,26 @@ class RequestHead:
     http_version: str
     headers: list[tuple[str, str]]
     raw_size: int = 0  # bytes of the head on the wire (for %I)
+    #: lower-case name -> value (repeats joined), built on the first lookup for the
+    #: ``headers`` list it was built from (a new list is indexed again).
+    _index: Optional[tuple[list[tuple[str, str]], dict[str, str]]] = field(default=None, init=False, repr=False, compare=False)
+
+    def _lookup(self) -> dict[str, str]:
+        index = self._index
+        headers = self.headers
+        if index is not None and index[0] is headers:
+            return index[1]
+        table: dict[str, str] = {}
+        for k, v in headers:
+            low = k.lower()
+            had = table.get(low)
+            table[low] = v if had is None else f"{had}, {v}"
+        self._index = (headers, table)
+        return table
 
     def get(self, name: str) -> Optional[str]:
         """The header's value, repeated lines joined with ", " (R12), or None."""
-        name = name.lower()
-        values = [v for k, v in self.headers if k.lower() == name]
-        return ", ".join(values) if values else None
+        return self._lookup().get(name.lower())
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -98,7 +112,7 @@ class RequestHead:
 
     def tokens(self, name: str) -> list[str]:
         """The comma-separated tokens of a header, lower-cased, empty ones dropped."""
-        value = self.get(name)
+        value = self._lookup().get(name.lower())
         return [t.lower() for t in TOKEN_SPLIT.split(value.strip())] if value else []
 
     @property
