@@ -60,6 +60,9 @@ from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy
 from .tunnels.sync_driver import HOLD_GIL_FROM, PoolFull, ThreadPool, run_sync
 from .tunnels.wscontrol import attach, tracks_frames
 
+#: The engine's counter of tunnels opened with each strategy.
+_STRATEGY_KEYS = {strategy: f"tunnels.{strategy.value}" for strategy in Strategy}
+
 __all__ = ["Engine"]
 
 #: The GOAWAY code of a connection closed by ``stop`` (RFC 9113: NO_ERROR, graceful).
@@ -464,15 +467,20 @@ class Engine(Lifecycle, Closing, Upgrade):
             return list(self._live)
 
     def _note_start(self, ts: TunnelStart, strategy: Strategy) -> None:
-        with self._lock:
-            self.stats[f"tunnels.{strategy}"] += 1
-            self.stats["tunnels.open"] += 1
-            self._live[ts.pump] = ts
-        ts.exchange.notes["tunnel_id"] = self.recorder.tunnel_opened(ts, str(strategy))
-        ts.exchange.notes["strategy"] = strategy
-        scope = ts.scope
         pump = ts.pump
-        if _is_websocket(ts.exchange) and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set):
+        with self._lock:
+            self.stats[_STRATEGY_KEYS[strategy]] += 1
+            self.stats["tunnels.open"] += 1
+            self._live[pump] = ts
+        notes = ts.exchange.notes
+        notes["tunnel_id"] = self.recorder.tunnel_opened(ts, strategy.value)
+        notes["strategy"] = strategy
+        scope = ts.scope
+        if (
+            pump.c2b.frames is None  # a pump made with websocket=True follows them already
+            and _is_websocket(ts.exchange)
+            and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set)
+        ):
             pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
         if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
             attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)
@@ -576,16 +584,17 @@ class Engine(Lifecycle, Closing, Upgrade):
         ex.notes["close_reason"] = pump.reason
         ex.notes["to_backend"] = str(pump.c2b.count)
         ex.notes["to_client"] = str(pump.b2c.count)
-        log.info(
-            "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
-            ex.peer[0],
-            ex.notes.get("backend", "?"),
-            pump.reason,
-            pump.c2b.count,
-            pump.b2c.count,
-            time.monotonic() - ex.started,
-            ex.notes.get("strategy", "?"),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
+                ex.peer[0],
+                ex.notes.get("backend", "?"),
+                pump.reason,
+                pump.c2b.count,
+                pump.b2c.count,
+                time.monotonic() - ex.started,
+                ex.notes.get("strategy", "?"),
+            )
         self._log_exchange(ex)
         # Counted last: whoever sees the tunnel counted as closed (a status page, a test
         # waiting on it) also finds its log lines and its balancer counters written.

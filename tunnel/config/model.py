@@ -98,15 +98,20 @@ class Target:
     def default_port(self) -> int:
         return 443 if self.tls else 80
 
-    @property
+    @functools.cached_property
     def authority(self) -> str:
-        """``host[:port]`` as the Host header names it (port left out when default)."""
+        """``host[:port]`` as the Host header names it (port left out when default).
+        Worked out once per target (every request to it sends it)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == self.default_port else f"{host}:{self.port}"
 
-    def __str__(self) -> str:
+    @functools.cached_property
+    def _text(self) -> str:
         base = f"{self.scheme}://{self.authority}{self.path}"
         return f"unix:{self.unix_path}|{base}" if self.unix_path else base
+
+    def __str__(self) -> str:
+        return self._text
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,14 @@ class ProxyRule:
     balancer_upgrade: Optional[tuple[str, ...]] = None
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @functools.cached_property
+    def route_name(self) -> str:
+        """How logs name the route: its path and configuration line."""
+        return f"{self.path} ({self.where})"
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,18 @@ class Acceptor:
         self.loop = loop
         self.sock = sock
         self.listener = listener
+        # What an accepted socket is made with: plain ints, where ``socket.accept`` turns
+        # the listener's into enums again for every connection.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         loop.register(sock, EVENT_READ, self._on_ready)
 
     def _on_ready(self, mask: int) -> None:
+        accept: Callable[[], tuple[int, PeerAddress]] = self.sock._accept  # type: ignore[attr-defined]
+        family, type_, proto = self._kind
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, peer = self.sock.accept()
+                fd, peer = accept()
+                conn = socket.socket(family, type_, proto, fd)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

@@ -320,7 +320,7 @@ def _handle(
     head, decision = envphase.fixups(decision, head, ex, sock)  # SetEnv, RequestHeader (R81, R83)
     scope = decision.scope
     rule = decision.rule
-    ex.notes["route"] = f"{rule.path} ({rule.where})"
+    ex.notes["route"] = rule.route_name
     ex.notes["route_at"] = rule.where  # a bounded metrics label (R113)
     offered = head.get("upgrade")
     if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
