@@ -116,6 +116,9 @@ class Engine(Lifecycle, Closing, Upgrade):
         self.balancers = Balancers(config.balancers, clock=time.monotonic, lock=threading.Lock)
         self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
         self.access_log = AccessLog(config.log.custom_logs, config.log.conditions)
+        request_names, response_names = self.access_log.header_names()
+        #: what an open tunnel keeps of its heads (`Services.kept_headers`)
+        self.kept_headers = (request_names, response_names | {"upgrade"})
         #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
         self.stats: Counter[str] = Counter()
         self._forced_host = host
@@ -734,6 +737,10 @@ class _Services(Services):
 
     def log_exchange(self, ex: Exchange) -> None:
         self._engine._log_exchange(ex)
+
+    @property
+    def kept_headers(self) -> tuple[frozenset[str], frozenset[str]]:
+        return self._engine.kept_headers
 
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()

@@ -115,6 +115,11 @@ class RequestHead:
         value = self._lookup().get(name.lower())
         return [t.lower() for t in TOKEN_SPLIT.split(value.strip())] if value else []
 
+    def kept(self, names: frozenset[str]) -> RequestHead:
+        """This head with only the header lines whose lower-case name is in ``names``
+        (what a tunnel keeps for its access-log entry once the 101 is out)."""
+        return RequestHead(self.method, self.target, self.http_version, [h for h in self.headers if h[0].lower() in names], self.raw_size)
+
     @property
     def request_line(self) -> str:
         return f"{self.method} {self.target} HTTP/{self.http_version}"

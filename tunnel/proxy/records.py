@@ -76,7 +76,7 @@ class H2Start:
     sni_name: Optional[str] = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TunnelStart:
     """What ``serve_client`` returns when a tunnel is to be started by the caller."""
 

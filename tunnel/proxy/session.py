@@ -371,7 +371,13 @@ def _handle(
             ex.status = 101
             ex.bytes_out += len(data)
             ex.tunnel = True
-            ex.response_headers = response.headers
+            # An open tunnel keeps of its heads only what its access-log entry and the
+            # status pages will read: the request line and the header lines the log
+            # formats name, and the 101's Upgrade (a WebSocket tunnel or not).
+            keep_request, keep_response = engine.kept_headers
+            if ex.head is not None:
+                ex.head = ex.head.kept(keep_request)
+            ex.response_headers = [h for h in response.headers if h[0].lower() in keep_response]
             early = front.take_buffer()
             # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
