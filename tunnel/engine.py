@@ -523,14 +523,16 @@ class Engine(Lifecycle, Closing, Upgrade):
             ts.pump.close()
             self._tunnel_closed(ts)
             return
+        on_close = _AsyncClosed(self, ts)
         tunnel = AsyncTunnel(
             loop,
             ts.pump,
             self._scratch,
             idle_timeout=ts.idle_timeout,
             send_timeout=ts.scope.timeout,
-            on_close=lambda pump: self._async_closed(tunnel, ts),
+            on_close=on_close,
         )
+        on_close.tunnel = tunnel
         self._tunnels.add(tunnel)
         tunnel.start(fresh=fresh, restored=restored)
 
@@ -650,6 +652,22 @@ class Engine(Lifecycle, Closing, Upgrade):
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
+
+
+class _AsyncClosed:
+    """An async tunnel's close callback: a slotted object where a closure over the
+    engine, the tunnel and its start took three objects for every open tunnel."""
+
+    __slots__ = ("engine", "ts", "tunnel")
+
+    def __init__(self, engine: Engine, ts: TunnelStart) -> None:
+        self.engine = engine
+        self.ts = ts
+        self.tunnel: Optional[AsyncTunnel] = None
+
+    def __call__(self, pump: Pump) -> None:
+        assert self.tunnel is not None
+        self.engine._async_closed(self.tunnel, self.ts)
 
 
 class _Services(Services):

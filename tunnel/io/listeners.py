@@ -53,6 +53,13 @@ def open_listener(listener: Listener, *, reuse_port: bool = False, listen: bool 
     return sock
 
 
+#: Client addresses as text, one string per address however many connections come
+#: from it (an open tunnel keeps its peer for the logs and the status pages). Bounded:
+#: a table that fills is emptied (only sharing is lost).
+_PEER_IPS: dict[str, str] = {}
+_PEER_IPS_MAX = 4096
+
+
 class Acceptor:
     """Accepts on one listening socket, a batch per wake-up; rests on EMFILE."""
 
@@ -73,6 +80,14 @@ class Acceptor:
             try:
                 fd, peer = accept()
                 conn = socket.socket(family, type_, proto, fd)
+                if type(peer) is tuple:
+                    ip = peer[0]
+                    shared = _PEER_IPS.get(ip)
+                    if shared is None:
+                        if len(_PEER_IPS) >= _PEER_IPS_MAX:
+                            _PEER_IPS.clear()
+                        shared = _PEER_IPS[ip] = ip
+                    peer = (shared, *peer[1:])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

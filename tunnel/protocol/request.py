@@ -55,6 +55,10 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
 _SIMPLE_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") (" + TARGET + rb") HTTP/1\.1")
 
 
+#: The common methods' names, one string each for every head that has them.
+_METHODS = {m.encode("ascii"): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+
+
 def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     """Read the common request head without h11: HTTP/1.1, no body framing, one Host,
     every line within the limits and of plain form. None for anything else, which h11
@@ -66,7 +70,8 @@ def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     start = _SIMPLE_REQUEST_LINE.fullmatch(lines[0])
     if start is None:
         return None
-    method = start.group(1).decode("ascii")
+    raw_method = start.group(1)
+    method = _METHODS.get(raw_method) or raw_method.decode("ascii")
     if method == "CONNECT":
         return None
     headers = []
