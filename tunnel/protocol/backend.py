@@ -19,7 +19,6 @@ from wsproto.utilities import generate_accept_token
 
 from ..errors import BadGateway, BadRequest
 from .heads import (
-    FIELD_LINE,
     HOP_BY_HOP,
     MAX_RESPONSE_HEAD,
     TARGET,
@@ -27,8 +26,7 @@ from .heads import (
     VALUE,
     RequestHead,
     ResponseHead,
-    field_name,
-    field_value,
+    field_line,
 )
 
 __all__ = ["backend_headers", "BackendHandshake", "client_switch_bytes", "parse_101"]
@@ -108,7 +106,9 @@ _FORWARDED_LOW = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-
 
 
 #: The one response head the tunnel path parses itself: a 101 with plain header lines.
-_STATUS_101 = re.compile(rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_HEAD_101 = re.compile(
+    rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n((?:" + TOKEN + rb":[ \t]*" + VALUE + rb"[ \t]*\r\n)*)\r\n"
+)
 #: Where h11 sees the end of a head (it accepts bare LF line ends).
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A request head as h11 writes it: request line, "Name: value" lines, empty line.
@@ -146,17 +146,15 @@ def parse_101(buf: Union[bytes, bytearray]) -> Optional[tuple[ResponseHead, int]
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = buf[:end].split(b"\r\n")
-    status = _STATUS_101.fullmatch(lines[0])
+    status = _HEAD_101.fullmatch(buf, 0, end + 4)
     if status is None:
         return None
+    block = status.group(2)
     headers = []
-    for line in lines[1:]:
-        m = FIELD_LINE.fullmatch(line)
-        if m is None:
-            return None
-        raw_name, raw_value = m.groups()
-        headers.append((field_name(raw_name)[0], field_value(raw_value)))
+    if block:
+        for line in block[:-2].split(b"\r\n"):
+            name, _, value = field_line(line)
+            headers.append((name, value))
     reason = (status.group(1) or b"").decode("latin-1")
     return ResponseHead(status=101, reason=reason, http_version="1.1", headers=headers), end + 4
 

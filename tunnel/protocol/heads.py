@@ -76,6 +76,27 @@ def field_value(raw: bytes) -> str:
     return got
 
 
+#: Header lines read before, as (name, lower-case name, value), shared by every head
+#: that has them. Bounded: a table that fills is emptied (only sharing is lost).
+_LINES: dict[bytes, tuple[str, str, str]] = {}
+
+
+def field_line(line: bytes) -> tuple[str, str, str]:
+    """A header line a head's regex has checked (``name:[ \t]*value[ \t]*``, no CR LF)
+    as (name, lower-case name, value), shared when its value is short."""
+    got = _LINES.get(line)
+    if got is None:
+        raw_name, _, raw_value = line.partition(b":")
+        raw_value = raw_value.strip(b" \t")
+        name, low = field_name(raw_name)
+        got = (name, low, field_value(raw_value))
+        if len(raw_value) <= SHARED_VALUE_MAX:  # a longer one is most likely unique
+            if len(_LINES) >= SHARED_MAX:
+                _LINES.clear()
+            _LINES[line] = got
+    return got
+
+
 @dataclass(slots=True)
 class RequestHead:
     """A parsed request head. Header names keep the client's case; lookups ignore it."""
@@ -89,7 +110,9 @@ class RequestHead:
     #: ``headers`` list it was built from (a new list is indexed again).
     _index: Optional[tuple[list[tuple[str, str]], dict[str, str]]] = field(default=None, init=False, repr=False, compare=False)
 
-    def _lookup(self) -> dict[str, str]:
+    def index(self) -> dict[str, str]:
+        """The headers by lower-case name, repeated lines joined with ", " (R12); built
+        once for the ``headers`` list (a new list is indexed again). Read-only."""
         index = self._index
         headers = self.headers
         if index is not None and index[0] is headers:
@@ -104,7 +127,10 @@ class RequestHead:
 
     def get(self, name: str) -> Optional[str]:
         """The header's value, repeated lines joined with ", " (R12), or None."""
-        return self._lookup().get(name.lower())
+        index = self._index
+        if index is None or index[0] is not self.headers:
+            return self.index().get(name.lower())
+        return index[1].get(name.lower())
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -112,8 +138,12 @@ class RequestHead:
 
     def tokens(self, name: str) -> list[str]:
         """The comma-separated tokens of a header, lower-cased, empty ones dropped."""
-        value = self._lookup().get(name.lower())
-        return [t.lower() for t in TOKEN_SPLIT.split(value.strip())] if value else []
+        value = self.get(name)
+        if not value:
+            return []
+        if "," not in value:
+            return [value.strip().lower()]
+        return [t.lower() for t in TOKEN_SPLIT.split(value.strip())]
 
     def kept(self, names: frozenset[str]) -> RequestHead:
         """This head with only the header lines whose lower-case name is in ``names``
@@ -141,5 +171,8 @@ class ResponseHead:
 
     def get(self, name: str) -> Optional[str]:
         name = name.lower()
-        values = [v for k, v in self.headers if k.lower() == name]
-        return ", ".join(values) if values else None
+        found: Optional[str] = None
+        for k, v in self.headers:
+            if k.lower() == name:
+                found = v if found is None else f"{found}, {v}"
+        return found

@@ -322,7 +322,8 @@ def _handle(
     rule = decision.rule
     ex.notes["route"] = rule.route_name
     ex.notes["route_at"] = rule.where  # a bounded metrics label (R113)
-    offered = head.get("upgrade")
+    fields = head.index()
+    offered = fields.get("upgrade")
     if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
         log.debug("Upgrade: %s for %s passed as plain HTTP by %s: %s", _loggable(offered), _loggable(decision.local_path), ex.notes["route"], why_plain(rule, offered))
     token, key = check_upgrade(decision, head)
@@ -339,7 +340,7 @@ def _handle(
     try:
         backend_sock, target, member, balancer = yield from connect_backend(engine, scope, decision, head, ex, sock, front)
         hs = _forwarded_request(engine, head, decision, scope, target, ex, token=token, key=key)
-        has_body = head.get("content-length") not in (None, "0") or head.get("transfer-encoding") is not None
+        has_body = fields.get("content-length") not in (None, "0") or "transfer-encoding" in fields
         timeout = scope.head_timeout(rule)
         try:
             yield from sendall(backend_sock, hs.request_bytes(end=not has_body), clock() + timeout)
