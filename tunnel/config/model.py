@@ -460,6 +460,12 @@ class Scope:
     #: H2StreamMaxMemSize: bytes held per stream for the client before reading pauses.
     h2_stream_max_mem_size: int = DEFAULT_H2_STREAM_MAX_MEM_SIZE
 
+    @functools.cached_property
+    def uses_env(self) -> bool:
+        """Does any Header/RequestHeader/SetEnv*/SetEnvIf line apply in this scope or one
+        of its `<Location>` blocks? (Worked out once per scope.)"""
+        return bool(self.env) or any(loc.env for loc in self.locations)
+
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""
         if rule is not None and rule.timeout is not None:

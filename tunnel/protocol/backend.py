@@ -20,6 +20,7 @@ from wsproto.utilities import generate_accept_token
 from ..errors import BadGateway, BadRequest
 from .heads import (
     HOP_BY_HOP,
+    LINES,
     MAX_RESPONSE_HEAD,
     TARGET,
     TOKEN,
@@ -123,8 +124,7 @@ def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> O
     One regex checks the whole head; the line count catches a CR LF inside a value
     (which would otherwise read as two valid lines).
     """
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{n}: {v}" for n, v in headers]
+    lines = [f"{method} {target} HTTP/1.1", *map(": ".join, headers)]
     try:
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeError:
@@ -151,12 +151,16 @@ def parse_101(buf: Union[bytes, bytearray]) -> Optional[tuple[ResponseHead, int]
         return None
     block = status.group(2)
     headers = []
+    table: dict[str, str] = {}
     if block:
+        known = LINES
         for line in block[:-2].split(b"\r\n"):
-            name, _, value = field_line(line)
+            name, low, value = known.get(line) or field_line(line)
             headers.append((name, value))
+            had = table.get(low)
+            table[low] = value if had is None else f"{had}, {value}"
     reason = (status.group(1) or b"").decode("latin-1")
-    return ResponseHead(status=101, reason=reason, http_version="1.1", headers=headers), end + 4
+    return ResponseHead(101, reason, "1.1", headers, (headers, table)), end + 4
 
 
 class BackendHandshake:
@@ -314,10 +318,7 @@ def client_switch_bytes(response: ResponseHead, token: str) -> bytes:
     or Server added, ``Connection: Upgrade`` and ``Upgrade`` set again (R20)."""
     reason = response.reason or "Switching Protocols"
     lines = [f"HTTP/1.1 101 {reason}"]
-    for name, value in response.headers:
-        if name.lower() in HOP_BY_HOP:
-            continue
-        lines.append(f"{name}: {value}")
+    lines += [f"{name}: {value}" for name, value in response.headers if name.lower() not in HOP_BY_HOP]
     lines.append("Upgrade: " + (response.get("upgrade") or token).strip())
     lines.append("Connection: Upgrade")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

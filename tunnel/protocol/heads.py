@@ -78,22 +78,22 @@ def field_value(raw: bytes) -> str:
 
 #: Header lines read before, as (name, lower-case name, value), shared by every head
 #: that has them. Bounded: a table that fills is emptied (only sharing is lost).
-_LINES: dict[bytes, tuple[str, str, str]] = {}
+LINES: dict[bytes, tuple[str, str, str]] = {}
 
 
 def field_line(line: bytes) -> tuple[str, str, str]:
     """A header line a head's regex has checked (``name:[ \t]*value[ \t]*``, no CR LF)
     as (name, lower-case name, value), shared when its value is short."""
-    got = _LINES.get(line)
+    got = LINES.get(line)
     if got is None:
         raw_name, _, raw_value = line.partition(b":")
         raw_value = raw_value.strip(b" \t")
         name, low = field_name(raw_name)
         got = (name, low, field_value(raw_value))
         if len(raw_value) <= SHARED_VALUE_MAX:  # a longer one is most likely unique
-            if len(_LINES) >= SHARED_MAX:
-                _LINES.clear()
-            _LINES[line] = got
+            if len(LINES) >= SHARED_MAX:
+                LINES.clear()
+            LINES[line] = got
     return got
 
 
@@ -168,8 +168,14 @@ class ResponseHead:
     reason: str
     http_version: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: lower-case name -> value (repeats joined) for the ``headers`` list it is for, when
+    #: the reader had the names lower-cased already (`parse_101`)
+    index: Optional[tuple[list[tuple[str, str]], dict[str, str]]] = field(default=None, repr=False, compare=False)
 
     def get(self, name: str) -> Optional[str]:
+        index = self.index
+        if index is not None and index[0] is self.headers:
+            return index[1].get(name.lower())
         name = name.lower()
         found: Optional[str] = None
         for k, v in self.headers:

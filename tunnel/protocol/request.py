@@ -15,7 +15,7 @@ import h11
 
 from ..config.model import Limits
 from ..errors import BadRequest, HeaderFieldsTooLarge, MethodNotAllowed, URITooLong
-from .heads import HOST_VALUE, TARGET, TOKEN, VALUE, RequestHead, field_line
+from .heads import HOST_VALUE, LINES, TARGET, TOKEN, VALUE, RequestHead, field_line
 
 __all__ = ["FrontEnd", "check_raw_head"]
 
@@ -84,8 +84,9 @@ def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
         return None
     headers = []
     hosts = 0
+    known = LINES
     for line in fields:
-        name, low, value = field_line(line)
+        name, low, value = known.get(line) or field_line(line)
         if low == "host":
             if not HOST_VALUE.fullmatch(line.partition(b":")[2].strip(b" \t")):
                 return None
