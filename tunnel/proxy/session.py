@@ -428,19 +428,20 @@ def _forwarded_request(
 ) -> BackendHandshake:
     """The request to send to the backend: the routed path, the forwarded headers (R7,
     R8, R14, R51), and for a plain request ``Connection: close`` (one request each)."""
+    server_name = engine.server_name
     headers = backend_headers(
         head,
         host=target.authority,
         upgrade_token=token,
         client_ip=peer_ip(ex.peer),
         add_headers=scope.add_headers,
-        server_name=scope.server_name or engine.server_name,
+        server_name=scope.server_name or server_name,
         preserve_host=scope.preserve_host,
         keep_framing=not decision.tunnel or head.method != "GET",
     )
     if not decision.tunnel:
         headers.append(("Connection", "close"))
-    headers = request_via(headers, scope, engine.server_name, ex)
+    headers = request_via(headers, scope, server_name, ex)
     return BackendHandshake(head.method, decision.backend_path, headers, upgrade_token=token, client_key=key)
 
 
