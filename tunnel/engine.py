@@ -48,7 +48,7 @@ from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
 from .proxy.lifecycle import Drain, Lifecycle, bound_address, listener_key
 from .proxy.probes import Probes
-from .proxy.records import Exchange, H2Start, Inner, TunnelStart
+from .proxy.records import Exchange, H2Start, Inner, TunnelStart, kept_headers
 from .proxy.services import Services
 from .proxy.session import serve_client
 from .proxy.stats import Recorder, nonce_for, process_snapshot
@@ -116,9 +116,8 @@ class Engine(Lifecycle, Closing, Upgrade):
         self.balancers = Balancers(config.balancers, clock=time.monotonic, lock=threading.Lock)
         self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
         self.access_log = AccessLog(config.log.custom_logs, config.log.conditions)
-        request_names, response_names = self.access_log.header_names()
         #: what an open tunnel keeps of its heads (`Services.kept_headers`)
-        self.kept_headers = (request_names, response_names | {"upgrade"})
+        self.kept_headers = kept_headers(self.access_log)
         #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
         self.stats: Counter[str] = Counter()
         self._forced_host = host
