@@ -162,8 +162,14 @@ class Formatter:
     def __init__(self, fmt: str) -> None:
         fmt = fmt.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
         self.parts: list[Callable[[Entry], str]] = []
+        #: the request and response header names (lower case) the format reads
+        self.request_names: set[str] = set()
+        self.response_names: set[str] = set()
         pos = 0
         for m in _TOKEN.finditer(fmt):
+            if m.group(1) is not None and m.group(2) in ("i", "o"):
+                names = self.request_names if m.group(2) == "i" else self.response_names
+                names.add(m.group(1).lower())
             if m.start() > pos:
                 self.parts.append(_literal(fmt[pos : m.start()]))
             self.parts.append(self._directive(m.group(1), m.group(2)))
@@ -228,6 +234,10 @@ JSON_NOTES = ("route", "rewrite", "backend", "balancer", "member", "strategy", "
 
 class JsonFormatter:
     """``CustomLog FILE json``: the entry's fields as one JSON object."""
+
+    #: the request and response header names (lower case) a line carries
+    request_names = frozenset({"referer", "user-agent"})
+    response_names: frozenset[str] = frozenset()
 
     def format(self, e: Entry) -> str:
         record: dict[str, object] = {
@@ -302,6 +312,16 @@ class AccessLog:
     @property
     def enabled(self) -> bool:
         return bool(self._outs)
+
+    def header_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The request and response header names (lower case) any of the formats reads:
+        all an entry needs of the heads (a tunnel keeps no others while it is open)."""
+        request: set[str] = set()
+        response: set[str] = set()
+        for _, fmt, _, _ in self._outs:
+            request |= fmt.request_names
+            response |= fmt.response_names
+        return frozenset(request), frozenset(response)
 
     def write(self, e: Entry) -> None:
         if not self._outs:

@@ -48,7 +48,7 @@ from .proxy.explain import Explanation, explain
 from .proxy.h2conn import H2Server
 from .proxy.lifecycle import Drain, Lifecycle, bound_address, listener_key
 from .proxy.probes import Probes
-from .proxy.records import Exchange, H2Start, Inner, TunnelStart
+from .proxy.records import Exchange, H2Start, Inner, TunnelStart, kept_headers
 from .proxy.services import Services
 from .proxy.session import serve_client
 from .proxy.stats import Recorder, nonce_for, process_snapshot
@@ -59,6 +59,9 @@ from .tunnels.pump import Budget, Pump, new_scratch
 from .tunnels.strategy import LOOP_HOST, THREAD_HOST, HostCapabilities, Strategy, select_strategy
 from .tunnels.sync_driver import HOLD_GIL_FROM, PoolFull, ThreadPool, run_sync
 from .tunnels.wscontrol import attach, tracks_frames
+
+#: The engine's counter of tunnels opened with each strategy.
+_STRATEGY_KEYS = {strategy: f"tunnels.{strategy.value}" for strategy in Strategy}
 
 __all__ = ["Engine"]
 
@@ -113,6 +116,8 @@ class Engine(Lifecycle, Closing, Upgrade):
         self.balancers = Balancers(config.balancers, clock=time.monotonic, lock=threading.Lock)
         self.budget = Budget(config.buffer_limit) if config.buffer_limit else None
         self.access_log = AccessLog(config.log.custom_logs, config.log.conditions)
+        #: what an open tunnel keeps of its heads (`Services.kept_headers`)
+        self.kept_headers = kept_headers(self.access_log)
         #: counters: tunnels.sync, tunnels.async, tunnels.handed_over, tunnels.open, ...
         self.stats: Counter[str] = Counter()
         self._forced_host = host
@@ -464,15 +469,20 @@ class Engine(Lifecycle, Closing, Upgrade):
             return list(self._live)
 
     def _note_start(self, ts: TunnelStart, strategy: Strategy) -> None:
-        with self._lock:
-            self.stats[f"tunnels.{strategy}"] += 1
-            self.stats["tunnels.open"] += 1
-            self._live[ts.pump] = ts
-        ts.exchange.notes["tunnel_id"] = self.recorder.tunnel_opened(ts, str(strategy))
-        ts.exchange.notes["strategy"] = strategy
-        scope = ts.scope
         pump = ts.pump
-        if _is_websocket(ts.exchange) and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set):
+        with self._lock:
+            self.stats[_STRATEGY_KEYS[strategy]] += 1
+            self.stats["tunnels.open"] += 1
+            self._live[pump] = ts
+        notes = ts.exchange.notes
+        notes["tunnel_id"] = self.recorder.tunnel_opened(ts, strategy.value)
+        notes["strategy"] = strategy
+        scope = ts.scope
+        if (
+            pump.c2b.frames is None  # a pump made with websocket=True follows them already
+            and _is_websocket(ts.exchange)
+            and tracks_frames(scope, graceful_set=self.config.graceful_shutdown_set)
+        ):
             pump.track_frames()  # frame boundaries, for a frame of the proxy's own (R121)
         if scope.websocket_ping_interval > 0 or scope.websocket_half_close_timeout > 0:
             attach(pump, ping_interval=scope.websocket_ping_interval, half_close=scope.websocket_half_close_timeout)
@@ -512,14 +522,16 @@ class Engine(Lifecycle, Closing, Upgrade):
             ts.pump.close()
             self._tunnel_closed(ts)
             return
+        on_close = _AsyncClosed(self, ts)
         tunnel = AsyncTunnel(
             loop,
             ts.pump,
             self._scratch,
             idle_timeout=ts.idle_timeout,
             send_timeout=ts.scope.timeout,
-            on_close=lambda pump: self._async_closed(tunnel, ts),
+            on_close=on_close,
         )
+        on_close.tunnel = tunnel
         self._tunnels.add(tunnel)
         tunnel.start(fresh=fresh, restored=restored)
 
@@ -576,16 +588,17 @@ class Engine(Lifecycle, Closing, Upgrade):
         ex.notes["close_reason"] = pump.reason
         ex.notes["to_backend"] = str(pump.c2b.count)
         ex.notes["to_client"] = str(pump.b2c.count)
-        log.info(
-            "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
-            ex.peer[0],
-            ex.notes.get("backend", "?"),
-            pump.reason,
-            pump.c2b.count,
-            pump.b2c.count,
-            time.monotonic() - ex.started,
-            ex.notes.get("strategy", "?"),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "tunnel %s -> %s closed: %s; %d bytes to backend, %d to client, %.3fs, %s",
+                ex.peer[0],
+                ex.notes.get("backend", "?"),
+                pump.reason,
+                pump.c2b.count,
+                pump.b2c.count,
+                time.monotonic() - ex.started,
+                ex.notes.get("strategy", "?"),
+            )
         self._log_exchange(ex)
         # Counted last: whoever sees the tunnel counted as closed (a status page, a test
         # waiting on it) also finds its log lines and its balancer counters written.
@@ -638,6 +651,22 @@ class Engine(Lifecycle, Closing, Upgrade):
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
+
+
+class _AsyncClosed:
+    """An async tunnel's close callback: a slotted object where a closure over the
+    engine, the tunnel and its start took three objects for every open tunnel."""
+
+    __slots__ = ("engine", "ts", "tunnel")
+
+    def __init__(self, engine: Engine, ts: TunnelStart) -> None:
+        self.engine = engine
+        self.ts = ts
+        self.tunnel: Optional[AsyncTunnel] = None
+
+    def __call__(self, pump: Pump) -> None:
+        assert self.tunnel is not None
+        self.engine._async_closed(self.tunnel, self.ts)
 
 
 class _Services(Services):
@@ -725,6 +754,10 @@ class _Services(Services):
 
     def log_exchange(self, ex: Exchange) -> None:
         self._engine._log_exchange(ex)
+
+    @property
+    def kept_headers(self) -> tuple[frozenset[str], frozenset[str]]:
+        return self._engine.kept_headers
 
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()

@@ -98,15 +98,20 @@ class Target:
     def default_port(self) -> int:
         return 443 if self.tls else 80
 
-    @property
+    @functools.cached_property
     def authority(self) -> str:
-        """``host[:port]`` as the Host header names it (port left out when default)."""
+        """``host[:port]`` as the Host header names it (port left out when default).
+        Worked out once per target (every request to it sends it)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == self.default_port else f"{host}:{self.port}"
 
-    def __str__(self) -> str:
+    @functools.cached_property
+    def _text(self) -> str:
         base = f"{self.scheme}://{self.authority}{self.path}"
         return f"unix:{self.unix_path}|{base}" if self.unix_path else base
+
+    def __str__(self) -> str:
+        return self._text
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,14 @@ class ProxyRule:
     balancer_upgrade: Optional[tuple[str, ...]] = None
     regex: Optional[re.Pattern[str]] = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @functools.cached_property
+    def route_name(self) -> str:
+        """How logs name the route: its path and configuration line."""
+        return f"{self.path} ({self.where})"
 
 
 @dataclass(frozen=True)
@@ -449,6 +459,12 @@ class Scope:
     h2_window_size: int = DEFAULT_H2_WINDOW_SIZE
     #: H2StreamMaxMemSize: bytes held per stream for the client before reading pauses.
     h2_stream_max_mem_size: int = DEFAULT_H2_STREAM_MAX_MEM_SIZE
+
+    @functools.cached_property
+    def uses_env(self) -> bool:
+        """Does any Header/RequestHeader/SetEnv*/SetEnvIf line apply in this scope or one
+        of its `<Location>` blocks? (Worked out once per scope.)"""
+        return bool(self.env) or any(loc.env for loc in self.locations)
 
     def head_timeout(self, rule: Optional[ProxyRule] = None) -> float:
         """Deadline for a backend's response head: timeout=, else ProxyTimeout, else Timeout."""

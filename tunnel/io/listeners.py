@@ -53,6 +53,13 @@ def open_listener(listener: Listener, *, reuse_port: bool = False, listen: bool 
     return sock
 
 
+#: Client addresses as text, one string per address however many connections come
+#: from it (an open tunnel keeps its peer for the logs and the status pages). Bounded:
+#: a table that fills is emptied (only sharing is lost).
+_PEER_IPS: dict[str, str] = {}
+_PEER_IPS_MAX = 4096
+
+
 class Acceptor:
     """Accepts on one listening socket, a batch per wake-up; rests on EMFILE."""
 
@@ -61,12 +68,26 @@ class Acceptor:
         self.loop = loop
         self.sock = sock
         self.listener = listener
+        # What an accepted socket is made with: plain ints, where ``socket.accept`` turns
+        # the listener's into enums again for every connection.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         loop.register(sock, EVENT_READ, self._on_ready)
 
     def _on_ready(self, mask: int) -> None:
+        accept: Callable[[], tuple[int, PeerAddress]] = self.sock._accept  # type: ignore[attr-defined]
+        family, type_, proto = self._kind
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, peer = self.sock.accept()
+                fd, peer = accept()
+                conn = socket.socket(family, type_, proto, fd)
+                if type(peer) is tuple:
+                    ip = peer[0]
+                    shared = _PEER_IPS.get(ip)
+                    if shared is None:
+                        if len(_PEER_IPS) >= _PEER_IPS_MAX:
+                            _PEER_IPS.clear()
+                        shared = _PEER_IPS[ip] = ip
+                    peer = (shared, *peer[1:])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

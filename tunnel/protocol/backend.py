@@ -19,16 +19,15 @@ from wsproto.utilities import generate_accept_token
 
 from ..errors import BadGateway, BadRequest
 from .heads import (
-    FIELD_LINE,
     HOP_BY_HOP,
+    LINES,
     MAX_RESPONSE_HEAD,
     TARGET,
     TOKEN,
     VALUE,
     RequestHead,
     ResponseHead,
-    field_name,
-    field_value,
+    field_line,
 )
 
 __all__ = ["backend_headers", "BackendHandshake", "client_switch_bytes", "parse_101"]
@@ -62,40 +61,55 @@ def backend_headers(
     out: list[tuple[str, str]] = []
     client_host = head.get("host")
     out.append(("Host", client_host if preserve_host and client_host else host))
+    forwarded: Optional[dict[str, int]] = None  # X-Forwarded-* lines the client sent: where
     for name, value in head.headers:
         low = name.lower()
-        framing = keep_framing and low in ("content-length", "transfer-encoding")
-        if low == "host" or (low in named and not framing):
-            continue  # (a Connection naming the body's framing must not lose the body)
-        if low in HOP_BY_HOP and not (keep_framing and low == "transfer-encoding"):
-            continue
-        if low == "content-length" and not keep_framing:
-            continue
+        if keep_framing:
+            framing = low in ("content-length", "transfer-encoding")
+            if low == "host" or (low in named and not framing):
+                continue  # (a Connection naming the body's framing must not lose the body)
+            if low in HOP_BY_HOP and low != "transfer-encoding":
+                continue
+        elif low in _NOT_FORWARDED or low in named:
+            continue  # hop-by-hop, Host (set above), the framing, Expect (R14)
         if low == "expect":
             continue  # 100-continue is answered by the proxy's own h11 flow
+        if low in _FORWARDED_LOW:
+            if forwarded is None:
+                forwarded = {}
+            forwarded.setdefault(low, len(out))
         out.append((name, value))
     if add_headers:
-        for name, value in (
-            ("X-Forwarded-For", client_ip),
-            ("X-Forwarded-Host", client_host or ""),
-            ("X-Forwarded-Server", server_name),
+        for name, low, value in (
+            ("X-Forwarded-For", "x-forwarded-for", client_ip),
+            ("X-Forwarded-Host", "x-forwarded-host", client_host or ""),
+            ("X-Forwarded-Server", "x-forwarded-server", server_name),
         ):
             if not value:
                 continue
-            for i, (k, v) in enumerate(out):
-                if k.lower() == name.lower():
-                    out[i] = (k, f"{v}, {value}")
-                    break
-            else:
+            at = forwarded.get(low) if forwarded is not None else None
+            if at is None:
                 out.append((name, value))
+            else:
+                k, v = out[at]
+                out[at] = (k, f"{v}, {value}")
     if upgrade_token is not None:
         out.append(("Connection", "Upgrade"))
         out.append(("Upgrade", upgrade_token))
     return out
 
 
+#: Request headers never forwarded when the body's framing is not kept: hop-by-hop
+#: ones, Host (sent as the route says), Content-Length and Expect.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
+#: The X-Forwarded-* names a client's own lines are extended for (R51).
+_FORWARDED_LOW = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-server"})
+
+
 #: The one response head the tunnel path parses itself: a 101 with plain header lines.
-_STATUS_101 = re.compile(rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_HEAD_101 = re.compile(
+    rb"HTTP/1\.1 101(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n((?:" + TOKEN + rb":[ \t]*" + VALUE + rb"[ \t]*\r\n)*)\r\n"
+)
 #: Where h11 sees the end of a head (it accepts bare LF line ends).
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 #: A request head as h11 writes it: request line, "Name: value" lines, empty line.
@@ -110,8 +124,7 @@ def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> O
     One regex checks the whole head; the line count catches a CR LF inside a value
     (which would otherwise read as two valid lines).
     """
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{n}: {v}" for n, v in headers]
+    lines = [f"{method} {target} HTTP/1.1", *map(": ".join, headers)]
     try:
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeError:
@@ -133,19 +146,21 @@ def parse_101(buf: Union[bytes, bytearray]) -> Optional[tuple[ResponseHead, int]
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = buf[:end].split(b"\r\n")
-    status = _STATUS_101.fullmatch(lines[0])
+    status = _HEAD_101.fullmatch(buf, 0, end + 4)
     if status is None:
         return None
+    block = status.group(2)
     headers = []
-    for line in lines[1:]:
-        m = FIELD_LINE.fullmatch(line)
-        if m is None:
-            return None
-        raw_name, raw_value = m.groups()
-        headers.append((field_name(raw_name)[0], field_value(raw_value)))
+    table: dict[str, str] = {}
+    if block:
+        known = LINES
+        for line in block[:-2].split(b"\r\n"):
+            name, low, value = known.get(line) or field_line(line)
+            headers.append((name, value))
+            had = table.get(low)
+            table[low] = value if had is None else f"{had}, {value}"
     reason = (status.group(1) or b"").decode("latin-1")
-    return ResponseHead(status=101, reason=reason, http_version="1.1", headers=headers), end + 4
+    return ResponseHead(101, reason, "1.1", headers, (headers, table)), end + 4
 
 
 class BackendHandshake:
@@ -303,10 +318,7 @@ def client_switch_bytes(response: ResponseHead, token: str) -> bytes:
     or Server added, ``Connection: Upgrade`` and ``Upgrade`` set again (R20)."""
     reason = response.reason or "Switching Protocols"
     lines = [f"HTTP/1.1 101 {reason}"]
-    for name, value in response.headers:
-        if name.lower() in HOP_BY_HOP:
-            continue
-        lines.append(f"{name}: {value}")
+    lines += [f"{name}: {value}" for name, value in response.headers if name.lower() not in HOP_BY_HOP]
     lines.append("Upgrade: " + (response.get("upgrade") or token).strip())
     lines.append("Connection: Upgrade")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

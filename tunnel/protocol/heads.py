@@ -76,6 +76,27 @@ def field_value(raw: bytes) -> str:
     return got
 
 
+#: Header lines read before, as (name, lower-case name, value), shared by every head
+#: that has them. Bounded: a table that fills is emptied (only sharing is lost).
+LINES: dict[bytes, tuple[str, str, str]] = {}
+
+
+def field_line(line: bytes) -> tuple[str, str, str]:
+    """A header line a head's regex has checked (``name:[ \t]*value[ \t]*``, no CR LF)
+    as (name, lower-case name, value), shared when its value is short."""
+    got = LINES.get(line)
+    if got is None:
+        raw_name, _, raw_value = line.partition(b":")
+        raw_value = raw_value.strip(b" \t")
+        name, low = field_name(raw_name)
+        got = (name, low, field_value(raw_value))
+        if len(raw_value) <= SHARED_VALUE_MAX:  # a longer one is most likely unique
+            if len(LINES) >= SHARED_MAX:
+                LINES.clear()
+            LINES[line] = got
+    return got
+
+
 @dataclass(slots=True)
 class RequestHead:
     """A parsed request head. Header names keep the client's case; lookups ignore it."""
@@ -85,12 +106,31 @@ class RequestHead:
     http_version: str
     headers: list[tuple[str, str]]
     raw_size: int = 0  # bytes of the head on the wire (for %I)
+    #: lower-case name -> value (repeats joined), built on the first lookup for the
+    #: ``headers`` list it was built from (a new list is indexed again).
+    _index: Optional[tuple[list[tuple[str, str]], dict[str, str]]] = field(default=None, init=False, repr=False, compare=False)
+
+    def index(self) -> dict[str, str]:
+        """The headers by lower-case name, repeated lines joined with ", " (R12); built
+        once for the ``headers`` list (a new list is indexed again). Read-only."""
+        index = self._index
+        headers = self.headers
+        if index is not None and index[0] is headers:
+            return index[1]
+        table: dict[str, str] = {}
+        for k, v in headers:
+            low = k.lower()
+            had = table.get(low)
+            table[low] = v if had is None else f"{had}, {v}"
+        self._index = (headers, table)
+        return table
 
     def get(self, name: str) -> Optional[str]:
         """The header's value, repeated lines joined with ", " (R12), or None."""
-        name = name.lower()
-        values = [v for k, v in self.headers if k.lower() == name]
-        return ", ".join(values) if values else None
+        index = self._index
+        if index is None or index[0] is not self.headers:
+            return self.index().get(name.lower())
+        return index[1].get(name.lower())
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -99,7 +139,16 @@ class RequestHead:
     def tokens(self, name: str) -> list[str]:
         """The comma-separated tokens of a header, lower-cased, empty ones dropped."""
         value = self.get(name)
-        return [t.lower() for t in TOKEN_SPLIT.split(value.strip())] if value else []
+        if not value:
+            return []
+        if "," not in value:
+            return [value.strip().lower()]
+        return [t.lower() for t in TOKEN_SPLIT.split(value.strip())]
+
+    def kept(self, names: frozenset[str]) -> RequestHead:
+        """This head with only the header lines whose lower-case name is in ``names``
+        (what a tunnel keeps for its access-log entry once the 101 is out)."""
+        return RequestHead(self.method, self.target, self.http_version, [h for h in self.headers if h[0].lower() in names], self.raw_size)
 
     @property
     def request_line(self) -> str:
@@ -119,8 +168,17 @@ class ResponseHead:
     reason: str
     http_version: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: lower-case name -> value (repeats joined) for the ``headers`` list it is for, when
+    #: the reader had the names lower-cased already (`parse_101`)
+    index: Optional[tuple[list[tuple[str, str]], dict[str, str]]] = field(default=None, repr=False, compare=False)
 
     def get(self, name: str) -> Optional[str]:
+        index = self.index
+        if index is not None and index[0] is self.headers:
+            return index[1].get(name.lower())
         name = name.lower()
-        values = [v for k, v in self.headers if k.lower() == name]
-        return ", ".join(values) if values else None
+        found: Optional[str] = None
+        for k, v in self.headers:
+            if k.lower() == name:
+                found = v if found is None else f"{found}, {v}"
+        return found

@@ -15,7 +15,7 @@ import h11
 
 from ..config.model import Limits
 from ..errors import BadRequest, HeaderFieldsTooLarge, MethodNotAllowed, URITooLong
-from .heads import FIELD_LINE, HOST_VALUE, TARGET, TOKEN, RequestHead, field_name, field_value
+from .heads import HOST_VALUE, LINES, TARGET, TOKEN, VALUE, RequestHead, field_line
 
 __all__ = ["FrontEnd", "check_raw_head"]
 
@@ -51,43 +51,52 @@ def check_raw_head(head: bytes, limits: Limits) -> None:
             raise BadRequest("NUL in request head")
 
 
-#: The request line `_simple_head` reads; anything else goes to h11.
-_SIMPLE_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") (" + TARGET + rb") HTTP/1\.1")
+#: The head `_simple_head` reads, whole: an HTTP/1.1 request line and plain header lines;
+#: anything else goes to h11.
+_SIMPLE_HEAD = re.compile(
+    rb"(" + TOKEN + rb") (" + TARGET + rb") HTTP/1\.1\r\n((?:" + TOKEN + rb":[ \t]*" + VALUE + rb"[ \t]*\r\n)*)\r\n"
+)
+#: The common methods' names, one string each for every head that has them.
+_METHODS = {m.encode("ascii"): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
 def _simple_head(raw: bytes, limits: Limits) -> Optional[RequestHead]:
     """Read the common request head without h11: HTTP/1.1, no body framing, one Host,
     every line within the limits and of plain form. None for anything else, which h11
     (after `check_raw_head`) reads and judges. tests/protocol/test_request.py checks that what
-    this returns is what h11 reads."""
-    lines = raw[:-4].split(b"\r\n")
-    if len(lines[0]) > limits.request_line or len(lines) - 1 > limits.fields:
-        return None
-    start = _SIMPLE_REQUEST_LINE.fullmatch(lines[0])
+    this returns is what h11 reads.
+
+    One regex checks the whole head and another takes its lines apart."""
+    start = _SIMPLE_HEAD.fullmatch(raw)
     if start is None:
         return None
-    method = start.group(1).decode("ascii")
+    raw_method, raw_target, block = start.groups()
+    if len(raw_method) + len(raw_target) + 10 > limits.request_line:
+        return None
+    fields = block[:-2].split(b"\r\n") if block else []
+    if len(fields) > limits.fields:
+        return None
+    field_size = limits.field_size
+    if len(block) > field_size and any(len(line) > field_size for line in fields):
+        return None
+    method = _METHODS.get(raw_method) or raw_method.decode("ascii")
     if method == "CONNECT":
         return None
     headers = []
     hosts = 0
-    field_size = limits.field_size
-    for line in lines[1:]:
-        m = FIELD_LINE.fullmatch(line)
-        if m is None or len(line) > field_size:
-            return None
-        raw_name, raw_value = m.groups()
-        name, low = field_name(raw_name)
+    known = LINES
+    for line in fields:
+        name, low, value = known.get(line) or field_line(line)
         if low == "host":
-            if not HOST_VALUE.fullmatch(raw_value):
+            if not HOST_VALUE.fullmatch(line.partition(b":")[2].strip(b" \t")):
                 return None
             hosts += 1
         elif low == "content-length" or low == "transfer-encoding":
             return None
-        headers.append((name, field_value(raw_value)))
+        headers.append((name, value))
     if hosts != 1:
         return None
-    return RequestHead(method, start.group(2).decode("latin-1"), "1.1", headers, len(raw))
+    return RequestHead(method, raw_target.decode("latin-1"), "1.1", headers, len(raw))
 
 
 #: The limits of a `FrontEnd` made without any (``Limits`` is frozen: one is shared).

@@ -225,7 +225,13 @@ def encode_path(path: str) -> str:
     Returns:
         The path as it may stand in a request line.
     """
+    if _ALL_PATH_SAFE.fullmatch(path):
+        return path  # most paths: nothing to encode
     return "".join(c if c in PATH_SAFE else f"%{ord(c) & 0xFF:02X}" for c in path)
+
+
+#: A path of `PATH_SAFE` characters only (`encode_path` returns it as it is).
+_ALL_PATH_SAFE = re.compile("[" + re.escape("".join(sorted(PATH_SAFE))) + "]*")
 
 
 # -- matching ---------------------------------------------------------------------------------

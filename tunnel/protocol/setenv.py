@@ -107,7 +107,7 @@ def apply_setenv(conf: EnvDirectives, env: MutableMapping[str, str]) -> None:
 
 def has_env(scope: Scope) -> bool:
     """Does any Header/RequestHeader/SetEnv*/SetEnvIf line apply in this scope?"""
-    return bool(scope.env) or any(loc.env for loc in scope.locations)
+    return scope.uses_env
 
 
 def request_config(scope: Scope, path: str) -> tuple[EnvDirectives, tuple[SetEnvIf, ...]]:

@@ -6,7 +6,6 @@ RFC 6455 through wsproto's own server rules plus a key check (R12), raising the
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Optional
 
@@ -21,7 +20,7 @@ __all__ = ["validate_upgrade"]
 
 def _key_ok(key: str) -> bool:
     try:
-        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+        return len(binascii.a2b_base64(key.encode("ascii"), strict_mode=True)) == 16  # b64decode(validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         return False
 
@@ -80,6 +79,16 @@ def _websocket_ok(head: RequestHead) -> Optional[str]:
     """
     if head.method != "GET":
         return None
+    index = head.index()
+    key = index.get("sec-websocket-key")
+    if (
+        key is not None
+        and "," not in key  # one line (repeated ones are joined with ", ")
+        and index.get("sec-websocket-version") == "13"
+        and "transfer-encoding" not in index
+        and index.get("content-length", "0") == "0"
+    ):
+        return key if _key_ok(key) else None
     key = version = None
     keys = 0
     for name, value in head.headers:

@@ -88,6 +88,8 @@ def check_access(
 ) -> None:
     """Raise Forbidden unless the access rules in force grant the request (R70).
     ``local_ip`` gives the address the client connected to (`Require local`)."""
+    if scope.access is None and not scope.proxy_access and all(loc.access is None for loc in scope.locations):
+        return  # no Require anywhere for this host: granted (and no URL to work out)
     _check_path_access(scope, decision.local_path, backend_url(decision), head, ex, local_ip)
 
 

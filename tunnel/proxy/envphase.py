@@ -31,7 +31,7 @@ from ..protocol.access import AccessRequest
 from ..protocol.headers import HeaderContext, apply_request_headers, apply_response_headers
 from ..protocol.heads import HOP_BY_HOP, RequestHead
 from ..protocol.routing import RouteResult, reselect_upgrade
-from ..protocol.setenv import EnvFacts, apply_setenv, has_env, location_setenvif, post_read_request, request_config
+from ..protocol.setenv import EnvFacts, apply_setenv, location_setenvif, post_read_request, request_config
 from .failover import peer_ip
 from .records import Exchange
 
@@ -104,7 +104,7 @@ def post_read(scope: Scope, head: RequestHead, ex: Exchange, local_ip: Callable[
     """The server's and vhost's lines as the request head is read. Returns the head,
     changed by ``RequestHeader ... early`` lines."""
     ex.env_conf = scope.env
-    if not has_env(scope):
+    if not scope.uses_env:  # has_env, worked out once per scope
         return head
     early = [op for op in scope.env.request if op.early]
     if early:
@@ -118,7 +118,7 @@ def post_read(scope: Scope, head: RequestHead, ex: Exchange, local_ip: Callable[
 def header_parser(scope: Scope, path: str, head: RequestHead, ex: Exchange, local_ip: Callable[[], str]) -> None:
     """Once the request is mapped to ``path``: the matching `<Location>` blocks' lines
     join in, and their SetEnvIf lines run (before the access rules)."""
-    if not has_env(scope):
+    if not scope.uses_env:  # has_env, worked out once per scope
         return
     conf, loc_rules = request_config(scope, path)
     ex.env_conf = conf

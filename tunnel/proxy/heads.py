@@ -92,8 +92,10 @@ def check_declared_length(scope: Scope, head: RequestHead) -> None:
         PayloadTooLarge: 413.
     """
     limit = scope.limit_request_body
+    if not limit:
+        return
     declared = head.get("content-length")
-    if not limit or declared is None or head.get("transfer-encoding") is not None:
+    if declared is None or head.get("transfer-encoding") is not None:
         return
     first = declared.split(",")[0].strip()  # repeated equal values were accepted by the front end
     if first.isdigit() and int(first) > limit:

@@ -37,7 +37,7 @@ from ..tunnels.async_driver import AsyncTunnel
 from ..tunnels.pump import Budget, Pump
 from ..tunnels.sync_driver import ThreadPool
 from .probes import Probes
-from .records import TunnelStart
+from .records import TunnelStart, kept_headers
 
 __all__ = ["Lifecycle", "Drain", "DEFAULT_WINDOW", "listener_key", "bound_address"]
 
@@ -83,6 +83,7 @@ class Lifecycle:
     balancers: Balancers
     budget: Optional[Budget]
     access_log: AccessLog
+    kept_headers: tuple[frozenset[str], frozenset[str]]
     pool: ThreadPool
     addresses: list[tuple[str, int]]
     _loop: Optional[Loop]
@@ -248,6 +249,9 @@ class Lifecycle:
             self.budget.limit = 0  # live tunnels still count into it; nothing pauses
         old_log, self.access_log = self.access_log, AccessLog(config.log.custom_logs)
         old_log.close()
+        # Tunnels opened from now on keep what the new formats read (one open already
+        # kept what the old ones did).
+        self.kept_headers = kept_headers(self.access_log)
         if close_tunnels:
             for tunnel in list(self._tunnels):
                 tunnel.abort("restart")

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..accesslog import AccessLog
 from ..config.headermodel import EMPTY_ENV, EnvDirectives
 from ..config.model import Listener, Scope
 from ..io.streams import Endpoint, InetAddress
@@ -16,7 +17,15 @@ from ..protocol.heads import RequestHead
 from ..tunnels.pump import Pump
 from ..tunnels.strategy import Strategy
 
-__all__ = ["Exchange", "TunnelStart", "H2Start", "Inner"]
+__all__ = ["Exchange", "TunnelStart", "H2Start", "Inner", "kept_headers"]
+
+
+def kept_headers(access_log: AccessLog) -> tuple[frozenset[str], frozenset[str]]:
+    """The request and response header names (lower case) an open tunnel keeps of its
+    heads: what the access log's formats read, and the 101's Upgrade (whether the
+    tunnel is a WebSocket one, for the proxy's own Close frames)."""
+    request_names, response_names = access_log.header_names()
+    return request_names, response_names | {"upgrade"}
 
 
 @dataclass(slots=True)
@@ -76,7 +85,7 @@ class H2Start:
     sni_name: Optional[str] = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TunnelStart:
     """What ``serve_client`` returns when a tunnel is to be started by the caller."""
 

@@ -116,7 +116,7 @@ def apply_remoteip_header(scope: Scope, head: RequestHead, ex: Exchange) -> None
             drop = scope.remoteip_proxies_header.lower()
             headers = [(k, v) for k, v in headers if k.lower() != drop]
             headers.append((scope.remoteip_proxies_header, found.proxies))
-    head.headers[:] = headers
+    head.headers = headers  # a new list: the head's lookups index it afresh
     if ex.connection_peer is None:
         ex.connection_peer = ex.peer
     ex.peer = (found.ip, 0)  # the port is not known (httpd sets 0)

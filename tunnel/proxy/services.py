@@ -90,6 +90,12 @@ class Services(Protocol):
         """Write the access-log entry of a finished request or tunnel."""
         ...
 
+    @property
+    def kept_headers(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The request and response header names (lower case) an open tunnel keeps:
+        what the access-log formats read, and the 101's Upgrade."""
+        ...
+
     def snapshot(self) -> dict[str, Any]:
         """This process's figures, live tunnels and balancers (`tunnel.proxy.stats`)."""
         ...

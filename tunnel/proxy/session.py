@@ -320,9 +320,10 @@ def _handle(
     head, decision = envphase.fixups(decision, head, ex, sock)  # SetEnv, RequestHeader (R81, R83)
     scope = decision.scope
     rule = decision.rule
-    ex.notes["route"] = f"{rule.path} ({rule.where})"
+    ex.notes["route"] = rule.route_name
     ex.notes["route_at"] = rule.where  # a bounded metrics label (R113)
-    offered = head.get("upgrade")
+    fields = head.index()
+    offered = fields.get("upgrade")
     if offered is not None and not decision.tunnel and log.isEnabledFor(logging.DEBUG):
         log.debug("Upgrade: %s for %s passed as plain HTTP by %s: %s", _loggable(offered), _loggable(decision.local_path), ex.notes["route"], why_plain(rule, offered))
     token, key = check_upgrade(decision, head)
@@ -339,7 +340,7 @@ def _handle(
     try:
         backend_sock, target, member, balancer = yield from connect_backend(engine, scope, decision, head, ex, sock, front)
         hs = _forwarded_request(engine, head, decision, scope, target, ex, token=token, key=key)
-        has_body = head.get("content-length") not in (None, "0") or head.get("transfer-encoding") is not None
+        has_body = fields.get("content-length") not in (None, "0") or "transfer-encoding" in fields
         timeout = scope.head_timeout(rule)
         try:
             yield from sendall(backend_sock, hs.request_bytes(end=not has_body), clock() + timeout)
@@ -371,7 +372,13 @@ def _handle(
             ex.status = 101
             ex.bytes_out += len(data)
             ex.tunnel = True
-            ex.response_headers = response.headers
+            # An open tunnel keeps of its heads only what its access-log entry and the
+            # status pages will read: the request line and the header lines the log
+            # formats name, and the 101's Upgrade (a WebSocket tunnel or not).
+            keep_request, keep_response = engine.kept_headers
+            if ex.head is not None:
+                ex.head = ex.head.kept(keep_request)
+            ex.response_headers = [h for h in response.headers if h[0].lower() in keep_response]
             early = front.take_buffer()
             # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
@@ -421,19 +428,20 @@ def _forwarded_request(
 ) -> BackendHandshake:
     """The request to send to the backend: the routed path, the forwarded headers (R7,
     R8, R14, R51), and for a plain request ``Connection: close`` (one request each)."""
+    server_name = engine.server_name
     headers = backend_headers(
         head,
         host=target.authority,
         upgrade_token=token,
         client_ip=peer_ip(ex.peer),
         add_headers=scope.add_headers,
-        server_name=scope.server_name or engine.server_name,
+        server_name=scope.server_name or server_name,
         preserve_host=scope.preserve_host,
         keep_framing=not decision.tunnel or head.method != "GET",
     )
     if not decision.tunnel:
         headers.append(("Connection", "close"))
-    headers = request_via(headers, scope, engine.server_name, ex)
+    headers = request_via(headers, scope, server_name, ex)
     return BackendHandshake(head.method, decision.backend_path, headers, upgrade_token=token, client_key=key)
 
 

@@ -99,6 +99,9 @@ class Recorder:
         self.closes: Counter[str] = Counter()  # close reason class
         self.totals: Counter[str] = Counter()  # accesses, duration_ms, http_in, http_out, tunnel_*
         self.histograms = {name: _Histogram(bounds) for name, (bounds, _) in HISTOGRAMS.items()}
+        self._handshake_times = self.histograms["handshake"]
+        self._upgrade_times = self.histograms["backend_upgrade"]
+        self._lifetimes = self.histograms["lifetime"]
         self._live: dict[Pump, LiveTunnel] = {}
         self._next_id = 0
 
@@ -124,14 +127,15 @@ class Recorder:
             self._next_id += 1
             ident = f"{self.worker}.{self._next_id}"
             self._live[ts.pump] = LiveTunnel(ident, ts, now)
-            self.totals["accesses"] += 1
+            totals = self.totals
+            totals["accesses"] += 1
             self.handshakes["101"] += 1
-            self.opened[(ex.vhost, route_label(ex), strategy)] += 1
-            self.totals["http_in"] += ex.bytes_in - ex.early_in  # the heads; tunnel bytes below
-            self.totals["http_out"] += ex.bytes_out - ex.early_out
-            self.histograms["handshake"].observe(now - ex.started)
+            self.opened[(ex.vhost, ex.notes.get("route_at", "-"), strategy)] += 1  # route_label
+            totals["http_in"] += ex.bytes_in - ex.early_in  # the heads; tunnel bytes below
+            totals["http_out"] += ex.bytes_out - ex.early_out
+            self._handshake_times.observe(now - ex.started)
             if ex.answered_at and ex.sent_at:
-                self.histograms["backend_upgrade"].observe(max(0.0, ex.answered_at - ex.sent_at))
+                self._upgrade_times.observe(max(0.0, ex.answered_at - ex.sent_at))
         return ident
 
     def tunnel_closed(self, ts: TunnelStart) -> None:
@@ -139,15 +143,18 @@ class Recorder:
         ex, pump = ts.exchange, ts.pump
         with self._lock:
             live = self._live.pop(pump, None)
-            self.totals["tunnel_c2b"] += ex.early_in + pump.c2b.count
-            self.totals["tunnel_b2c"] += ex.early_out + pump.b2c.count
-            if pump.c2b.frames is not None and pump.b2c.frames is not None:  # frames followed (R162)
-                self.totals["frames_c2b"] += pump.c2b.frames.frames
-                self.totals["frames_b2c"] += pump.b2c.frames.frames
-            self.totals["duration_ms"] += int((time.monotonic() - ex.started) * 1000)
+            totals = self.totals
+            c2b, b2c = pump.c2b, pump.b2c
+            totals["tunnel_c2b"] += ex.early_in + c2b.count
+            totals["tunnel_b2c"] += ex.early_out + b2c.count
+            if c2b.frames is not None and b2c.frames is not None:  # frames followed (R162)
+                totals["frames_c2b"] += c2b.frames.frames
+                totals["frames_b2c"] += b2c.frames.frames
+            now = time.monotonic()
+            totals["duration_ms"] += int((now - ex.started) * 1000)
             self.closes[reason_class(pump.reason)] += 1
             if live is not None:
-                self.histograms["lifetime"].observe(time.monotonic() - live.opened)
+                self._lifetimes.observe(now - live.opened)
 
     def tunnel_adopted(self, ts: TunnelStart, ident: str, opened: float) -> None:
         """A tunnel moved in from the old process of a binary upgrade: live again under
