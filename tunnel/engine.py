@@ -245,6 +245,8 @@ class Engine(Lifecycle, Closing, Upgrade):
             self._ready.set()
             raise
         self._loop = loop
+        if self._stopping.is_set():  # a stop asked before the loop existed (a SIGTERM at start-up)
+            loop.call_soon(self._shutdown_in_loop)
         loop.call_soon(self._ready.set)
         self.probes.watch(loop)
         self.close_inherited()
@@ -319,9 +321,8 @@ class Engine(Lifecycle, Closing, Upgrade):
         self._stopping.set()
         self.probes.stopping.set()
         loop = self._loop
-        if loop is not None and loop.running:
+        if loop is not None:  # not yet running: it runs the shutdown first thing
             loop.call_soon_threadsafe(self._shutdown_in_loop)
-            loop.wakeup()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop accepting, end live tunnels, wait for threads (bounded). Idempotent."""

@@ -68,3 +68,21 @@ def test_handle_joins_the_loop_when_running(echo):
             assert ws.recv(timeout=5) == "hi"
         wait_for(lambda: engine.stats["tunnels.closed"] == 1, what="tunnel closed")
         assert engine.stats["tunnels.async"] == 1 and listener.accepted == 1
+
+
+def test_a_stop_asked_before_the_loop_runs_is_not_lost(echo):
+    """``request_stop`` from another thread (a SIGTERM's handler) while the engine is still
+    starting: ``serve_forever`` returns instead of serving on (a worker killed early hung)."""
+    engine = Engine(Config.from_text(f"Listen 127.0.0.1:0\nProxyPass / ws://127.0.0.1:{echo.address[1]}/\n"))
+    engine.request_stop()
+    done = threading.Event()
+
+    def serve() -> None:
+        engine.serve_forever()
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        wait_for(done.is_set, timeout=10, what="serve_forever returned after the early stop")
+    finally:
+        engine.stop()

@@ -69,3 +69,28 @@ def test_two_workers_share_the_port_restart_and_stop(echo):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(echo):
+    """A supervisor killed with SIGKILL leaves no worker serving on its own."""
+    proc = spawn(
+        "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--pass", f"/=ws://127.0.0.1:{echo.address[1]}/", "--log-level", "info"
+    )
+    workers: list[int] = []
+    try:
+        port = int(read_line_matching(proc, r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)", stream="stderr").group(1))
+        wait_for(lambda: len(children_of(proc.pid)) == 2, what="two workers")
+        wait_for(lambda: accepts(port), timeout=15, what="a worker listening")
+        workers = children_of(proc.pid)
+        proc.kill()
+        proc.wait()
+        for pid in workers:
+            wait_for(lambda pid=pid: gone(pid), timeout=20, what=f"worker {pid} gone after its supervisor was killed")
+        assert not accepts(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)

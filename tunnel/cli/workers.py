@@ -8,11 +8,15 @@ connections among them (nginx's model). The parent only supervises:
 * a worker that dies is logged and restarted (at most ``MAX_RESTARTS_PER_MINUTE``);
 * SIGTERM or SIGINT to the parent stops every worker (SIGTERM), waits for them, exits 0;
   SIGWINCH stops them gracefully; SIGUSR1 and SIGHUP are checked, then passed on, and
-  the parent stays up through them (R120).
+  the parent stays up through them (R120);
+* a worker whose supervisor dies (SIGKILL, a crash) stops as on SIGTERM, so no worker is
+  left serving without a supervisor (HAProxy's master-worker mode does the same).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
 import os
@@ -35,6 +39,23 @@ log = logging.getLogger("tunnel.workers")
 MAX_RESTARTS_PER_MINUTE = 10
 #: How long the parent waits for workers after SIGTERM before SIGKILL.
 STOP_GRACE = 10.0
+
+
+#: ``prctl(PR_SET_PDEATHSIG, sig)``: the kernel sends ``sig`` when the parent exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """In a new worker: SIGTERM when the supervisor ``parent`` exits (Linux), and exit at
+    once when it already has (it may have died between ``fork`` and here)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed supervisor
+        log.debug("no PR_SET_PDEATHSIG here: workers outlive a supervisor killed with SIGKILL")
+    if os.getppid() != parent:
+        log.warning("worker %d: the supervisor %d is gone; stopping", os.getpid(), parent)
+        os._exit(1)
 
 
 def resolve_workers(value: str) -> int:
@@ -104,11 +125,14 @@ def run_workers(
     wanted = {signal.SIGCHLD, *SIGNALS}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
 
+    supervisor = os.getpid()
+
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             status = 0
             try:
+                _stop_with_parent(supervisor)
                 for s in held:
                     s.close()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
