@@ -68,3 +68,17 @@ def test_only_plain_sockets_are_wrapped(pair):
     assert isinstance(held_socket(peer), HeldSocket)
     assert held_socket(held_socket) is held_socket  # anything else: itself
     assert not isinstance(held_socket(object.__new__(TLSStream)), HeldSocket)
+
+
+def test_a_buffer_longer_than_a_c_int_reads_and_sends_in_part(pair):
+    held, peer = pair
+    huge = memoryview(mmap.mmap(-1, (1 << 31) + 4096))  # address space only: untouched pages
+    peer.sendall(b"hello")
+    assert held.recv_into(huge) == 5 and bytes(huge[:5]) == b"hello"
+    n = held.send(huge)  # a partial send of what fits the socket's buffer, as socket.send
+    assert 0 < n < len(huge)
+    got = 0
+    peer.setblocking(False)
+    while got < n:
+        got += len(peer.recv(1 << 20))
+    assert got == n
