@@ -12,6 +12,7 @@ with the pump still open, and the caller hands the same pump to the loop.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import select
@@ -24,7 +25,7 @@ from typing import Optional
 from ..io.heldio import held_socket
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .handover import Parker
-from .pump import Pump, new_scratch
+from .pump import SCRATCH_SIZE, Pump
 from .wscontrol import NEVER, attach
 
 __all__ = ["run_sync", "ThreadPool", "Waker", "take_asked_close"]
@@ -51,16 +52,42 @@ HOLD_GIL_FROM = 8
 #: Poll cap of a sync thread while a binary upgrade's hand-over is under way.
 PARK_RECHECK = 0.05
 
+#: Seconds a sync tunnel's poll waits with nothing to do before its thread's scratch
+#: buffer gives its pages back (`ThreadScratch.release`); the poll then waits on for the
+#: rest of its time. An idle tunnel otherwise keeps every page its reads ever wrote: one
+#: for a small message, 64 (256 KiB) once it has moved bulk data.
+SCRATCH_RELEASE_AFTER = 1.0
+
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
 _local = threading.local()
 
 
-def thread_scratch() -> memoryview:
+class ThreadScratch:
+    """A sync thread's scratch buffer: a private anonymous mapping, so that its pages
+    exist only once a read has written them and can be given back while the thread's
+    tunnel is idle (the next read finds zeroed pages, which is all a scratch needs)."""
+
+    __slots__ = ("_map", "view", "dirty")
+
+    def __init__(self, size: int = SCRATCH_SIZE) -> None:
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self._map)
+        #: a read may have written pages since the last release.
+        self.dirty = False
+
+    def release(self) -> None:
+        """Give the written pages back to the kernel (nothing is kept in a scratch
+        between two events: bytes a read leaves are copied to the flow's own buffer)."""
+        self._map.madvise(mmap.MADV_DONTNEED)
+        self.dirty = False
+
+
+def thread_scratch() -> ThreadScratch:
     """The calling thread's scratch buffer (one per sync thread, reused by its tunnels)."""
-    scratch = getattr(_local, "scratch", None)
+    scratch: Optional[ThreadScratch] = getattr(_local, "scratch", None)
     if scratch is None:
-        scratch = _local.scratch = new_scratch()
+        scratch = _local.scratch = ThreadScratch()
     return scratch
 
 
@@ -179,7 +206,10 @@ def _relay(
     parker: Optional[Parker],
     restored: bool,
 ) -> bool:
-    scratch = thread_scratch()
+    own = thread_scratch()
+    own.dirty = True  # (a tunnel before this one may have left pages written)
+    scratch = own.view
+    release_ms = int(SCRATCH_RELEASE_AFTER * 1000)
     cfd, bfd = pump.client.fileno(), pump.backend.fileno()
     poller = select.poll()
     registered = {cfd: -1, bfd: -1}
@@ -254,15 +284,22 @@ def _relay(
                 # the sockets: Engine._wake_sync_tunnels.)
                 wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
             timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
+            releasing = own.dirty and (timeout_ms < 0 or timeout_ms > release_ms)
+            if releasing:
+                timeout_ms = release_ms  # first a while; idle by then: the pages go back
             try:
                 events = poller.poll(timeout_ms)
             except InterruptedError:
                 events = []
             now = time.monotonic()
+            if releasing and not events:
+                own.release()
+                continue  # the loop's top: the same wait again, for the rest of its time
             if stopping is not None and stopping.is_set():
                 pump.abort("shutdown")
                 break
             if events:
+                own.dirty = True
                 for fd, ev in events:
                     if fd == park_fd:
                         continue  # the loop's top looks at pump.hold and the parker
