@@ -28,7 +28,7 @@ from .streams import PeerAddress
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ["HeldSocket", "held_socket", "AVAILABLE"]
+__all__ = ["HeldSocket", "held_socket", "pointer_to", "AVAILABLE"]
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -60,6 +60,14 @@ _byref = ctypes.byref
 _get_errno = ctypes.get_errno
 
 
+def pointer_to(buffer: Any) -> Any:
+    """A pointer to a writable buffer's first byte, to hand a `HeldSocket` with the
+    buffer: one per sync thread's scratch, shared by its tunnels' sockets, rather than
+    one made by each socket. It does not keep the buffer alive (a pointer kept with
+    its export would cost 250 B more): whoever holds it holds the buffer too."""
+    return ctypes.c_void_p(ctypes.addressof(_c_char.from_buffer(buffer)))
+
+
 def _error(err: int) -> OSError:
     """The exception ``socket`` raises for ``err`` (BlockingIOError, ConnectionResetError...)."""
     return OSError(err, os.strerror(err))  # OSError() picks the subclass from the errno
@@ -70,15 +78,16 @@ class HeldSocket:
 
     __slots__ = ("sock", "fd", "_recv", "_send", "_buf", "_ptr")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, buffer: Any = None, pointer: Any = None) -> None:
         assert _FUNCS is not None
         self.sock = sock
         self.fd = sock.fileno()
         self._recv, self._send = _FUNCS
         #: the last buffer read into and a pointer to it: a driver reads into the same
-        #: scratch view again and again, whose pointer need not be made each time.
-        self._buf: Any = None
-        self._ptr: Any = None
+        #: scratch view again and again, whose pointer need not be made each time (and
+        #: may hand both in: `pointer_to`).
+        self._buf: Any = buffer
+        self._ptr: Any = pointer
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, /) -> int:
         size = len(buffer)  # type: ignore[arg-type]
@@ -152,9 +161,10 @@ class HeldSocket:
         return f"<HeldSocket {self.sock!r}>"
 
 
-def held_socket(end: Any) -> Any:
+def held_socket(end: Any, buffer: Any = None, pointer: Any = None) -> Any:
     """``end`` as a `HeldSocket` when it is a plain socket and libc can be called, else
-    ``end`` itself (TLS ends keep their own reads and writes)."""
+    ``end`` itself (TLS ends keep their own reads and writes). ``buffer`` and its
+    ``pointer`` (`pointer_to`): the scratch the end will read into, if known."""
     if AVAILABLE and type(end) is socket.socket:
-        return HeldSocket(end)
+        return HeldSocket(end, buffer, pointer)
     return end

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from ..io.heldio import held_socket
+from ..io.heldio import AVAILABLE as HELD_AVAILABLE, held_socket, pointer_to
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .handover import Parker
 from .pump import SCRATCH_SIZE, Pump
@@ -68,11 +68,13 @@ class ThreadScratch:
     exist only once a read has written them and can be given back while the thread's
     tunnel is idle (the next read finds zeroed pages, which is all a scratch needs)."""
 
-    __slots__ = ("_map", "view", "dirty")
+    __slots__ = ("_map", "view", "pointer", "dirty")
 
     def __init__(self, size: int = SCRATCH_SIZE) -> None:
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._map)
+        #: for held reads (`tunnel.io.heldio`): one per thread, not one per socket.
+        self.pointer = pointer_to(self.view) if HELD_AVAILABLE else None
         #: a read may have written pages since the last release.
         self.dirty = False
 
@@ -185,7 +187,9 @@ def run_sync(
     if not hold_gil:
         return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd, parker, restored)
     c2b, b2c = pump.c2b, pump.b2c
-    client, backend = held_socket(pump.client), held_socket(pump.backend)
+    own = thread_scratch()
+    client = held_socket(pump.client, own.view, own.pointer)
+    backend = held_socket(pump.backend, own.view, own.pointer)
     c2b.src = b2c.dst = client
     c2b.dst = b2c.src = backend
     try:
