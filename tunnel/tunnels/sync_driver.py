@@ -11,6 +11,7 @@ with the pump still open, and the caller hands the same pump to the loop.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import mmap
 import os
@@ -368,11 +369,10 @@ class ThreadPool:
     ``submit`` never queues behind busy threads: it raises ``PoolFull`` instead.
     """
 
-    def __init__(self, max_threads: int, *, name: str = "tunnel-sync") -> None:
+    def __init__(self, max_threads: int) -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
-        self.name = name
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
         self._threads = 0
@@ -418,7 +418,11 @@ class ThreadPool:
                 if sys.getswitchinterval() < SWITCH_INTERVAL:
                     sys.setswitchinterval(SWITCH_INTERVAL)  # only ever raised (see SWITCH_INTERVAL)
                 self._threads += 1
-                threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
+                # A bare thread, not a threading.Thread: that object with its name, its
+                # started Event and state lock was 2.3 KiB of every idle sync tunnel, and
+                # start() waited for the thread to run. (Like a daemon thread, it does
+                # not hold up the interpreter's exit; shutdown() ends the pool's own.)
+                _thread.start_new_thread(self._worker, ())
             self._work.put(fn)
 
     def _worker(self) -> None:
