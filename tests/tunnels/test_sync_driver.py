@@ -246,3 +246,32 @@ def test_an_idle_tunnels_thread_gives_its_scratch_pages_back(monkeypatch):
     thread.join(10)
     assert pump.done
     pump.close()
+
+
+def test_a_pool_thread_logs_a_deep_failure_with_its_traceback(caplog):
+    """A pool thread has a small stack (TUNNEL_STACK_SIZE): a recursion through C
+    frames as deep as the interpreter allows ends in RecursionError, not a crash, and
+    is logged with its traceback; the pool goes on."""
+    import json
+    import logging
+
+    from tunnel.tunnels.sync_driver import ThreadPool
+
+    def deep():
+        # through C (json's encoder calls default(), which recurses): C stack per level
+        return json.dumps(object(), default=lambda _: deep())
+
+    pool = ThreadPool(1)
+    ran = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="tunnel.sync"):
+        pool.reserve()
+        pool.run(deep)
+        wait_for(lambda: any(r.exc_info for r in caplog.records), 10, "the failure logged")
+        pool.reserve()  # the thread is free again, and alive
+        pool.run(ran.set)
+        assert ran.wait(5)
+    record = next(r for r in caplog.records if r.exc_info)
+    assert record.getMessage() == "sync tunnel thread failed"
+    text = logging.Formatter().formatException(record.exc_info)
+    assert record.exc_info[0] is RecursionError and text.count("in deep") >= 100
+    assert pool.shutdown(5)

@@ -59,6 +59,15 @@ PARK_RECHECK = 0.05
 #: for a small message, 64 (256 KiB) once it has moved bulk data.
 SCRATCH_RELEASE_AFTER = 1.0
 
+#: Stack of a sync tunnel thread (the system's default is 8 MiB). The deepest any
+#: thread's stack reached over the end-to-end and tunnel tests of both strategies (TLS,
+#: frame tracking, errors logged with their traceback) was 20 KiB; a recursion through C
+#: frames down to the interpreter's recursion limit fits in 256 KiB (not in 64 KiB: the
+#: process crashes). Only address space and page tables shrink, a stack's pages existing
+#: once written: each 8 MiB stack sat in a 2 MiB region of its own and cost a page-table
+#: page per thread (docs/performance.md).
+TUNNEL_STACK_SIZE = 1024 * 1024
+
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
 _local = threading.local()
@@ -359,6 +368,22 @@ def _ended(pump: Pump) -> bool:
     return pump.done
 
 
+_stack_lock = threading.Lock()
+
+
+def _start_thread(target: Callable[[], None]) -> None:
+    """Start ``target`` on a new thread with a `TUNNEL_STACK_SIZE` stack. The size is
+    the interpreter's setting for the next thread started, so it is set and put back
+    around this one start (a thread another part of the host starts in between gets
+    the same size: still far more than a tunnel needs)."""
+    with _stack_lock:
+        before = _thread.stack_size(TUNNEL_STACK_SIZE)
+        try:
+            _thread.start_new_thread(target, ())
+        finally:
+            _thread.stack_size(before)
+
+
 class PoolFull(Exception):
     """Every thread of the pool is busy."""
 
@@ -422,7 +447,7 @@ class ThreadPool:
                 # started Event and state lock was 2.3 KiB of every idle sync tunnel, and
                 # start() waited for the thread to run. (Like a daemon thread, it does
                 # not hold up the interpreter's exit; shutdown() ends the pool's own.)
-                _thread.start_new_thread(self._worker, ())
+                _start_thread(self._worker)
             self._work.put(fn)
 
     def _worker(self) -> None:
