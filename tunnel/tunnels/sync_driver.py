@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from ..io.heldio import AVAILABLE as HELD_AVAILABLE, held_socket, pointer_to
+from ..io import heldio
+from ..io.heldio import held_socket, pointer_to
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .handover import Parker
 from .pump import SCRATCH_SIZE, Pump
@@ -84,7 +85,7 @@ class ThreadScratch:
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._map)
         #: for held reads (`tunnel.io.heldio`): one per thread, not one per socket.
-        self.pointer = pointer_to(self.view) if HELD_AVAILABLE else None
+        self.pointer = pointer_to(self.view) if heldio.AVAILABLE else None
         #: a read may have written pages since the last release.
         self.dirty = False
 
