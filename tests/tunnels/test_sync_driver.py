@@ -267,9 +267,11 @@ def test_a_pool_thread_logs_a_deep_failure_with_its_traceback(caplog):
         pool.reserve()
         pool.run(deep)
         wait_for(lambda: any(r.exc_info for r in caplog.records), 10, "the failure logged")
+        wait_for(lambda: pool.busy == 0, 5, "the pool thread free again")  # (just after the log)
         pool.reserve()  # the thread is free again, and alive
         pool.run(ran.set)
         assert ran.wait(5)
+        assert pool.threads == 1  # the same thread ran it: the failure did not end it
     record = next(r for r in caplog.records if r.exc_info)
     assert record.getMessage() == "sync tunnel thread failed"
     text = logging.Formatter().formatException(record.exc_info)
