@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tunnel.io.heldio import AVAILABLE, HeldSocket, held_socket
+from tunnel.io.heldio import AVAILABLE, HeldSocket, held_socket, pointer_to
 from tunnel.io.tls import TLSStream
 
 pytestmark = [pytest.mark.timeout(10), pytest.mark.skipif(not AVAILABLE, reason="no libc to call")]
@@ -68,3 +68,29 @@ def test_only_plain_sockets_are_wrapped(pair):
     assert isinstance(held_socket(peer), HeldSocket)
     assert held_socket(held_socket) is held_socket  # anything else: itself
     assert not isinstance(held_socket(object.__new__(TLSStream)), HeldSocket)
+
+
+def test_a_buffer_longer_than_a_c_int_reads_and_sends_in_part(pair):
+    held, peer = pair
+    huge = memoryview(mmap.mmap(-1, (1 << 31) + 4096))  # address space only: untouched pages
+    peer.sendall(b"hello")
+    assert held.recv_into(huge) == 5 and bytes(huge[:5]) == b"hello"
+    n = held.send(huge)  # a partial send of what fits the socket's buffer, as socket.send
+    assert 0 < n < len(huge)
+    got = 0
+    peer.setblocking(False)
+    while got < n:
+        got += len(peer.recv(1 << 20))
+    assert got == n
+
+
+def test_a_pointer_handed_in_with_its_buffer_is_where_reads_land(pair):
+    held, peer = pair
+    sock = held.sock
+    scratch = memoryview(mmap.mmap(-1, 4096))
+    given = HeldSocket(sock, scratch, pointer_to(scratch))
+    peer.sendall(b"into the scratch")
+    assert given.recv_into(scratch) == 16 and bytes(scratch[:16]) == b"into the scratch"
+    other = bytearray(32)  # any other buffer: its own pointer, as before
+    peer.sendall(b"elsewhere")
+    assert given.recv_into(other) == 9 and bytes(other[:9]) == b"elsewhere"

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.support.waiting import wait_for
 from tunnel.tunnels.pump import Pump
 from tunnel.tunnels.sync_driver import run_sync
 
@@ -196,3 +197,83 @@ def test_without_hold_gil_the_flows_keep_the_plain_sockets():
     p.close()
     a.close()
     b.close()
+
+
+def _resident_pages(view: memoryview) -> int:
+    """How many of ``view``'s pages are in memory (mincore(2), through libc)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = (len(view) + page - 1) // page
+    vec = (ctypes.c_ubyte * pages)()
+    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    assert libc.mincore(address, len(view), vec) == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vec)
+
+
+def test_an_idle_tunnels_thread_gives_its_scratch_pages_back(monkeypatch):
+    from tunnel.tunnels import sync_driver
+
+    monkeypatch.setattr(sync_driver, "SCRATCH_RELEASE_AFTER", 0.2)
+    seen = {}
+
+    def relay(pump):
+        seen["view"] = sync_driver.thread_scratch().view
+        run_sync(pump)
+
+    client, ca = socket.socketpair()
+    backend, ba = socket.socketpair()
+    ca.setblocking(False)
+    ba.setblocking(False)
+    pump = Pump(ca, ba)
+    thread = threading.Thread(target=relay, args=(pump,), daemon=True)
+    thread.start()
+    burst = os.urandom(200 * 1024)
+    backend.sendall(burst)  # reads write many of the scratch's pages
+    client.settimeout(10)
+    got = bytearray()
+    while len(got) < len(burst):
+        got += client.recv(1 << 16)
+    assert bytes(got) == burst
+    wait_for(lambda: _resident_pages(seen["view"]) == 0, 5, "the scratch's pages to go back")
+    client.sendall(b"after")  # a read after the release finds the scratch usable
+    backend.settimeout(10)
+    assert backend.recv(100) == b"after"
+    client.close()
+    backend.close()
+    thread.join(10)
+    assert pump.done
+    pump.close()
+
+
+def test_a_pool_thread_logs_a_deep_failure_with_its_traceback(caplog):
+    """A pool thread has a small stack (TUNNEL_STACK_SIZE): a recursion through C
+    frames as deep as the interpreter allows ends in RecursionError, not a crash, and
+    is logged with its traceback; the pool goes on."""
+    import json
+    import logging
+
+    from tunnel.tunnels.sync_driver import ThreadPool
+
+    def deep():
+        # through C (json's encoder calls default(), which recurses): C stack per level
+        return json.dumps(object(), default=lambda _: deep())
+
+    pool = ThreadPool(1)
+    ran = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="tunnel.sync"):
+        pool.reserve()
+        pool.run(deep)
+        wait_for(lambda: any(r.exc_info for r in caplog.records), 10, "the failure logged")
+        wait_for(lambda: pool.busy == 0, 5, "the pool thread free again")  # (just after the log)
+        pool.reserve()  # the thread is free again, and alive
+        pool.run(ran.set)
+        assert ran.wait(5)
+        assert pool.threads == 1  # the same thread ran it: the failure did not end it
+    record = next(r for r in caplog.records if r.exc_info)
+    assert record.getMessage() == "sync tunnel thread failed"
+    text = logging.Formatter().formatException(record.exc_info)
+    assert record.exc_info[0] is RecursionError and text.count("in deep") >= 100
+    assert pool.shutdown(5)

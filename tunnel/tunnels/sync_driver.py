@@ -11,7 +11,9 @@ with the pump still open, and the caller hands the same pump to the loop.
 
 from __future__ import annotations
 
+import _thread
 import logging
+import mmap
 import os
 import queue
 import select
@@ -21,10 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-from ..io.heldio import held_socket
+from ..io import heldio
+from ..io.heldio import held_socket, pointer_to
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .handover import Parker
-from .pump import Pump, new_scratch
+from .pump import SCRATCH_SIZE, Pump
 from .wscontrol import NEVER, attach
 
 __all__ = ["run_sync", "ThreadPool", "Waker", "take_asked_close"]
@@ -51,16 +54,53 @@ HOLD_GIL_FROM = 8
 #: Poll cap of a sync thread while a binary upgrade's hand-over is under way.
 PARK_RECHECK = 0.05
 
+#: Seconds a sync tunnel's poll waits with nothing to do before its thread's scratch
+#: buffer gives its pages back (`ThreadScratch.release`); the poll then waits on for the
+#: rest of its time. An idle tunnel otherwise keeps every page its reads ever wrote: one
+#: for a small message, 64 (256 KiB) once it has moved bulk data.
+SCRATCH_RELEASE_AFTER = 1.0
+
+#: Stack of a sync tunnel thread (the system's default is 8 MiB). The deepest any
+#: thread's stack reached over the end-to-end and tunnel tests of both strategies (TLS,
+#: frame tracking, errors logged with their traceback) was 20 KiB; a recursion through C
+#: frames down to the interpreter's recursion limit fits in 256 KiB (not in 64 KiB: the
+#: process crashes). Only address space and page tables shrink, a stack's pages existing
+#: once written: each 8 MiB stack sat in a 2 MiB region of its own and cost a page-table
+#: page per thread (docs/performance.md).
+TUNNEL_STACK_SIZE = 1024 * 1024
+
 _POLL_READ = select.POLLIN | select.POLLPRI
 _POLL_ERR = select.POLLERR | select.POLLHUP
 _local = threading.local()
 
 
-def thread_scratch() -> memoryview:
+class ThreadScratch:
+    """A sync thread's scratch buffer: a private anonymous mapping, so that its pages
+    exist only once a read has written them and can be given back while the thread's
+    tunnel is idle (the next read finds zeroed pages, which is all a scratch needs)."""
+
+    __slots__ = ("_map", "view", "pointer", "dirty")
+
+    def __init__(self, size: int = SCRATCH_SIZE) -> None:
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self._map)
+        #: for held reads (`tunnel.io.heldio`): one per thread, not one per socket.
+        self.pointer = pointer_to(self.view) if heldio.AVAILABLE else None
+        #: a read may have written pages since the last release.
+        self.dirty = False
+
+    def release(self) -> None:
+        """Give the written pages back to the kernel (nothing is kept in a scratch
+        between two events: bytes a read leaves are copied to the flow's own buffer)."""
+        self._map.madvise(mmap.MADV_DONTNEED)
+        self.dirty = False
+
+
+def thread_scratch() -> ThreadScratch:
     """The calling thread's scratch buffer (one per sync thread, reused by its tunnels)."""
-    scratch = getattr(_local, "scratch", None)
+    scratch: Optional[ThreadScratch] = getattr(_local, "scratch", None)
     if scratch is None:
-        scratch = _local.scratch = new_scratch()
+        scratch = _local.scratch = ThreadScratch()
     return scratch
 
 
@@ -158,7 +198,9 @@ def run_sync(
     if not hold_gil:
         return _relay(pump, idle_timeout, handover_at, fresh, stopping, send_timeout, wake_fd, parker, restored)
     c2b, b2c = pump.c2b, pump.b2c
-    client, backend = held_socket(pump.client), held_socket(pump.backend)
+    own = thread_scratch()
+    client = held_socket(pump.client, own.view, own.pointer)
+    backend = held_socket(pump.backend, own.view, own.pointer)
     c2b.src = b2c.dst = client
     c2b.dst = b2c.src = backend
     try:
@@ -179,7 +221,10 @@ def _relay(
     parker: Optional[Parker],
     restored: bool,
 ) -> bool:
-    scratch = thread_scratch()
+    own = thread_scratch()
+    own.dirty = True  # (a tunnel before this one may have left pages written)
+    scratch = own.view
+    release_ms = int(SCRATCH_RELEASE_AFTER * 1000)
     cfd, bfd = pump.client.fileno(), pump.backend.fileno()
     poller = select.poll()
     registered = {cfd: -1, bfd: -1}
@@ -254,15 +299,22 @@ def _relay(
                 # the sockets: Engine._wake_sync_tunnels.)
                 wait = BUDGET_RECHECK if wait is None else min(wait, BUDGET_RECHECK)
             timeout_ms = -1 if wait is None else max(0, int(wait * 1000 + 0.999))
+            releasing = own.dirty and (timeout_ms < 0 or timeout_ms > release_ms)
+            if releasing:
+                timeout_ms = release_ms  # first a while; idle by then: the pages go back
             try:
                 events = poller.poll(timeout_ms)
             except InterruptedError:
                 events = []
             now = time.monotonic()
+            if releasing and not events:
+                own.release()
+                continue  # the loop's top: the same wait again, for the rest of its time
             if stopping is not None and stopping.is_set():
                 pump.abort("shutdown")
                 break
             if events:
+                own.dirty = True
                 for fd, ev in events:
                     if fd == park_fd:
                         continue  # the loop's top looks at pump.hold and the parker
@@ -317,6 +369,22 @@ def _ended(pump: Pump) -> bool:
     return pump.done
 
 
+_stack_lock = threading.Lock()
+
+
+def _start_thread(target: Callable[[], None]) -> None:
+    """Start ``target`` on a new thread with a `TUNNEL_STACK_SIZE` stack. The size is
+    the interpreter's setting for the next thread started, so it is set and put back
+    around this one start (a thread another part of the host starts in between gets
+    the same size: still far more than a tunnel needs)."""
+    with _stack_lock:
+        before = _thread.stack_size(TUNNEL_STACK_SIZE)
+        try:
+            _thread.start_new_thread(target, ())
+        finally:
+            _thread.stack_size(before)
+
+
 class PoolFull(Exception):
     """Every thread of the pool is busy."""
 
@@ -327,11 +395,10 @@ class ThreadPool:
     ``submit`` never queues behind busy threads: it raises ``PoolFull`` instead.
     """
 
-    def __init__(self, max_threads: int, *, name: str = "tunnel-sync") -> None:
+    def __init__(self, max_threads: int) -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
-        self.name = name
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
         self._threads = 0
@@ -377,7 +444,11 @@ class ThreadPool:
                 if sys.getswitchinterval() < SWITCH_INTERVAL:
                     sys.setswitchinterval(SWITCH_INTERVAL)  # only ever raised (see SWITCH_INTERVAL)
                 self._threads += 1
-                threading.Thread(target=self._worker, name=f"{self.name}-{self._threads}", daemon=True).start()
+                # A bare thread, not a threading.Thread: that object with its name, its
+                # started Event and state lock was 2.3 KiB of every idle sync tunnel, and
+                # start() waited for the thread to run. (Like a daemon thread, it does
+                # not hold up the interpreter's exit; shutdown() ends the pool's own.)
+                _start_thread(self._worker)
             self._work.put(fn)
 
     def _worker(self) -> None:
