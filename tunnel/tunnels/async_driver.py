@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..io.loop import Loop, Timer
-from ..io.streams import EVENT_READ
+from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import FlowState, Pump
 from .wscontrol import NEVER, attach
 
@@ -32,7 +32,8 @@ class AsyncTunnel:
         idle_timeout: seconds without a byte moving either way before the tunnel is
             closed; 0 for none.
         send_timeout: seconds a pending write may make no progress before the tunnel is
-            closed ("send timeout", R37); 0 for none. Checked every half of it.
+            closed ("send timeout", R37); 0 for none. Checked every half of it, by a
+            timer armed only while something waits to be written.
         on_close: called once with the pump when the tunnel has ended.
     """
 
@@ -93,8 +94,6 @@ class AsyncTunnel:
         loop.register(self._bfd, bmask, self._on_backend)
         if self.idle_timeout > 0:
             self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
-        if self.send_timeout > 0:
-            self._stall_timer = loop.call_later(self.send_timeout / 2, self._check_stall)
         if pump.close_at:
             attach(pump)
         if pump.ctl is not None and not restored:
@@ -194,6 +193,11 @@ class AsyncTunnel:
         loop = self.loop
         loop.modify(self._cfd, cmask)
         loop.modify(self._bfd, bmask)
+        if (cmask | bmask) & EVENT_WRITE and self._stall_timer is None and self.send_timeout > 0:
+            # A write is pending: the send timeout's watch starts now, and stops when
+            # nothing is left to write (an idle tunnel holds no stall timer).
+            pump.check_stall(loop.time(), self.send_timeout)
+            self._stall_timer = loop.call_later(self.send_timeout / 2, self._check_stall)
         if pump.more:  # a TLS source may hold decrypted bytes no poll reports
             pump.more = False
             loop.call_soon(self._poke)
@@ -242,7 +246,7 @@ class AsyncTunnel:
             return
         if pump.check_stall(self.loop.time(), self.send_timeout):
             self._finish()
-        else:
+        elif pump.c2b.backlog or pump.b2c.backlog:
             self._stall_timer = self.loop.call_later(self.send_timeout / 2, self._check_stall)
 
     def _finish(self) -> None:
