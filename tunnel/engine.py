@@ -126,7 +126,9 @@ class Engine(Lifecycle, Closing, Upgrade):
         self._scratch = new_scratch()
         self._acceptors: list[Acceptor] = []
         self._tasks: set[Task] = set()
-        self._tunnels: set[AsyncTunnel] = set()
+        #: the async tunnels by their pump (a pump's tunnel found without a search)
+        self._tunnels: dict[Pump, AsyncTunnel] = {}
+        self._on_async_closed = self._async_closed  # made once: every async tunnel's on_close
         self._h2: set[H2Server] = set()
         self._live: dict[Pump, TunnelStart] = {}
         self._stopping = threading.Event()
@@ -349,7 +351,7 @@ class Engine(Lifecycle, Closing, Upgrade):
             conn.close("shutdown", H2_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
-        for tunnel in list(self._tunnels):
+        for tunnel in list(self._tunnels.values()):
             tunnel.abort("shutdown")
         self._wake_sync_tunnels()
         self._loop.stop()
@@ -380,7 +382,7 @@ class Engine(Lifecycle, Closing, Upgrade):
             conn.close("shutdown")
         for task in list(self._tasks):
             task.cancel()
-        for tunnel in list(self._tunnels):
+        for tunnel in list(self._tunnels.values()):
             tunnel.abort("shutdown")
         # Run callbacks queued by the aborts (hand-overs arriving late are closed there).
         self._loop = None
@@ -523,21 +525,22 @@ class Engine(Lifecycle, Closing, Upgrade):
             ts.pump.close()
             self._tunnel_closed(ts)
             return
-        on_close = _AsyncClosed(self, ts)
         tunnel = AsyncTunnel(
             loop,
             ts.pump,
             self._scratch,
             idle_timeout=ts.idle_timeout,
             send_timeout=ts.scope.timeout,
-            on_close=on_close,
+            on_close=self._on_async_closed,  # one bound method for all of them
         )
-        on_close.tunnel = tunnel
-        self._tunnels.add(tunnel)
+        self._tunnels[ts.pump] = tunnel
         tunnel.start(fresh=fresh, restored=restored)
 
-    def _async_closed(self, tunnel: AsyncTunnel, ts: TunnelStart) -> None:
-        self._tunnels.discard(tunnel)
+    def _async_closed(self, pump: Pump) -> None:
+        """An async tunnel ended (loop thread): its start is found by its pump."""
+        self._tunnels.pop(pump, None)
+        with self._lock:
+            ts = self._live[pump]
         self._tunnel_closed(ts)
 
     def _run_sync(self, ts: TunnelStart, handover_at: Optional[float], restored: bool = False) -> None:
@@ -652,22 +655,6 @@ class Engine(Lifecycle, Closing, Upgrade):
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
-
-
-class _AsyncClosed:
-    """An async tunnel's close callback: a slotted object where a closure over the
-    engine, the tunnel and its start took three objects for every open tunnel."""
-
-    __slots__ = ("engine", "ts", "tunnel")
-
-    def __init__(self, engine: Engine, ts: TunnelStart) -> None:
-        self.engine = engine
-        self.ts = ts
-        self.tunnel: Optional[AsyncTunnel] = None
-
-    def __call__(self, pump: Pump) -> None:
-        assert self.tunnel is not None
-        self.engine._async_closed(self.tunnel, self.ts)
 
 
 class _Services(Services):

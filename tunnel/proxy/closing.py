@@ -58,7 +58,7 @@ class Closing:
 
     recorder: Recorder
     _loop: Optional[Loop]
-    _tunnels: set[AsyncTunnel]
+    _tunnels: dict[Pump, AsyncTunnel]
 
     def close_tunnel(self, ident: str, code: int, reason: str) -> str:
         """Send Close ``code``/``reason`` to both sides of tunnel ``ident`` (from any
@@ -104,7 +104,7 @@ class Closing:
         why = refusal(pump, ex)
         if why is not None:
             return why
-        tunnel = next((t for t in self._tunnels if t.pump is pump), None)
+        tunnel = self._tunnels.get(pump)
         if tunnel is not None:
             if not tunnel.close_with(code, reason):
                 return refusal(pump, ex) or "its driver could not send the Close"

@@ -92,7 +92,7 @@ class Lifecycle:
     _configured: dict[Acceptor, Listener]
     _drain: Optional[Drain]
     _live: dict[Pump, TunnelStart]
-    _tunnels: set[AsyncTunnel]
+    _tunnels: dict[Pump, AsyncTunnel]
     _tasks: set[Task]
     _stopping: threading.Event
     _wake_w: int
@@ -139,14 +139,13 @@ class Lifecycle:
         drain = self._drain = Drain(loop.time(), timeout)
         with self._lock:
             pumps = list(self._live)
-        by_pump = {t.pump: t for t in self._tunnels}
         websockets = [p for p in pumps if p.c2b.frames is not None]
         log.info(
             "graceful stop: %d WebSocket tunnel(s) get Close 1001 over %.1fs, %d other(s) run on; deadline %s",
             len(websockets), drain.window, len(pumps) - len(websockets), f"{timeout:g}s" if timeout > 0 else "none",
         )
         for pump, when in zip(websockets, drain.times(len(websockets)), strict=True):
-            tunnel = by_pump.get(pump)
+            tunnel = self._tunnels.get(pump)
             if tunnel is not None:
                 tunnel.close_at(when)
             else:
@@ -253,7 +252,7 @@ class Lifecycle:
         # kept what the old ones did).
         self.kept_headers = kept_headers(self.access_log)
         if close_tunnels:
-            for tunnel in list(self._tunnels):
+            for tunnel in list(self._tunnels.values()):
                 tunnel.abort("restart")
             self._wake_sync_tunnels()
 

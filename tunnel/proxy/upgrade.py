@@ -145,7 +145,7 @@ class Upgrade:
     _configured: dict[Acceptor, Listener]
     _drain: Optional[Drain]
     _live: dict[Pump, TunnelStart]
-    _tunnels: set[AsyncTunnel]
+    _tunnels: dict[Pump, AsyncTunnel]
     _tasks: set[Task]
     _stopping: threading.Event
     _wake_w: int
@@ -251,7 +251,7 @@ class Upgrade:
         if timeout > 0:
             for pump in staying:
                 if pump.c2b.frames is not None:
-                    tunnel = next((t for t in self._tunnels if t.pump is pump), None)
+                    tunnel = self._tunnels.get(pump)
                     if tunnel is not None:
                         tunnel.close_at(drain.deadline)
                     else:
@@ -272,7 +272,6 @@ class Upgrade:
         as (tunnel, was sync). Sync tunnels are held now and come in a later call, once
         their threads gave them back (`upgrade_holding` says some are on the way)."""
         taken: list[tuple[TunnelStart, bool]] = []
-        by_pump = {t.pump: t for t in self._tunnels}
         hold = False
         while self._parked and len(taken) < limit:
             taken.append((self._parked.pop(), True))
@@ -281,10 +280,9 @@ class Upgrade:
         for pump, ts in candidates:
             if len(taken) >= limit:
                 break
-            tunnel = by_pump.get(pump)
+            tunnel = self._tunnels.pop(pump, None)
             if tunnel is not None:
                 tunnel.detach()
-                self._tunnels.discard(tunnel)
                 taken.append((ts, False))
             elif not pump.hold:
                 pump.hold = True
