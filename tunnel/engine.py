@@ -479,6 +479,9 @@ class Engine(Lifecycle, Closing, Upgrade):
             self._live[pump] = ts
         notes = ts.exchange.notes
         notes["tunnel_id"] = self.recorder.tunnel_opened(ts, strategy.value)
+        # The handshake's two stamps were read by the metrics just now and by nothing
+        # later: an open tunnel keeps the shared 0.0 in their place, not two floats.
+        ts.exchange.sent_at = ts.exchange.answered_at = 0.0
         notes["strategy"] = strategy
         scope = ts.scope
         if (

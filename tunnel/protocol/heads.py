@@ -6,9 +6,36 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, TypeVar
 
-__all__ = ["RequestHead", "ResponseHead", "HOP_BY_HOP", "MAX_RESPONSE_HEAD"]
+__all__ = ["RequestHead", "ResponseHead", "HOP_BY_HOP", "MAX_RESPONSE_HEAD", "kept_lines"]
+
+_T = TypeVar("_T", str, tuple[str, str])
+
+#: How many distinct values `_shared` keeps (per cache): once full, a new value is
+#: kept as it came, so a stream of unique ones costs no more than before.
+SHARED_MAX = 512
+_shared_words: dict[str, str] = {}
+_shared_lines: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _shared(value: _T, cache: dict[_T, _T]) -> _T:
+    """``value``, or an equal one kept earlier: what many open tunnels hold alike (the
+    101's ``Upgrade: websocket``, a common User-Agent, ``GET``, ``1.1``) is then held
+    once, not once per tunnel."""
+    got = cache.get(value)
+    if got is not None:
+        return got
+    if len(cache) < SHARED_MAX:
+        cache[value] = value
+    return value
+
+
+def kept_lines(headers: list[tuple[str, str]], names: frozenset[str]) -> list[tuple[str, str]]:
+    """The header lines whose lower-case name is in ``names``, in a list of their exact
+    size, each line shared with the equal ones other tunnels keep (see `_shared`)."""
+    kept = [_shared(h, _shared_lines) for h in headers if h[0].lower() in names]
+    return kept[:] if kept else kept  # a comprehension's list has room to grow: not kept
 
 #: Removed from every forwarded request and relayed response (R14 plus the
 #: tunnel line: Proxy-Authorization is never forwarded, Proxy-Authenticate never relayed).
@@ -148,7 +175,13 @@ class RequestHead:
     def kept(self, names: frozenset[str]) -> RequestHead:
         """This head with only the header lines whose lower-case name is in ``names``
         (what a tunnel keeps for its access-log entry once the 101 is out)."""
-        return RequestHead(self.method, self.target, self.http_version, [h for h in self.headers if h[0].lower() in names], self.raw_size)
+        return RequestHead(
+            _shared(self.method, _shared_words),
+            self.target,
+            _shared(self.http_version, _shared_words),
+            kept_lines(self.headers, names),
+            self.raw_size,
+        )
 
     @property
     def request_line(self) -> str:

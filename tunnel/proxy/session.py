@@ -44,7 +44,7 @@ from ..io.streams import INHERITS_OPTIONS, Endpoint, InetAddress, PeerAddress, t
 from ..io.tls import TLSStream
 from ..protocol.backend import BackendHandshake, backend_headers, client_switch_bytes
 from ..protocol.balancer import BalancerState, MemberState
-from ..protocol.heads import RequestHead, ResponseHead
+from ..protocol.heads import RequestHead, ResponseHead, kept_lines
 from ..protocol.request import FrontEnd
 from ..protocol.responses import DROPS_CONNECTION, error_response_bytes, phrase
 from ..protocol.routing import RouteResult, why_plain
@@ -378,7 +378,7 @@ def _handle(
             keep_request, keep_response = engine.kept_headers
             if ex.head is not None:
                 ex.head = ex.head.kept(keep_request)
-            ex.response_headers = [h for h in response.headers if h[0].lower() in keep_response]
+            ex.response_headers = kept_lines(response.headers, keep_response)
             early = front.take_buffer()
             # The early bytes are the pump's first: counted in its flows (R99).
             ex.early_in, ex.early_out = len(early), len(hs.trailing)
