@@ -160,3 +160,82 @@ def test_a_tail_without_a_close_byte_is_not_kept_and_the_handshake_is_still_seen
     b.inbox.append(ConnectionResetError(104, "Connection reset by peer"))
     drive(pump, scratch)
     assert pump.done and pump.reason == "backend reset after the close handshake"
+
+
+def _stall_tunnel(send_timeout: float):
+    loop = Loop(CountingPoller())
+    c, c_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    for s in (c, b):
+        s.setblocking(False)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ended: list[Pump] = []
+    t = AsyncTunnel(loop, Pump(c, b), new_scratch(), send_timeout=send_timeout, on_close=ended.append)
+    t.start()
+    return loop, t, (c, b, c_peer, b_peer), ended
+
+
+def test_an_idle_tunnel_holds_no_stall_timer_and_a_backlog_arms_one_until_it_drains():
+    loop, t, socks, ended = _stall_tunnel(30.0)
+    client, backend = socks[2], socks[3]
+    try:
+        assert t._stall_timer is None  # nothing to write: nothing to watch (R37)
+        client.sendall(b"x" * 64)
+        run_until(loop, lambda: t.pump.c2b.count == 64)
+        assert recv_exactly(backend, 64) == b"x" * 64
+        assert t._stall_timer is None  # written at once: still nothing armed
+        client.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        while t.pump.c2b.pending is None:
+            assert time.monotonic() < deadline, "no backlog built up"
+            try:
+                sent += client.send(b"y" * 65536)
+            except BlockingIOError:
+                pass
+            run_until(loop, lambda: t.pump.c2b.count > 64, timeout=2)
+        armed = t._stall_timer
+        assert armed is not None and not armed.cancelled  # a backlog: the watch is on
+        backend.setblocking(True)
+        got = 0
+        while got < sent:  # the backend reads everything: the backlog drains
+            got += len(backend.recv(1 << 20))
+            loop.call_soon(loop.stop)
+            loop.run()
+        assert t.pump.c2b.pending is None
+        t._check_stall()  # the armed timer's next look finds nothing to write
+        assert t._stall_timer is None and not ended
+    finally:
+        loop.close()
+        for s in socks:
+            s.close()
+
+
+def test_a_stall_after_a_long_idle_spell_ends_the_tunnel_within_its_send_timeout():
+    loop, t, socks, ended = _stall_tunnel(0.4)
+    client = socks[2]
+    try:
+        idle_until = time.monotonic() + 1.0  # idle for longer than the send timeout
+        run_until(loop, lambda: time.monotonic() >= idle_until, timeout=3)
+        assert t._stall_timer is None and not ended
+        client.setblocking(False)
+        start = None
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            try:
+                client.send(b"z" * 65536)  # the backend's peer never reads
+            except (BlockingIOError, OSError):
+                pass
+            if start is None and t.pump.c2b.pending is not None:
+                start = time.monotonic()
+            loop.call_later(0.01, loop.stop)
+            loop.run()
+        assert ended, "the stalled tunnel was not ended"
+        assert start is not None
+        took = time.monotonic() - start
+        assert 0.3 <= took < 1.2, took  # the watch began with the backlog: about one send timeout
+        assert "send timeout: the backend took no byte" in t.pump.reason
+    finally:
+        loop.close()
+        for s in socks:
+            s.close()
