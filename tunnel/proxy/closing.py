@@ -74,7 +74,7 @@ class Closing:
         live = next((t for t in self.recorder.live() if t.ident == ident), None)
         if live is None:
             raise CloseRefused(f"no open tunnel {ident} (tunnel ctl tunnels lists them)")
-        pump, ex = live.start.pump, live.start.exchange
+        pump, ex = live.pump, live.exchange
         why = refusal(pump, ex)
         if why is not None:
             raise CloseRefused(f"tunnel {ident}: {why}")

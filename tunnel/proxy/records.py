@@ -99,3 +99,7 @@ class TunnelStart:
     #: the tunnel's idle limit in seconds, 0 for none (R100: a <Location>'s
     #: ProxyWebsocketIdleTimeout, else the route's timeout=, else the server's).
     idle_timeout: float = 0.0
+    #: its id and monotonic opening time once the recorder counts it open (the status
+    #: pages, ``tunnel ctl close``, the lifetime histogram); "" and 0.0 until then.
+    ident: str = ""
+    opened: float = 0.0

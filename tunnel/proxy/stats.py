@@ -34,7 +34,7 @@ from ..tunnels.pump import Budget, Pump
 from ..tunnels.sync_driver import ThreadPool
 from .records import Exchange, TunnelStart
 
-__all__ = ["Recorder", "LiveTunnel", "merge", "HISTOGRAMS", "route_label", "reason_class", "balancer_view", "nonce_for", "process_snapshot"]
+__all__ = ["Recorder", "merge", "HISTOGRAMS", "route_label", "reason_class", "balancer_view", "nonce_for", "process_snapshot"]
 
 #: Histogram bucket bounds, seconds (Prometheus ``le``; +Inf is implied).
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -76,15 +76,6 @@ class _Histogram:
         return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total, "count": self.n}
 
 
-@dataclass(slots=True)
-class LiveTunnel:
-    """A tunnel open now: its id, what started it, and when."""
-
-    ident: str
-    start: TunnelStart
-    opened: float  # monotonic
-
-
 class Recorder:
     """The counters of one engine. Thread-safe: the loop and sync threads both report."""
 
@@ -102,7 +93,9 @@ class Recorder:
         self._handshake_times = self.histograms["handshake"]
         self._upgrade_times = self.histograms["backend_upgrade"]
         self._lifetimes = self.histograms["lifetime"]
-        self._live: dict[Pump, LiveTunnel] = {}
+        #: the tunnels open now; each start carries its id and opening time (``ident``,
+        #: ``opened``), so a live tunnel costs this table's entry and nothing more.
+        self._live: dict[Pump, TunnelStart] = {}
         self._next_id = 0
 
     # -- reporting ---------------------------------------------------------------------
@@ -126,7 +119,8 @@ class Recorder:
         with self._lock:
             self._next_id += 1
             ident = f"{self.worker}.{self._next_id}"
-            self._live[ts.pump] = LiveTunnel(ident, ts, now)
+            ts.ident, ts.opened = ident, now
+            self._live[ts.pump] = ts
             totals = self.totals
             totals["accesses"] += 1
             self.handshakes["101"] += 1
@@ -163,7 +157,8 @@ class Recorder:
         with self._lock:
             if worker == str(self.worker) and number.isdigit():
                 self._next_id = max(self._next_id, int(number))  # our new ids come after its
-            self._live[ts.pump] = LiveTunnel(ident or f"{self.worker}.moved", ts, opened)
+            ts.ident, ts.opened = ident or f"{self.worker}.moved", opened
+            self._live[ts.pump] = ts
 
     def tunnel_moved(self, ts: TunnelStart) -> None:
         """A tunnel went to the new process of a binary upgrade: out of the live set,
@@ -172,7 +167,7 @@ class Recorder:
             self._live.pop(ts.pump, None)
             self.closes["moved"] += 1
 
-    def live(self) -> list[LiveTunnel]:
+    def live(self) -> list[TunnelStart]:
         with self._lock:
             return list(self._live.values())
 
@@ -204,8 +199,8 @@ class Recorder:
         return data
 
 
-def _tunnel_row(t: LiveTunnel, now: float) -> dict[str, Any]:
-    ex, pump = t.start.exchange, t.start.pump
+def _tunnel_row(t: TunnelStart, now: float) -> dict[str, Any]:
+    ex, pump = t.exchange, t.pump
     notes = ex.notes
     head = ex.head
     last = pump.last_activity or t.opened
@@ -259,7 +254,7 @@ def process_snapshot(
             "server_name": server_name,
             "drained": drained,
             "pool": {"max": pool.max_threads, "busy": pool.busy, "threads": pool.threads},
-            "buffer": {"used": budget.used if budget else sum(t.start.pump.buffered for t in live), "limit": config.buffer_limit},
+            "buffer": {"used": budget.used if budget else sum(t.pump.buffered for t in live), "limit": config.buffer_limit},
             "connections": connections + len(live),
             "balancers": {name: balancer_view(state, nonce_for(secret, state.balancer), live) for name, state in balancers.items()},
         }
@@ -276,17 +271,17 @@ def nonce_for(secret: str, balancer: Balancer) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def balancer_view(state: BalancerState, nonce: str, live: Iterable[LiveTunnel]) -> dict[str, Any]:
+def balancer_view(state: BalancerState, nonce: str, live: Iterable[TunnelStart]) -> dict[str, Any]:
     """One balancer's settings and members, the bytes of its open tunnels included."""
     b = state.balancer
     members = state.snapshot()
     by_name = {m["name"]: m for m in members}
     for t in live:
-        ex = t.start.exchange
-        if t.start.balancer is state and ex.notes.get("member") in by_name:
+        ex = t.exchange
+        if t.balancer is state and ex.notes.get("member") in by_name:
             row = by_name[ex.notes["member"]]
-            row["transferred"] += ex.early_in + t.start.pump.c2b.count
-            row["read"] += ex.early_out + t.start.pump.b2c.count
+            row["transferred"] += ex.early_in + t.pump.c2b.count
+            row["read"] += ex.early_out + t.pump.b2c.count
     return {
         "name": b.name,
         "lbmethod": b.lbmethod,
