@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -488,3 +489,38 @@ def test_wakeups_from_several_threads_are_never_lost_while_the_loop_is_idle():
     thread.join(5)
     loop.close()
     assert stuck == []
+
+
+def test_the_interest_table_follows_high_fds_and_refuses_unknown_ones(loop):
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 900)  # past the table's first size: it grows
+    try:
+        got = []
+
+        def on_ready(mask):
+            got.append(mask)
+            loop.modify(high, 0)
+            loop.stop()
+
+        loop.register(high, EVENT_READ, on_ready)
+        b.sendall(b"x")
+        loop.call_later(5, loop.stop)
+        loop.run()
+        assert got == [EVENT_READ]
+        loop.modify(high, 0)  # unchanged: nothing to do, still registered
+        assert loop.is_registered(high)
+        loop.unregister(high)
+        with pytest.raises(KeyError):
+            loop.modify(high, EVENT_READ)  # no longer registered: not watched behind its back
+        with pytest.raises(KeyError):
+            loop.modify(high, 0)
+        with pytest.raises(ValueError, match="file descriptor -1"):
+            loop.register(-1, EVENT_READ, on_ready)
+        loop.register(high, 0, on_ready)  # again, with no interest yet
+        loop.modify(high, EVENT_READ)
+        assert loop.is_registered(high)
+    finally:
+        loop.unregister(high)
+        os.close(high)
+        a.close()
+        b.close()

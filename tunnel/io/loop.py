@@ -38,6 +38,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, TypeVarTuple
 
 from .streams import EVENT_READ, EVENT_WRITE, Endpoint
+from .timer import Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import FileDescriptorLike
@@ -51,31 +52,6 @@ log = logging.getLogger("tunnel.loop")
 MAX_WAIT = 3600.0
 #: Rebuild the timer heap when more than this share of it is cancelled timers.
 CANCELLED_COMPACT_RATIO = 0.5
-
-
-class Timer:
-    """A handle on a scheduled call. ``cancel()`` is idempotent."""
-
-    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
-
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[object, ...], loop: Loop) -> None:
-        self.when = when
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
-        self._loop = loop
-
-    def cancel(self) -> None:
-        if not self.cancelled:
-            self.cancelled = True
-            self._loop._cancelled_timers += 1
-
-    def __lt__(self, other: Timer) -> bool:
-        return self.when < other.when
-
-    def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"at {self.when:.3f}"
-        return f"<Timer {getattr(self.callback, '__qualname__', self.callback)} {state}>"
 
 
 class Wait:
@@ -160,7 +136,10 @@ class Loop:
         #: ``select.epoll`` (or an object with its interface: tests count the calls).
         self._poller = poller if poller is not None else _Poller()
         self._callbacks: dict[int, Callable[[int], None]] = {}
-        self._masks: dict[int, int] = {}
+        #: the interest of each registered fd, indexed by fd (one byte a file where a
+        #: dict took some 37; fds are small and dense). Whether an fd is registered is
+        #: ``_callbacks``' to say: an unregistered fd's byte is 0.
+        self._masks = bytearray(256)
         self._timers: list[Timer] = []
         self._cancelled_timers = 0
         self._ready: deque[tuple[Callable[..., Any], tuple[object, ...]]] = deque()
@@ -185,6 +164,8 @@ class Loop:
         give its sockets to a tunnel without a round of unregister and register.
         """
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd < 0:
+            raise ValueError(f"cannot watch file descriptor {fd}")
         if fd in self._callbacks:
             self._callbacks[fd] = callback
             try:
@@ -193,13 +174,16 @@ class Loop:
             except (OSError, KeyError):
                 # Closed and its number reused since it was registered (the kernel has
                 # dropped the old registration): start afresh.
-                self._masks.pop(fd, None)
+                self._masks[fd] = 0
                 try:
                     self._poller.unregister(fd)
                 except (KeyError, ValueError, OSError):
                     pass
         self._callbacks[fd] = callback
-        self._masks[fd] = events
+        masks = self._masks
+        if fd >= len(masks):
+            masks.extend(bytes(max(fd + 1, 2 * len(masks)) - len(masks)))
+        masks[fd] = events
         if events:
             self._poller.register(fd, _TO_POLL[events])
 
@@ -207,9 +191,13 @@ class Loop:
         """Change the interest of a registered file; a no-op when it is unchanged."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         masks = self._masks
-        old = masks[fd]
+        old = masks[fd] if 0 <= fd < len(masks) else 0
         if old == events:
-            return
+            if old or fd in self._callbacks:
+                return
+            raise KeyError(fd)  # never registered (or no longer)
+        if fd not in self._callbacks:
+            raise KeyError(fd)
         masks[fd] = events
         if not old:
             self._poller.register(fd, _TO_POLL[events])
@@ -224,7 +212,7 @@ class Loop:
         if fd < 0:
             return
         self._callbacks.pop(fd, None)
-        if self._masks.pop(fd, 0):
+        if self._take_mask(fd):
             try:
                 self._poller.unregister(fd)
             except (KeyError, ValueError, OSError):
@@ -235,11 +223,20 @@ class Loop:
         closes right away (closing the only descriptor of a socket takes it out of the
         epoll set; nothing else in the process shares the file description)."""
         self._callbacks.pop(fd, None)
-        if self._masks.pop(fd, 0) and not _CLOSE_LEAVES_SET:
+        if self._take_mask(fd) and not _CLOSE_LEAVES_SET:
             try:
                 self._poller.unregister(fd)
             except (KeyError, ValueError, OSError):
                 pass
+
+    def _take_mask(self, fd: int) -> int:
+        """``fd``'s interest, cleared (0 for an fd never registered)."""
+        masks = self._masks
+        if 0 <= fd < len(masks):
+            old = masks[fd]
+            masks[fd] = 0
+            return old
+        return 0
 
     def release(self, fd: int, callback: Callable[[int], None]) -> None:
         """Unregister ``fd`` if ``callback`` still owns it (nobody took it over)."""
@@ -368,7 +365,7 @@ class Loop:
                     elif ev == pollout:
                         mask = write
                     else:  # errors, hang-ups, both: what selectors reports, within the interest
-                        mask = ((read if ev & ~pollout else 0) | (write if ev & ~pollin else 0)) & masks.get(fd, 0)
+                        mask = ((read if ev & ~pollout else 0) | (write if ev & ~pollin else 0)) & masks[fd]
                     try:
                         cb(mask)
                     except Exception:
