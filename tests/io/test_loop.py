@@ -524,3 +524,38 @@ def test_the_interest_table_follows_high_fds_and_refuses_unknown_ones(loop):
         os.close(high)
         a.close()
         b.close()
+
+
+def test_a_deadline_that_is_its_own_timer_is_armed_again_and_cancelled(loop):
+    from tunnel.io.loop import Deadline
+
+    fired = []
+
+    class Watch(Deadline):
+        __slots__ = ()
+        args = ()
+
+        @property
+        def callback(self):
+            return self.due
+
+        def due(self):
+            fired.append(loop.time())
+            if len(fired) < 3:
+                loop.schedule(self, loop.time() + 0.01)  # fired: armed again, no new object
+            else:
+                loop.stop()
+
+    watch = Watch(0.0, loop, armed=False)
+    watch.cancel()  # never armed: nothing to cancel, nothing counted
+    assert loop._cancelled_timers == 0
+    loop.schedule(watch, loop.time() + 0.01)
+    loop.call_later(5, loop.stop)
+    loop.run()
+    assert len(fired) == 3 and fired == sorted(fired)
+    assert loop._timers.count(watch) == 0  # fired the last time: out of the heap
+    loop.schedule(watch, loop.time() + 0.01)
+    watch.cancel()
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    assert len(fired) == 3  # cancelled: it did not fire again

@@ -239,3 +239,26 @@ def test_a_stall_after_a_long_idle_spell_ends_the_tunnel_within_its_send_timeout
         loop.close()
         for s in socks:
             s.close()
+
+
+def test_an_idle_tunnel_is_its_own_idle_timer_and_still_ends_on_it():
+    loop = Loop(CountingPoller())
+    c, c_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    for s in (c, b):
+        s.setblocking(False)
+    ended: list[Pump] = []
+    t = AsyncTunnel(loop, Pump(c, b), new_scratch(), idle_timeout=0.3, send_timeout=30, on_close=ended.append)
+    try:
+        t.start()
+        assert loop._timers == [t]  # no Timer handle: the tunnel itself, and no stall timer
+        started = time.monotonic()
+        c_peer.sendall(b"a" * 10)  # activity moves the deadline: re-armed when it comes
+        run_until(loop, lambda: bool(ended), timeout=5)
+        assert ended == [t.pump] and t.pump.reason == "idle timeout"
+        assert time.monotonic() - started >= 0.3
+        assert loop._cancelled_timers == 0 and t not in loop._timers
+    finally:
+        loop.close()
+        for s in (c, b, c_peer, b_peer):
+            s.close()

@@ -11,8 +11,9 @@ Rules:
   one table from descriptor to callback, no ``selectors`` key objects, level-triggered
   (measured against edge-triggered in docs/performance.md). A descriptor about to be
   closed is ``forget``-ten without a system call: closing it leaves the epoll set.
-* Timers live in a heap of ``Timer`` handles; a cancelled timer stays in the heap until
-  its time comes (cheap cancel, like asyncio) unless the heap fills with cancelled ones.
+* Timers live in a heap of ``Deadline``s (``Timer`` handles, or objects that are their
+  own, armed again by ``schedule``); a cancelled one stays in the heap until its time
+  comes (cheap cancel, like asyncio) unless the heap fills with cancelled ones.
 * ``now`` is read once per iteration (after the wait returns), so the many callbacks of
   one iteration share one clock read: cheap enough to stamp activity on every event.
 * Other threads schedule work with ``call_soon_threadsafe``; a socketpair wakes the wait.
@@ -38,12 +39,12 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, TypeVarTuple
 
 from .streams import EVENT_READ, EVENT_WRITE, Endpoint
-from .timer import Timer
+from .timer import Deadline, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import FileDescriptorLike
 
-__all__ = ["Loop", "Timer", "Wait", "Task", "run_blocking", "EVENT_READ", "EVENT_WRITE"]
+__all__ = ["Loop", "Deadline", "Timer", "Wait", "Task", "run_blocking", "EVENT_READ", "EVENT_WRITE"]
 
 
 log = logging.getLogger("tunnel.loop")
@@ -136,11 +137,10 @@ class Loop:
         #: ``select.epoll`` (or an object with its interface: tests count the calls).
         self._poller = poller if poller is not None else _Poller()
         self._callbacks: dict[int, Callable[[int], None]] = {}
-        #: the interest of each registered fd, indexed by fd (one byte a file where a
-        #: dict took some 37; fds are small and dense). Whether an fd is registered is
-        #: ``_callbacks``' to say: an unregistered fd's byte is 0.
+        #: each fd's interest, indexed by fd (a byte a file; fds are small and dense); an
+        #: unregistered fd's byte is 0 (``_callbacks`` says which are registered).
         self._masks = bytearray(256)
-        self._timers: list[Timer] = []
+        self._timers: list[Deadline] = []
         self._cancelled_timers = 0
         self._ready: deque[tuple[Callable[..., Any], tuple[object, ...]]] = deque()
         self._lock = threading.Lock()
@@ -160,9 +160,8 @@ class Loop:
         """Watch ``fileobj`` for ``events``; ``callback(mask)`` runs when it is ready.
 
         A file already registered changes hands: its callback is replaced and its mask
-        modified (nothing asked of the kernel when the mask is the same), so a task can
-        give its sockets to a tunnel without a round of unregister and register.
-        """
+        modified (nothing asked of the kernel when the mask is the same), so a task gives
+        its sockets to a tunnel without a round of unregister and register."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         if fd < 0:
             raise ValueError(f"cannot watch file descriptor {fd}")
@@ -192,12 +191,10 @@ class Loop:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         masks = self._masks
         old = masks[fd] if 0 <= fd < len(masks) else 0
-        if old == events:
-            if old or fd in self._callbacks:
-                return
-            raise KeyError(fd)  # never registered (or no longer)
+        if old == events and (old or fd in self._callbacks):
+            return
         if fd not in self._callbacks:
-            raise KeyError(fd)
+            raise KeyError(fd)  # never registered (or no longer)
         masks[fd] = events
         if not old:
             self._poller.register(fd, _TO_POLL[events])
@@ -229,8 +226,7 @@ class Loop:
             except (KeyError, ValueError, OSError):
                 pass
 
-    def _take_mask(self, fd: int) -> int:
-        """``fd``'s interest, cleared (0 for an fd never registered)."""
+    def _take_mask(self, fd: int) -> int:  # fd's interest, cleared (0 if never registered)
         masks = self._masks
         if 0 <= fd < len(masks):
             old = masks[fd]
@@ -255,6 +251,12 @@ class Loop:
         timer = Timer(when, callback, args, self)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def schedule(self, deadline: Deadline, when: float) -> None:
+        """Arm ``deadline`` (not in the heap now: never armed, or fired) for ``when``."""
+        deadline.when = when
+        deadline.cancelled = False
+        heapq.heappush(self._timers, deadline)
 
     def call_later(self, delay: float, callback: Callable[[*_Ts], object], *args: *_Ts) -> Timer:
         return self.call_at(time.monotonic() + delay, callback, *args)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional
 
-from ..io.loop import Loop, Timer
+from ..io.loop import Deadline, Loop, Timer
 from ..io.streams import EVENT_READ, EVENT_WRITE
 from .pump import FlowState, Pump
 from .wscontrol import NEVER, attach
@@ -22,7 +22,7 @@ __all__ = ["AsyncTunnel"]
 _OPEN = FlowState.OPEN
 
 
-class AsyncTunnel:
+class AsyncTunnel(Deadline):
     """Run ``pump`` on ``loop`` until it is done; then close both ends and call ``on_close``.
 
     Args:
@@ -35,6 +35,9 @@ class AsyncTunnel:
             closed ("send timeout", R37); 0 for none. Checked every half of it, by a
             timer armed only while something waits to be written.
         on_close: called once with the pump when the tunnel has ended.
+
+    The tunnel is its own idle timer (a `Deadline` the loop arms again and again), so an
+    idle tunnel holds no timer handle and no bound method for it.
     """
 
     __slots__ = (
@@ -44,7 +47,6 @@ class AsyncTunnel:
         "idle_timeout",
         "send_timeout",
         "on_close",
-        "_timer",
         "_stall_timer",
         "_cfd",
         "_bfd",
@@ -69,7 +71,7 @@ class AsyncTunnel:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.on_close = on_close
-        self._timer: Optional[Timer] = None
+        Deadline.__init__(self, 0.0, loop, armed=False)  # the idle watch, armed by start
         self._stall_timer: Optional[Timer] = None
         self._ctl_timer: Optional[Timer] = None  # the pump's Control's next due time
         self._detached = False  # a binary upgrade took the pump: callbacks still queued do nothing
@@ -93,7 +95,7 @@ class AsyncTunnel:
         loop.register(self._cfd, cmask, self._on_client)
         loop.register(self._bfd, bmask, self._on_backend)
         if self.idle_timeout > 0:
-            self._timer = loop.call_at(pump.last_activity + self.idle_timeout, self._check_idle)
+            loop.schedule(self, pump.last_activity + self.idle_timeout)
         if pump.close_at:
             attach(pump)
         if pump.ctl is not None and not restored:
@@ -227,8 +229,13 @@ class AsyncTunnel:
             ctl.tick(self.loop.time())
         self._after()
 
+    args = ()  # what the loop calls when the idle watch is due: callback(*args)
+
+    @property
+    def callback(self) -> Callable[[], None]:  # type: ignore[override]
+        return self._check_idle
+
     def _check_idle(self) -> None:
-        self._timer = None
         pump = self.pump
         if pump.done:
             return
@@ -237,7 +244,7 @@ class AsyncTunnel:
             pump.abort("idle timeout")
             self._finish()
         else:
-            self._timer = self.loop.call_at(deadline, self._check_idle)
+            self.loop.schedule(self, deadline)
 
     def _check_stall(self) -> None:
         self._stall_timer = None
@@ -261,9 +268,7 @@ class AsyncTunnel:
         loop = self.loop
         loop.forget(self._cfd)  # both are closed below: no epoll_ctl needed
         loop.forget(self._bfd)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.cancel()  # the idle watch (a no-op unless armed)
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
