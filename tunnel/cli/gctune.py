@@ -18,6 +18,10 @@ frozen again, because the tunnels open at that moment would be frozen with it.
 from __future__ import annotations
 
 import gc
+import logging
+import os
+
+log = logging.getLogger("tunnel")
 
 #: Generation-0 threshold for ``tunnel serve`` (the interpreter's default is 700); the
 #: older generations keep their defaults.
@@ -28,15 +32,19 @@ def tune() -> None:
     """Raise the generation-0 threshold (once per process; a forked worker inherits it)."""
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+    log.debug("gc: thresholds %s (pid %d)", gc.get_threshold(), os.getpid())
 
 
 def freeze() -> None:
     """Collect what is garbage now, then move everything alive out of the generations."""
     gc.collect()
     gc.freeze()
+    log.debug("gc: %d objects frozen (pid %d)", gc.get_freeze_count(), os.getpid())
 
 
 def thaw() -> None:
     """Give the frozen objects back to the oldest generation (a reload: the old
     configuration may now be garbage)."""
+    count = gc.get_freeze_count()
     gc.unfreeze()
+    log.debug("gc: %d objects unfrozen (pid %d)", count, os.getpid())
