@@ -47,7 +47,7 @@ def test_serve_freezes_after_the_engine_is_built_and_a_reload_unfreezes(tmp_path
     lines = drain_stderr(proc)
     try:
         wait_for(lambda: matches(lines, FROZEN) and matches(lines, LISTENING), timeout=15, what="frozen and listening")
-        assert any(f"gc: thresholds (10000, " in line for line in lines), lines
+        assert any("gc: thresholds (10000, " in line for line in lines), lines
         (frozen,) = matches(lines, FROZEN)
         assert int(frozen.group(2)) == proc.pid
         assert int(frozen.group(1)) > 10_000  # the modules, the Config, the engine: far more than a handful

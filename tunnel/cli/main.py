@@ -18,8 +18,8 @@ from ..accesslog import LOG_LEVELS
 from ..config import Config, ConfigError
 from ..engine import Engine
 from ..proxy.control import Cluster, ControlError, default_control_socket, private_dir
-from .ctl import ctl
 from . import gctune
+from .ctl import ctl
 from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
 __all__ = ["main", "cli"]
