@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -175,6 +176,20 @@ def markdown(run: dict[str, Any]) -> str:
     for label, fn in milestones(run):
         out.append(f"| {label} | " + " | ".join(fn(t) for t in tunnels) + " |")
     out.append("")
+    out.append("## Second-pass goals")
+    out.append("")
+    out.append("Each goal applies to the targets it names (– elsewhere); the pure-Python floor's figure for")
+    out.append("the same goal is in the last column, to show what the cheapest Python relay reaches.")
+    out.append("")
+    floors = {"tunnel-async": "pyfloor-async", "tunnel-async-w2": "pyfloor-async", "tunnel-sync": "pyfloor-sync", "tunnel-sync-w2": "pyfloor-sync"}
+    out.append("| goal | " + " | ".join(tunnels) + " | floor (async / sync) |")
+    out.append("|---|" + "---|" * (len(tunnels) + 1))
+    for label, fn, applies in second_pass_goals(run):
+        cells = [fn(t) if t in applies else "–" for t in tunnels]
+        floor_cells = sorted({floors[t] for t in applies if t in floors})
+        floor = " / ".join(fn(f, mark=False) for f in floor_cells) or "–"
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {floor} |")
+    out.append("")
 
     fails = {(key, n): msgs for key, sc in run["scenarios"].items() for n, msgs in sc.get("failures", {}).items()}
     if fails:
@@ -229,6 +244,61 @@ def milestones(run: dict[str, Any]) -> list[tuple[str, Any]]:
         ("idle memory ≤ 8 KiB/tunnel", memory),
         ("9,900 tunnels in one process, no error" if run.get("mode") == "full"
          else "all tunnels held, no error (quick: 2,000)", held),
+    ]
+
+
+def second_pass_goals(run: dict[str, Any]) -> list[tuple[str, Callable[..., str], set[str]]]:
+    """The second performance pass's goals: (label, cell function, targets it applies to)."""
+    sc = run["scenarios"]
+    asyncs, syncs = {"tunnel-async", "tunnel-async-w2"}, {"tunnel-sync", "tunnel-sync-w2"}
+
+    def med(key: str, name: str, metric: str) -> Any:
+        return sc.get(key, {}).get("median", {}).get(name, {}).get(metric)
+
+    def judged(r: Optional[float], goal: float, higher: bool, mark: bool, unit: str = "×") -> str:
+        if r is None:
+            return "–"
+        ok = r >= goal if higher else r <= goal
+        figure = f"{r:.2f}{unit}" if unit == "×" else f"{r:,.1f}{unit}"
+        return f"{figure} {'✅' if ok else '❌'}" if mark else figure
+
+    def versus(key: str, metric: str, peer: str, goal: float, higher: bool = True) -> Callable[..., str]:
+        def cell(t: str, mark: bool = True) -> str:
+            return judged(ratio(med(key, t, metric), med(key, peer, metric)), goal, higher, mark)
+        return cell
+
+    def of_async(key: str, metric: str, goal: float) -> Callable[..., str]:
+        def cell(t: str, mark: bool = True) -> str:
+            mate = {"tunnel-sync": "tunnel-async", "tunnel-sync-w2": "tunnel-async-w2", "pyfloor-sync": "pyfloor-async"}[t]
+            return judged(ratio(med(key, t, metric), med(key, mate, metric)), goal, True, mark)
+        return cell
+
+    def absolute(key: str, metric: str, goal: float, unit: str, scale: float = 1.0) -> Callable[..., str]:
+        def cell(t: str, mark: bool = True) -> str:
+            v = med(key, t, metric)
+            return judged(None if v is None else v * scale, goal, False, mark, unit)
+        return cell
+
+    def bulk(t: str, mark: bool = True) -> str:
+        down, up = (ratio(med("a_bulk", t, k), med("a_bulk", "direct", k)) for k in ("down_mb_s", "up_mb_s"))
+        if down is None or up is None:
+            return "–"
+        figure = f"↓{down:.2f}× ↑{up:.2f}×"
+        return f"{figure} {'✅' if min(down, up) >= 0.75 else '❌'}" if mark else figure
+
+    return [
+        ("handshakes/s ≥ 0.65× nginx (async, one process)", versus("d_handshake", "tunnels_per_s", "nginx", 0.65), {"tunnel-async"}),
+        ("handshakes/s ≥ 0.8× nginx (async, `--workers 2`)", versus("d_handshake", "tunnels_per_s", "nginx", 0.8), {"tunnel-async-w2"}),
+        ("handshakes/s ≥ 0.4× nginx (sync)", versus("d_handshake", "tunnels_per_s", "nginx", 0.4), syncs),
+        ("100 busy msgs/s ≥ 1.0× nginx (async)", versus("c_busy_100", "msgs_per_s", "nginx", 1.0), asyncs),
+        ("100 busy msgs/s ≥ 0.5× async (sync)", of_async("c_busy_100", "msgs_per_s", 0.5), syncs),
+        ("1,000 active msgs/s ≥ 1.0× nginx (async)", versus("f_active_1000", "msgs_per_s", "nginx", 1.0), asyncs),
+        ("1,000 active p99 ≤ 50 ms (sync)", absolute("f_active_1000", "p99_us", 50.0, " ms", 1e-3), syncs),
+        ("1 tunnel p50 ≤ 1.0× nginx", versus("b_pingpong_1", "p50_us", "nginx", 1.0, higher=False), asyncs | syncs),
+        ("1 tunnel p99 ≤ 1.15× nginx", versus("b_pingpong_1", "p99_us", "nginx", 1.15, higher=False), asyncs | syncs),
+        ("idle tunnel ≤ 2.0 KiB (async)", absolute("e_idle_memory", "kib_per_tunnel", 2.0, " KiB"), asyncs),
+        ("idle tunnel ≤ 10 KiB (sync)", absolute("e_idle_memory", "kib_per_tunnel", 10.0, " KiB"), syncs),
+        ("bulk ≥ 0.75× direct, both ways", bulk, asyncs | syncs),
     ]
 
 

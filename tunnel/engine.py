@@ -395,7 +395,7 @@ class Engine(Lifecycle, Closing, Upgrade):
         if loop is None or self._stopping.is_set():
             sock.close()
             return
-        task = loop.spawn(serve_client(self._services, sock, peer, listener, leading), name=f"client {peer}")
+        task = loop.spawn(serve_client(self._services, sock, peer, listener, leading), name=_TaskName("client", peer))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -417,7 +417,7 @@ class Engine(Lifecycle, Closing, Upgrade):
         peer = start.peer
 
         def spawn(sock: socket.socket, inner: Inner) -> None:
-            task = loop.spawn(serve_client(self._services, sock, peer, start.listener, b"", inner), name=f"h2 stream {peer}")
+            task = loop.spawn(serve_client(self._services, sock, peer, start.listener, b"", inner), name=_TaskName("h2 stream", peer))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -658,6 +658,19 @@ class Engine(Lifecycle, Closing, Upgrade):
 
     def __repr__(self) -> str:
         return f"<Engine listeners={self.addresses} stats={dict(self.stats)}>"
+
+
+class _TaskName:
+    """A connection task's name, formatted only if a log line needs it (formatting the
+    peer's address for every accepted connection cost more than the whole object)."""
+
+    __slots__ = ("kind", "peer")
+
+    def __init__(self, kind: str, peer: PeerAddress) -> None:
+        self.kind, self.peer = kind, peer
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.peer}"
 
 
 class _Services(Services):

@@ -25,6 +25,7 @@ from tests.support.clients import (
 )
 from tests.support.strategies import STRATEGY_CONFIGS
 from tests.support.waiting import wait_for
+from tunnel import Config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -266,6 +267,25 @@ ProxyPass / http://127.0.0.1:{echo.address[1]}/
     assert flagged.read_text().splitlines() == ["red 200 /one"]
     assert rest.read_text().splitlines() == ["- /two"]
     assert transfer.read_text().splitlines() == ["/one demo -", "/two demo -"]
+
+
+def test_a_graceful_restart_keeps_the_access_logs_env_conditions(make_proxy, echo, tmp_path: Path):
+    """A re-read configuration's ``CustomLog ... env=`` conditions apply after the restart."""
+    flagged, rest = tmp_path / "flagged.log", tmp_path / "rest.log"
+    text = f"""Listen 127.0.0.1:0
+SetEnvIf X-Flag (.+) flag=$1
+CustomLog {flagged} "%{{FLAG}}e %U" env=flag
+CustomLog {rest} "%U" env=!flag
+ProxyPass / http://127.0.0.1:{echo.address[1]}/
+"""
+    engine = make_proxy(text)
+    engine.reload(Config.from_text(text, filename="test.conf"))
+    http_get(engine.addresses[0], "/one", headers="X-Flag: red\r\n")
+    http_get(engine.addresses[0], "/two")
+    wait_for(lambda: rest.exists() and len(rest.read_text().splitlines()) >= 1, what="a line in rest.log")
+    wait_for(lambda: flagged.exists() and len(flagged.read_text().splitlines()) >= 1, what="a line in flagged.log")
+    assert flagged.read_text().splitlines() == ["red /one"]
+    assert rest.read_text().splitlines() == ["/two"]
 
 
 # -- the balancer's variables ----------------------------------------------------------------------

@@ -277,3 +277,33 @@ def test_a_pool_thread_logs_a_deep_failure_with_its_traceback(caplog):
     text = logging.Formatter().formatException(record.exc_info)
     assert record.exc_info[0] is RecursionError and text.count("in deep") >= 100
     assert pool.shutdown(5)
+
+
+def test_a_pool_thread_that_logged_leaves_no_thread_record_behind():
+    """Pool threads are bare threads: one that logs gets a dummy record in `threading`,
+    which must go when the thread ends (Python 3.11 keeps it otherwise: a slow leak and
+    phantom entries in threading.enumerate())."""
+    import logging
+
+    from tunnel.tunnels.sync_driver import ThreadPool
+
+    def dummies() -> int:
+        return sum(isinstance(t, threading._DummyThread) for t in threading.enumerate())
+
+    before = dummies()
+    pool = ThreadPool(4)
+    logged = threading.Semaphore(0)
+
+    def work() -> None:
+        logging.getLogger("tunnel.test").warning("from a pool thread")  # asks for the thread's name
+        assert threading.current_thread().name.startswith("Dummy")
+        logged.release()
+
+    for _ in range(4):
+        pool.reserve()
+        pool.run(work)
+    for _ in range(4):
+        assert logged.acquire(timeout=5)
+    assert dummies() >= before + 1  # the records exist while the threads live
+    assert pool.shutdown(5)
+    wait_for(lambda: dummies() == before, 5, "the ended threads' records gone")

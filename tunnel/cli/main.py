@@ -18,6 +18,7 @@ from ..accesslog import LOG_LEVELS
 from ..config import Config, ConfigError
 from ..engine import Engine
 from ..proxy.control import Cluster, ControlError, default_control_socket, private_dir
+from . import gctune
 from .ctl import ctl
 from .demo import DEMO_PAGE, listen_host, throwaway_certificate
 
@@ -170,18 +171,22 @@ def _serve(
     loader = load if config_file else None
 
     def relog(new: Config) -> None:
+        gctune.thaw()  # the replaced configuration may be garbage now
         setup_logging(new, log_level)
 
     if inheritance is not None and n_workers > 1:
         raise click.ClickException("a binary upgrade needs --workers 1")
+    gctune.tune()
     try:
         clusters = _clusters(config, config_file, n_workers)
         if n_workers > 1:
 
             def serve_worker(cfg: Config, reload: Optional[Callable[[], Config]], slot: int) -> None:
                 engine = Engine(cfg, reuse_port=True, cluster=clusters[slot])
+                gctune.freeze()  # the worker's engine too; what the supervisor froze stays shared
                 run_engine(engine, loader=reload, graceful_term=graceful_term, on_reload=relog)
 
+            gctune.freeze()  # before the fork: the workers share these pages unwritten
             try:
                 status = run_workers(
                     config, n_workers, serve_worker, loader=loader, pid_file=pid_file, graceful_term=graceful_term
@@ -193,6 +198,7 @@ def _serve(
         engine = Engine(config, cluster=clusters[0])
         if inheritance is not None:
             inheritance.take_listeners(engine)
+        gctune.freeze()
         run_engine(
             engine, loader=loader, graceful_term=graceful_term, pid_file=pid_file, on_reload=relog, inheritance=inheritance
         )

@@ -308,8 +308,11 @@ class Loop:
         return self._running
 
     # -- tasks -------------------------------------------------------------------------
-    def spawn(self, gen: TaskGen, *, name: str = "task") -> Task:
-        """Run generator task ``gen`` on this loop (starts on the next iteration)."""
+    def spawn(self, gen: TaskGen, *, name: object = "task") -> Task:
+        """Run generator task ``gen`` on this loop (starts on the next iteration).
+
+        ``name`` is anything whose ``str()`` names the task; it is formatted only when a
+        log line or a repr needs it."""
         task = Task(self, gen, name)
         self.call_soon(task._step, None)
         return task
@@ -425,7 +428,7 @@ class Task:
 
     __slots__ = ("loop", "gen", "name", "done", "result", "error", "_regs", "_timer", "_on_done", "_ready_cb", "_future")
 
-    def __init__(self, loop: Loop, gen: TaskGen, name: str) -> None:
+    def __init__(self, loop: Loop, gen: TaskGen, name: object) -> None:
         self.loop = loop
         #: the generator; None once the task is done (its frame is not kept alive).
         self.gen: Optional[TaskGen] = gen

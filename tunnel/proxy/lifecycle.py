@@ -246,7 +246,7 @@ class Lifecycle:
             self.budget = Budget(config.buffer_limit)
         elif self.budget is not None:
             self.budget.limit = 0  # live tunnels still count into it; nothing pauses
-        old_log, self.access_log = self.access_log, AccessLog(config.log.custom_logs)
+        old_log, self.access_log = self.access_log, AccessLog(config.log.custom_logs, config.log.conditions)
         old_log.close()
         # Tunnels opened from now on keep what the new formats read (one open already
         # kept what the old ones did).

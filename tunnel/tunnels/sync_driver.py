@@ -385,6 +385,22 @@ def _start_thread(target: Callable[[], None]) -> None:
             _thread.stack_size(before)
 
 
+def _forget_thread_record() -> None:
+    """As a bare pool thread ends: drop the record `threading` made for it if it logged
+    (``logging`` asks for the current thread's name, and for a thread `threading` did
+    not start that makes a dummy record which Python 3.11 never removes: one per thread
+    that ever logged, kept until a later thread happens to reuse its ident)."""
+    active = getattr(threading, "_active", None)
+    dummy = getattr(threading, "_DummyThread", None)
+    lock = getattr(threading, "_active_limbo_lock", None)
+    if not isinstance(active, dict) or dummy is None or lock is None:
+        return
+    ident = _thread.get_ident()
+    with lock:
+        if isinstance(active.get(ident), dummy):
+            del active[ident]
+
+
 class PoolFull(Exception):
     """Every thread of the pool is busy."""
 
@@ -452,6 +468,12 @@ class ThreadPool:
             self._work.put(fn)
 
     def _worker(self) -> None:
+        try:
+            self._serve_work()
+        finally:
+            _forget_thread_record()
+
+    def _serve_work(self) -> None:
         while True:
             try:
                 fn = self._work.get(timeout=THREAD_IDLE_EXIT)
