@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.waiting import run_loop_until as _run_until
 from tests.support.waiting import wait_for
 from tunnel.io.loop import Loop, Wait, run_blocking
 from tunnel.io.streams import EVENT_READ, EVENT_WRITE
@@ -239,20 +240,6 @@ class CountingPoller:
     def modify(self, fd, events):
         self.calls.append("modify")
         return self._ep.modify(fd, events)
-
-
-def _run_until(loop: Loop, cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-
-    def check():
-        if cond() or time.monotonic() > deadline:
-            loop.stop()
-        else:
-            loop.call_later(0.001, check)
-
-    loop.call_soon(check)
-    loop.run()
-    assert cond(), "condition not reached before the deadline"
 
 
 def test_task_keeps_a_registration_across_waits_on_the_same_socket():

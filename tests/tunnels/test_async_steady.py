@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.io.test_loop import CountingPoller
+from tests.support.waiting import run_loop_until as run_until
 from tests.tunnels.test_pump import MemEnd, drive
 from tunnel.io.loop import Loop
 from tunnel.protocol.frames import build_frame, close_frame
@@ -18,20 +19,6 @@ from tunnel.tunnels.async_driver import AsyncTunnel
 from tunnel.tunnels.pump import FlowState, Pump, new_scratch
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def run_until(loop: Loop, cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-
-    def check():
-        if cond() or time.monotonic() > deadline:
-            loop.stop()
-        else:
-            loop.call_later(0.001, check)
-
-    loop.call_soon(check)
-    loop.run()
-    assert cond(), "condition not reached before the deadline"
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from tests.tunnels.test_async_steady import run_until
+from tests.support.waiting import run_loop_until as run_until
 from tunnel.io.loop import Loop
 from tunnel.protocol.frames import close_frame
 from tunnel.tunnels import splicing
