@@ -201,11 +201,18 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def milestones(run: dict[str, Any]) -> list[tuple[str, Any]]:
+def _median_of(run: dict[str, Any]) -> Callable[[str, str, str], Any]:
+    """``med(scenario, target, metric)``: a run's median figure, None where it has none."""
     sc = run["scenarios"]
 
     def med(key: str, name: str, metric: str) -> Any:
         return sc.get(key, {}).get("median", {}).get(name, {}).get(metric)
+
+    return med
+
+
+def milestones(run: dict[str, Any]) -> list[tuple[str, Any]]:
+    med = _median_of(run)
 
     def versus(key: str, metric: str, peer: str, goal: float, higher: bool) -> Any:
         def cell(t: str) -> str:
@@ -249,11 +256,8 @@ def milestones(run: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def second_pass_goals(run: dict[str, Any]) -> list[tuple[str, Callable[..., str], set[str]]]:
     """The second performance pass's goals: (label, cell function, targets it applies to)."""
-    sc = run["scenarios"]
+    med = _median_of(run)
     asyncs, syncs = {"tunnel-async", "tunnel-async-w2"}, {"tunnel-sync", "tunnel-sync-w2"}
-
-    def med(key: str, name: str, metric: str) -> Any:
-        return sc.get(key, {}).get("median", {}).get(name, {}).get(metric)
 
     def judged(r: Optional[float], goal: float, higher: bool, mark: bool, unit: str = "×") -> str:
         if r is None:
